@@ -1,0 +1,47 @@
+# Data Exchange — `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+export TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/exchange
+export TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run migrate demo test lint format check clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install the pinned requirements
+
+migrate: venv ## apply database migrations
+	$(PY) manage.py migrate --noinput
+
+demo: migrate ## load the demo users and products (idempotent)
+	$(PY) manage.py seed_demo
+
+run: demo ## serve the demo: web server, Celery worker and beat (Ctrl-C stops all)
+	$(PY) scripts/devserver.py
+
+test: venv ## run the whole test suite against PostgreSQL and Redis
+	@$(PY) scripts/check_services.py
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv ## ruff lint and format check, and no missing migrations
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	DJANGO_ENV=test $(PY) manage.py makemigrations --check --dry-run
+
+format: venv ## apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean: ## remove the virtualenv and local state (var/)
+	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache

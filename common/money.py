@@ -1,0 +1,55 @@
+"""Money as integer minor units plus an ISO 4217 currency code (DESIGN.md §5.4).
+
+Every percentage the exchange applies goes through :func:`percentage_of`, so
+rounding happens in exactly one place.
+"""
+
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+# Minor-unit exponent per supported currency (ISO 4217).
+CURRENCY_EXPONENT = {"CNY": 2, "USD": 2, "EUR": 2}
+CURRENCY_CHOICES = [(code, code) for code in CURRENCY_EXPONENT]
+CURRENCY_SYMBOL = {"CNY": "¥", "USD": "$", "EUR": "€"}
+
+
+class MoneyError(ValueError):
+    pass
+
+
+def to_minor(amount: str | Decimal, currency: str) -> int:
+    """Convert a major-unit amount ("12.50") to minor units (1250).
+
+    Raises MoneyError for unknown currencies, non-numbers, negatives and
+    amounts with more decimals than the currency has.
+    """
+    if currency not in CURRENCY_EXPONENT:
+        raise MoneyError(f"Unsupported currency {currency!r}.")
+    try:
+        value = Decimal(str(amount).strip())
+    except (InvalidOperation, ValueError):
+        raise MoneyError(f"{amount!r} is not an amount.") from None
+    if not value.is_finite() or value < 0:
+        raise MoneyError("An amount must be a positive number.")
+    scaled = value.scaleb(CURRENCY_EXPONENT[currency])
+    if scaled != scaled.to_integral_value():
+        raise MoneyError(f"{currency} has at most {CURRENCY_EXPONENT[currency]} decimals.")
+    return int(scaled)
+
+
+def format_minor(amount: int, currency: str) -> str:
+    """Human form of a minor-unit amount: ``format_minor(1250, "CNY") == "¥12.50 CNY"``."""
+    exponent = CURRENCY_EXPONENT.get(currency, 2)
+    major = Decimal(amount).scaleb(-exponent).quantize(Decimal(1).scaleb(-exponent))
+    return f"{CURRENCY_SYMBOL.get(currency, '')}{major:,} {currency}"
+
+
+def percentage_of(amount: int, basis_points: int) -> int:
+    """``amount * basis_points / 10000`` in minor units, rounded half up.
+
+    Half-up on the non-negative amounts we charge means a fee of exactly half a
+    minor unit goes to the platform; the merchant's share is always the
+    remainder (amount - fee), so the two always add up to the amount.
+    """
+    if amount < 0 or not 0 <= basis_points <= 10000:
+        raise MoneyError("percentage_of takes a non-negative amount and 0..10000 basis points")
+    return int((Decimal(amount) * basis_points / 10000).to_integral_value(rounding=ROUND_HALF_UP))

@@ -1,0 +1,80 @@
+from django.db import models
+
+
+class OrderStatus(models.TextChoices):
+    PENDING_PAYMENT = "pending_payment", "Pending payment"
+    PAID = "paid", "Paid (held in escrow)"
+    DELIVERED = "delivered", "Delivered"
+    SETTLED = "settled", "Settled"
+    DECLINED = "declined", "Declined"
+    CANCELLED = "cancelled", "Cancelled"
+    EXPIRED = "expired", "Expired"
+    PARTIALLY_REFUNDED = "partially_refunded", "Partially refunded"
+    REFUNDED = "refunded", "Refunded"
+    DISPUTED = "disputed", "Disputed"
+
+
+_S = OrderStatus
+# The one table of allowed order moves (DESIGN.md §5.3).
+ORDER_TRANSITIONS: dict[str, set[str]] = {
+    _S.PENDING_PAYMENT: {_S.PAID, _S.DECLINED, _S.CANCELLED, _S.EXPIRED},
+    _S.PAID: {_S.DELIVERED, _S.PARTIALLY_REFUNDED, _S.REFUNDED, _S.DISPUTED},
+    _S.DELIVERED: {_S.SETTLED, _S.PARTIALLY_REFUNDED, _S.REFUNDED, _S.DISPUTED},
+    _S.SETTLED: {_S.PARTIALLY_REFUNDED, _S.REFUNDED, _S.DISPUTED},
+    _S.PARTIALLY_REFUNDED: {_S.PARTIALLY_REFUNDED, _S.REFUNDED, _S.DISPUTED, _S.SETTLED},
+    _S.DISPUTED: {_S.DELIVERED, _S.SETTLED, _S.REFUNDED},
+    _S.DECLINED: set(),
+    _S.CANCELLED: set(),
+    _S.EXPIRED: set(),
+    _S.REFUNDED: set(),
+}
+
+
+class EntitlementStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    REVOKED = "revoked", "Revoked"
+
+
+class DeliveryStatus(models.TextChoices):
+    READY = "ready", "Ready to download"
+    CONFIRMED = "confirmed", "Confirmed"
+
+
+class PaymentEventStatus(models.TextChoices):
+    RECEIVED = "received", "Received"
+    PROCESSED = "processed", "Processed"
+    IGNORED = "ignored", "Ignored (type not handled)"
+    FAILED = "failed", "Failed"
+
+
+class JournalKind(models.TextChoices):
+    PAYMENT = "payment", "Payment captured (held)"
+    SALE = "sale", "Sale settled (fee and merchant payable)"
+    PAYOUT_CREATED = "payout_created", "Payout created"
+    PAYOUT_SENT = "payout_sent", "Payout sent"
+
+
+class AccountKind(models.TextChoices):
+    GATEWAY_CLEARING = "gateway_clearing", "Gateway clearing"
+    ESCROW_HELD = "escrow_held", "Buyer funds held in escrow"
+    PLATFORM_REVENUE = "platform_revenue", "Platform revenue (fees)"
+    MERCHANT_PAYABLE = "merchant_payable", "Merchant payable"
+    PAYOUTS_PENDING = "payouts_pending", "Payouts in transit"
+
+
+class SettlementRunStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+
+
+class PayoutStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed"
+
+
+class SandboxSessionStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    COMPLETE = "complete", "Complete"
+    DECLINED = "declined", "Declined"

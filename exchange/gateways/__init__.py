@@ -1,0 +1,23 @@
+from django.conf import settings
+
+from exchange.gateways.base import CheckoutSession, GatewayError, PaymentGateway
+from exchange.gateways.sandbox import SandboxGateway
+from exchange.gateways.signing import SignatureError
+
+_GATEWAYS = {"sandbox": SandboxGateway}
+
+
+def get_gateway(name: str | None = None) -> PaymentGateway:
+    """The gateway called ``name`` (default: settings.PAYMENT_GATEWAY)."""
+    name = name or settings.PAYMENT_GATEWAY
+    try:
+        return _GATEWAYS[name]()
+    except KeyError:
+        raise LookupError(f"Unknown payment gateway {name!r}") from None
+
+
+def gateway_names() -> list[str]:
+    return list(_GATEWAYS)
+
+
+__all__ = ["CheckoutSession", "GatewayError", "PaymentGateway", "SignatureError", "gateway_names", "get_gateway"]

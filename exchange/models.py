@@ -1,0 +1,303 @@
+"""The trade: orders, payment events, entitlements, deliveries, the ledger and settlement."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+from common.money import CURRENCY_CHOICES, format_minor
+from exchange.choices import (
+    AccountKind,
+    DeliveryStatus,
+    EntitlementStatus,
+    JournalKind,
+    OrderStatus,
+    PaymentEventStatus,
+    PayoutStatus,
+    SandboxSessionStatus,
+    SettlementRunStatus,
+)
+from listings.models import DataFile, Listing, ListingVersion, PricingPlan
+from merchants.models import Merchant
+
+
+class Order(models.Model):
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders")
+    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="orders")
+    plan = models.ForeignKey(PricingPlan, on_delete=models.PROTECT, related_name="orders")
+    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="orders")
+    amount = models.PositiveBigIntegerField()
+    currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES)
+    # Assigned only by exchange.services.orders.order_transition.
+    status = models.CharField(
+        max_length=30, choices=OrderStatus.choices, default=OrderStatus.PENDING_PAYMENT, editable=False
+    )
+    idempotency_key = models.CharField(max_length=100)
+    gateway = models.CharField(max_length=20)
+    gateway_session_id = models.CharField(max_length=120, unique=True, null=True, blank=True)
+    checkout_url = models.URLField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    settled_at = models.DateTimeField(null=True, blank=True)
+    settlement_run = models.ForeignKey(
+        "SettlementRun", on_delete=models.PROTECT, null=True, blank=True, related_name="orders"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["buyer", "idempotency_key"], name="order_buyer_idempotency_key_unique"),
+        ]
+        indexes = [models.Index(fields=["status", "delivered_at"], name="order_status_delivered_idx")]
+
+    def __str__(self):
+        return f"Order {self.reference}"
+
+    @property
+    def reference(self) -> str:
+        return str(self.public_id).split("-")[0].upper()
+
+    @property
+    def amount_display(self) -> str:
+        return format_minor(self.amount, self.currency)
+
+
+class OrderStatusHistory(models.Model):
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="history")
+    from_status = models.CharField(max_length=30, choices=OrderStatus.choices)
+    to_status = models.CharField(max_length=30, choices=OrderStatus.choices)
+    reason = models.CharField(max_length=300, blank=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        verbose_name_plural = "order status history"
+
+    def __str__(self):
+        return f"{self.order_id}: {self.from_status or '∅'} → {self.to_status}"
+
+
+class PaymentEvent(models.Model):
+    """A gateway notification, inserted under its unique id before any processing."""
+
+    gateway = models.CharField(max_length=20)
+    event_id = models.CharField(max_length=120)
+    type = models.CharField(max_length=80)
+    payload = models.JSONField()
+    status = models.CharField(max_length=20, choices=PaymentEventStatus.choices, default=PaymentEventStatus.RECEIVED)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-pk"]
+        constraints = [models.UniqueConstraint(fields=["gateway", "event_id"], name="payment_event_unique")]
+        indexes = [models.Index(fields=["status", "received_at"], name="payment_event_status_idx")]
+
+    def __str__(self):
+        return f"{self.gateway}:{self.event_id} ({self.type})"
+
+
+class Entitlement(models.Model):
+    order = models.OneToOneField(Order, on_delete=models.PROTECT, related_name="entitlement")
+    buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="entitlements")
+    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="entitlements")
+    status = models.CharField(max_length=20, choices=EntitlementStatus.choices, default=EntitlementStatus.ACTIVE)
+    granted_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-granted_at", "-pk"]
+
+    def __str__(self):
+        return f"{self.buyer} → {self.listing}"
+
+
+class Delivery(models.Model):
+    entitlement = models.ForeignKey(Entitlement, on_delete=models.PROTECT, related_name="deliveries")
+    version = models.ForeignKey(ListingVersion, on_delete=models.PROTECT, related_name="deliveries")
+    status = models.CharField(max_length=20, choices=DeliveryStatus.choices, default=DeliveryStatus.READY)
+    prepared_at = models.DateTimeField(auto_now_add=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    download_count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-prepared_at", "-pk"]
+        verbose_name_plural = "deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["entitlement", "version"], name="delivery_entitlement_version_unique")
+        ]
+
+    def __str__(self):
+        return f"Delivery {self.pk} of {self.version}"
+
+
+class DownloadLog(models.Model):
+    delivery = models.ForeignKey(Delivery, on_delete=models.PROTECT, related_name="downloads")
+    file = models.ForeignKey(DataFile, on_delete=models.PROTECT, related_name="downloads")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True)
+    bytes_sent = models.BigIntegerField(default=0)
+    completed = models.BooleanField(default=False)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-pk"]
+
+    def __str__(self):
+        return f"Download {self.pk} of {self.file_id} ({self.bytes_sent} bytes)"
+
+
+class LedgerAccount(models.Model):
+    code = models.CharField(max_length=80, unique=True)
+    kind = models.CharField(max_length=30, choices=AccountKind.choices)
+    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, null=True, blank=True, related_name="accounts")
+    name = models.CharField(max_length=200)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self):
+        return self.name
+
+
+class LedgerChainHead(models.Model):
+    """The tip of the ledger's hash chain; its row lock orders ledger writes."""
+
+    sequence = models.BigIntegerField(default=0)
+    entry_hash = models.CharField(max_length=64, default="0" * 64)
+
+    def __str__(self):
+        return f"Ledger head #{self.sequence}"
+
+
+class JournalEntry(models.Model):
+    """A balanced, append-only, hash-chained journal entry."""
+
+    sequence = models.BigIntegerField(unique=True)
+    idempotency_key = models.CharField(max_length=150, unique=True)
+    kind = models.CharField(max_length=30, choices=JournalKind.choices)
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, null=True, blank=True, related_name="journal_entries")
+    payout = models.ForeignKey(
+        "Payout", on_delete=models.PROTECT, null=True, blank=True, related_name="journal_entries"
+    )
+    memo = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField()
+    prev_hash = models.CharField(max_length=64)
+    entry_hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["sequence"]
+        verbose_name_plural = "journal entries"
+
+    def __str__(self):
+        return f"#{self.sequence} {self.kind}"
+
+
+class Posting(models.Model):
+    """One leg of a journal entry: positive is a debit, negative a credit."""
+
+    entry = models.ForeignKey(JournalEntry, on_delete=models.PROTECT, related_name="postings")
+    account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="postings")
+    amount = models.BigIntegerField()
+    currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES)
+
+    class Meta:
+        ordering = ["pk"]
+        constraints = [models.CheckConstraint(condition=~models.Q(amount=0), name="posting_amount_nonzero")]
+
+    def __str__(self):
+        return f"{self.account_id} {self.amount:+d} {self.currency}"
+
+
+class SettlementRun(models.Model):
+    status = models.CharField(
+        max_length=20, choices=SettlementRunStatus.choices, default=SettlementRunStatus.RUNNING, editable=False
+    )
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    trigger = models.CharField(max_length=20, default="manual")
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    orders_settled = models.PositiveIntegerField(default=0)
+    payouts_created = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-pk"]
+        constraints = [
+            # Only one run at a time, enforced by the database.
+            models.UniqueConstraint(
+                fields=["status"], condition=models.Q(status="running"), name="settlement_one_running"
+            )
+        ]
+
+    def __str__(self):
+        return f"Settlement run {self.pk} ({self.status})"
+
+
+class Payout(models.Model):
+    run = models.ForeignKey(SettlementRun, on_delete=models.PROTECT, related_name="payouts")
+    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="payouts")
+    amount = models.PositiveBigIntegerField()
+    currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES)
+    status = models.CharField(max_length=20, choices=PayoutStatus.choices, default=PayoutStatus.PENDING)
+    idempotency_key = models.CharField(max_length=100, unique=True)
+    gateway = models.CharField(max_length=20)
+    gateway_reference = models.CharField(max_length=120, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "merchant", "currency"], name="payout_one_per_merchant_per_run")
+        ]
+
+    def __str__(self):
+        return f"Payout {self.pk} to {self.merchant} {format_minor(self.amount, self.currency)}"
+
+    @property
+    def amount_display(self) -> str:
+        return format_minor(self.amount, self.currency)
+
+
+class SandboxCheckoutSession(models.Model):
+    """The sandbox gateway's own record of a checkout (what Stripe would hold)."""
+
+    id = models.CharField(primary_key=True, max_length=60)
+    order_public_id = models.UUIDField()
+    amount = models.PositiveBigIntegerField()
+    currency = models.CharField(max_length=3)
+    description = models.CharField(max_length=300)
+    success_url = models.CharField(max_length=500)
+    cancel_url = models.CharField(max_length=500)
+    status = models.CharField(max_length=20, choices=SandboxSessionStatus.choices, default=SandboxSessionStatus.OPEN)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return self.id
+
+    @property
+    def amount_display(self) -> str:
+        return format_minor(self.amount, self.currency)
+
+
+class SandboxTransfer(models.Model):
+    """The sandbox gateway's record of a payout transfer, unique by idempotency key."""
+
+    id = models.CharField(primary_key=True, max_length=60)
+    idempotency_key = models.CharField(max_length=100, unique=True)
+    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT)
+    amount = models.PositiveBigIntegerField()
+    currency = models.CharField(max_length=3)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return self.id

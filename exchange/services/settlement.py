@@ -1,0 +1,180 @@
+"""Settlement runs and payouts.
+
+A run settles every delivered order past the dispute hold: one SALE entry per
+order moves the held gross out of escrow into platform revenue (the fee) and
+the merchant's payable (the rest). Then each merchant with a payable balance
+gets one payout per run and currency (unique), paid by a task.
+
+Each order settles in its own transaction and skips orders already settled,
+so a run that crashed half-way resumes where it stopped when re-executed.
+"""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from common.money import percentage_of
+from exchange.choices import AccountKind, JournalKind, OrderStatus, PayoutStatus, SettlementRunStatus
+from exchange.gateways import GatewayError, get_gateway
+from exchange.models import LedgerAccount, Order, Payout, Posting, SettlementRun
+from exchange.services.ledger import account_get, journal_post
+from exchange.services.orders import order_transition
+
+
+class SettlementInProgress(ValidationError):
+    pass
+
+
+def platform_fee(*, amount: int) -> int:
+    """The platform's commission on ``amount`` (minor units), per settings.PLATFORM_FEE_BPS."""
+    return percentage_of(amount, settings.PLATFORM_FEE_BPS)
+
+
+def settlement_run_start(*, actor=None, trigger: str = "manual") -> SettlementRun:
+    """Start a run and schedule its execution; refuse while another run is running."""
+    from exchange.tasks import settlement_run_execute
+
+    try:
+        with transaction.atomic():
+            run = SettlementRun.objects.create(requested_by=actor, trigger=trigger)
+            transaction.on_commit(lambda: settlement_run_execute.delay(run.pk))
+    except IntegrityError:
+        running = SettlementRun.objects.filter(status=SettlementRunStatus.RUNNING).first()
+        raise SettlementInProgress(
+            f"Settlement run {running.pk if running else '?'} is still running; wait for it to finish.",
+            code="run_in_progress",
+        ) from None
+    return run
+
+
+def _settle_order(*, order_pk: int, run: SettlementRun) -> bool:
+    with transaction.atomic():
+        order = Order.objects.select_for_update().select_related("merchant").get(pk=order_pk)
+        if order.status != OrderStatus.DELIVERED:
+            return False
+        fee = platform_fee(amount=order.amount)
+        journal_post(
+            idempotency_key=f"sale:{order.pk}",
+            kind=JournalKind.SALE,
+            postings=[
+                (account_get(kind=AccountKind.ESCROW_HELD), order.amount, order.currency),
+                (account_get(kind=AccountKind.PLATFORM_REVENUE), -fee, order.currency),
+                (
+                    account_get(kind=AccountKind.MERCHANT_PAYABLE, merchant=order.merchant),
+                    -(order.amount - fee),
+                    order.currency,
+                ),
+            ],
+            order=order,
+            memo=f"order {order.reference} settled in run {run.pk}",
+        )
+        order_transition(
+            order_pk=order.pk, to_status=OrderStatus.SETTLED, reason=f"settlement run {run.pk}", settlement_run=run
+        )
+    return True
+
+
+def _create_payouts(*, run: SettlementRun) -> list[Payout]:
+    from exchange.tasks import payout_send
+
+    gateway = get_gateway()
+    balances = (
+        Posting.objects.filter(account__kind=AccountKind.MERCHANT_PAYABLE)
+        .values("account_id", "currency")
+        .annotate(balance=Sum("amount"))
+        .filter(balance__lt=0)
+    )
+    payouts = []
+    for row in balances:
+        account = LedgerAccount.objects.select_related("merchant").get(pk=row["account_id"])
+        with transaction.atomic():
+            payout, created = Payout.objects.get_or_create(
+                run=run,
+                merchant=account.merchant,
+                currency=row["currency"],
+                defaults={
+                    "amount": -row["balance"],
+                    "idempotency_key": f"payout-{run.pk}-{account.merchant_id}-{row['currency']}",
+                    "gateway": gateway.name,
+                },
+            )
+            if created:
+                journal_post(
+                    idempotency_key=f"payout_created:{payout.pk}",
+                    kind=JournalKind.PAYOUT_CREATED,
+                    postings=[
+                        (account, payout.amount, payout.currency),
+                        (account_get(kind=AccountKind.PAYOUTS_PENDING), -payout.amount, payout.currency),
+                    ],
+                    payout=payout,
+                    memo=f"payout to {account.merchant.name} in run {run.pk}",
+                )
+                transaction.on_commit(lambda pk=payout.pk: payout_send.delay(pk))
+        payouts.append(payout)
+    return payouts
+
+
+def settlement_run_execute(*, run_pk: int) -> SettlementRun:
+    """Settle eligible orders and create payouts; idempotent and resumable."""
+    run = SettlementRun.objects.get(pk=run_pk)
+    if run.status != SettlementRunStatus.RUNNING:
+        return run
+    try:
+        cutoff = timezone.now() - timedelta(days=settings.DISPUTE_HOLD_DAYS)
+        eligible = Order.objects.filter(status=OrderStatus.DELIVERED, delivered_at__lte=cutoff).order_by("pk")
+        for order_pk in eligible.values_list("pk", flat=True).iterator():
+            _settle_order(order_pk=order_pk, run=run)
+        _create_payouts(run=run)
+    except Exception as exc:
+        SettlementRun.objects.filter(pk=run.pk).update(
+            status=SettlementRunStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=timezone.now()
+        )
+        raise
+    SettlementRun.objects.filter(pk=run.pk).update(
+        status=SettlementRunStatus.COMPLETED,
+        finished_at=timezone.now(),
+        orders_settled=Order.objects.filter(settlement_run=run).count(),
+        payouts_created=Payout.objects.filter(run=run).count(),
+    )
+    run.refresh_from_db()
+    return run
+
+
+def payout_send(*, payout_pk: int) -> Payout:
+    """Pay a payout through the gateway once; the gateway call is idempotent by key."""
+    with transaction.atomic():
+        payout = Payout.objects.select_for_update().get(pk=payout_pk)
+        if payout.status == PayoutStatus.SENT:
+            return payout
+        payout.attempts += 1
+        try:
+            reference = get_gateway(payout.gateway).payout_create(payout=payout)
+        except GatewayError as exc:
+            payout.error = str(exc)[:2000]
+            payout.status = PayoutStatus.PENDING if exc.transient else PayoutStatus.FAILED
+            payout.save(update_fields=["attempts", "error", "status"])
+            if exc.transient:
+                raise
+            return payout
+        payout.status, payout.gateway_reference, payout.sent_at, payout.error = (
+            PayoutStatus.SENT,
+            reference,
+            timezone.now(),
+            "",
+        )
+        payout.save(update_fields=["attempts", "status", "gateway_reference", "sent_at", "error"])
+        journal_post(
+            idempotency_key=f"payout_sent:{payout.pk}",
+            kind=JournalKind.PAYOUT_SENT,
+            postings=[
+                (account_get(kind=AccountKind.PAYOUTS_PENDING), payout.amount, payout.currency),
+                (account_get(kind=AccountKind.GATEWAY_CLEARING), -payout.amount, payout.currency),
+            ],
+            payout=payout,
+            memo=f"transfer {reference}",
+        )
+    return payout

@@ -1,0 +1,67 @@
+"""Celery tasks for the trade. Each takes primary keys, is safe to run twice,
+and retries only errors that may pass (database or broker hiccups)."""
+
+import logging
+from datetime import timedelta
+
+from celery import shared_task
+from django.db import OperationalError
+from django.utils import timezone
+
+from exchange.choices import PaymentEventStatus
+from exchange.gateways import GatewayError
+from exchange.models import PaymentEvent
+from exchange.services import delivery, payments, settlement
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (OperationalError, ConnectionError, TimeoutError)
+RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 300, "max_retries": 8}
+
+
+@shared_task(**RETRY)
+def payment_event_process(event_pk: int) -> str:
+    return payments.payment_event_process(event_pk=event_pk)
+
+
+@shared_task(**RETRY)
+def delivery_prepare(entitlement_pk: int) -> list[int]:
+    return [d.pk for d in delivery.delivery_prepare(entitlement_pk=entitlement_pk)]
+
+
+@shared_task(**RETRY)
+def settlement_run_execute(run_pk: int) -> str:
+    run = settlement.settlement_run_execute(run_pk=run_pk)
+    return f"run {run.pk}: {run.status}, {run.orders_settled} orders, {run.payouts_created} payouts"
+
+
+@shared_task
+def settlement_run_scheduled() -> str:
+    """Beat's daily entry point; a run already in progress is left to finish."""
+    try:
+        run = settlement.settlement_run_start(trigger="schedule")
+    except settlement.SettlementInProgress as exc:
+        return exc.messages[0]
+    return f"started run {run.pk}"
+
+
+@shared_task(autoretry_for=(*TRANSIENT, GatewayError), retry_backoff=5, retry_backoff_max=600, max_retries=10)
+def payout_send(payout_pk: int) -> str:
+    payout = settlement.payout_send(payout_pk=payout_pk)
+    return f"payout {payout.pk}: {payout.status}"
+
+
+@shared_task
+def payment_events_sweep(older_than_seconds: int = 60) -> int:
+    """Re-enqueue events stored but never processed (a lost broker message, a dead worker)."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    stuck = list(
+        PaymentEvent.objects.filter(status=PaymentEventStatus.RECEIVED, received_at__lt=cutoff).values_list(
+            "pk", flat=True
+        )[:1000]
+    )
+    for pk in stuck:
+        payment_event_process.delay(pk)
+    if stuck:
+        log.info("re-enqueued %d unprocessed payment events", len(stuck))
+    return len(stuck)

@@ -1,0 +1,28 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from exchange import views
+
+exchange_patterns = (
+    [
+        path("buy/<slug:slug>/", views.order_buy, name="order_buy"),
+        path("orders/<uuid:public_id>/", views.order_detail, name="order_detail"),
+        path("library/", views.library, name="library"),
+        path("download/<str:token>/", views.download, name="download"),
+        path("webhooks/<slug:gateway>/", views.webhook, name="webhook"),
+        path("sandbox/checkout/<str:session_id>/", views.sandbox_checkout, name="sandbox_checkout"),
+        path("console/sales/", views.sales, name="sales"),
+    ],
+    "exchange",
+)
+
+admin.site.site_header = "Data Exchange administration"
+admin.site.site_title = "Data Exchange admin"
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("accounts/", include("allauth.urls")),
+    path("merchants/", include("merchants.urls")),
+    path("", include(exchange_patterns)),
+    path("", include("listings.urls")),
+]

@@ -1,0 +1,52 @@
+import json
+import re
+import time
+import uuid
+
+from django.urls import reverse
+
+from exchange.gateways.signing import sign_payload
+from exchange.models import Order
+
+
+def buy(client, listing, token=None):
+    """POST the listing's buy form; return the response (a redirect to the gateway)."""
+    return client.post(reverse("exchange:order_buy", args=[listing.slug]), {"token": str(token or uuid.uuid4())})
+
+
+def approve_in_sandbox(client, checkout_url, decision="approve"):
+    return client.post(checkout_url, {"decision": decision})
+
+
+def checkout_completed_event(order: Order, *, event_id=None, amount=None) -> dict:
+    return {
+        "id": event_id or f"evt_test_{uuid.uuid4().hex[:12]}",
+        "object": "event",
+        "type": "checkout.session.completed",
+        "created": int(time.time()),
+        "data": {
+            "object": {
+                "id": order.gateway_session_id,
+                "object": "checkout.session",
+                "amount_total": order.amount if amount is None else amount,
+                "currency": order.currency.lower(),
+                "payment_status": "paid",
+                "metadata": {"order_id": str(order.public_id)},
+            }
+        },
+    }
+
+
+def post_webhook(client, event: dict, *, secret: str, timestamp=None, body=None, header=None):
+    raw = body if body is not None else json.dumps(event).encode()
+    signature = header if header is not None else sign_payload(body=raw, secret=secret, timestamp=timestamp)
+    headers = {"HTTP_STRIPE_SIGNATURE": signature} if signature else {}
+    return client.post(reverse("exchange:webhook", args=["sandbox"]), raw, content_type="application/json", **headers)
+
+
+def library_links(html: str) -> list[str]:
+    return re.findall(r'href="(/download/[^"]+)"', html)
+
+
+def read_stream(response) -> bytes:
+    return b"".join(response.streaming_content)

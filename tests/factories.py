@@ -1,0 +1,62 @@
+import factory
+from allauth.account.models import EmailAddress
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from accounts.models import User
+from listings.choices import ListingStatus
+from listings.models import Listing
+from listings.services import listing_approve, listing_create, listing_submit, pricing_plan_set, version_upload
+from merchants.services import merchant_create
+
+PASSWORD = "correct-horse-battery"
+SAMPLE_CSV = b"city,year,population\nGuiyang,2024,6400000\nShanghai,2024,24870000\n"
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = User
+        skip_postgeneration_save = True
+
+    email = factory.Sequence(lambda n: f"user{n}@example.com")
+    password = factory.PostGenerationMethodCall("set_password", PASSWORD)
+
+    @factory.post_generation
+    def verified(self, create, extracted, **kwargs):
+        if create:
+            self.save()
+            EmailAddress.objects.create(user=self, email=self.email, verified=True, primary=True)
+
+
+def csv_upload(content: bytes = SAMPLE_CSV, name: str = "data.csv") -> SimpleUploadedFile:
+    return SimpleUploadedFile(name, content, content_type="text/csv")
+
+
+def make_merchant(user, name="Acme Data"):
+    return merchant_create(user=user, name=name)
+
+
+def make_listing(
+    *,
+    merchant,
+    owner,
+    title="City populations",
+    content=SAMPLE_CSV,
+    price=1234,
+    currency="CNY",
+    status=ListingStatus.PUBLISHED,
+    reviewer=None,
+) -> Listing:
+    """A listing built through the services, driven to ``status``."""
+    listing = listing_create(merchant=merchant, actor=owner, title=title, summary="Populations by city")
+    if status == ListingStatus.DRAFT:
+        return listing
+    version_upload(listing=listing, actor=owner, uploaded_file=csv_upload(content))
+    pricing_plan_set(listing=listing, actor=owner, amount=price, currency=currency)
+    listing_submit(listing=listing, actor=owner)
+    if status == ListingStatus.SUBMITTED:
+        listing.refresh_from_db()
+        return listing
+    reviewer = reviewer or UserFactory(is_staff=True)
+    listing_approve(listing=listing, reviewer=reviewer)
+    listing.refresh_from_db()
+    return listing
