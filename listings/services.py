@@ -150,6 +150,7 @@ def listing_submit(*, listing: Listing, actor) -> Listing:
         problems.append("Set a price.")
     if problems:
         raise ValidationError(problems, code="incomplete")
+    listing.refresh_from_db(fields=["status"])
     if listing.status == ListingStatus.REJECTED:
         listing_transition(listing_pk=listing.pk, to_status=ListingStatus.DRAFT, actor=actor, reason="resubmitted")
     return listing_transition(listing_pk=listing.pk, to_status=ListingStatus.SUBMITTED, actor=actor)

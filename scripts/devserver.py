@@ -64,7 +64,8 @@ def main() -> int:
         time.sleep(0.5)
     for proc in children.values():
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            # Only the leader: Celery's main process shuts its own pool down warmly.
+            proc.terminate()
     deadline = time.time() + 15
     for proc in children.values():
         try:

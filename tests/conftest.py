@@ -8,6 +8,14 @@ from tests.factories import UserFactory, make_listing, make_merchant
 
 
 @pytest.fixture(autouse=True)
+def _empty_cache():
+    """Rate limits and cached values live in Redis; no test inherits another's."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def _private_storage(tmp_path, settings):
     """Each test stores uploads in its own folder, removed afterwards."""
     root = tmp_path / "private"

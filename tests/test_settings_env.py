@@ -1,0 +1,45 @@
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from exchange.env import env_bool, env_choice, env_int
+
+
+def test_bad_values_fail_loudly(monkeypatch):
+    monkeypatch.setenv("X_INT", "ten")
+    monkeypatch.setenv("X_BOOL", "maybe")
+    monkeypatch.setenv("X_CHOICE", "stripe-ish")
+    with pytest.raises(ImproperlyConfigured, match="X_INT must be an integer"):
+        env_int("X_INT", 1)
+    with pytest.raises(ImproperlyConfigured, match="X_BOOL must be a boolean"):
+        env_bool("X_BOOL")
+    with pytest.raises(ImproperlyConfigured, match="X_CHOICE must be one of"):
+        env_choice("X_CHOICE", "a", {"a", "b"})
+    monkeypatch.setenv("X_INT", "-5")
+    with pytest.raises(ImproperlyConfigured, match=">= 0"):
+        env_int("X_INT", 1, minimum=0)
+
+
+def test_defaults_and_good_values(monkeypatch):
+    monkeypatch.delenv("X_MISSING", raising=False)
+    assert env_int("X_MISSING", 7) == 7
+    monkeypatch.setenv("X_BOOL", "Yes")
+    assert env_bool("X_BOOL") is True
+
+
+def test_production_without_secret_key_refuses_to_start(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='exchange.settings'; django.setup()",
+        ],
+        env={"DJANGO_ENV": "production", "EXCHANGE_VAR_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]),
+    )
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY is required" in result.stderr
