@@ -81,3 +81,14 @@ def client_for(client, user):
 @pytest.fixture
 def var_dir() -> Path:
     return Path(settings.VAR_DIR)
+
+
+@pytest.fixture
+def categories(db):
+    """The seeded categories (transactional tests truncate migration data, so re-create them)."""
+    from listings.models import Category
+
+    names = [("government", "Government"), ("finance", "Finance"), ("transport", "Transport")]
+    for position, (slug, name) in enumerate(names):
+        Category.objects.get_or_create(slug=slug, defaults={"name": name, "position": position})
+    return {c.slug: c for c in Category.objects.all()}
