@@ -37,6 +37,8 @@ class Order(models.Model):
     gateway = models.CharField(max_length=20)
     gateway_session_id = models.CharField(max_length=120, unique=True, null=True, blank=True)
     checkout_url = models.URLField(max_length=500, blank=True)
+    # The gateway's payment (Stripe PaymentIntent) id, learnt from the paid event; refunds need it.
+    gateway_payment_id = models.CharField(max_length=120, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     paid_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)

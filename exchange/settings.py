@@ -227,7 +227,17 @@ PLATFORM_FEE_BPS = env_int("PLATFORM_FEE_BPS", 1000, minimum=0, maximum=10000)  
 DISPUTE_HOLD_DAYS = env_int("DISPUTE_HOLD_DAYS", 0, minimum=0)
 DEFAULT_CURRENCY = env_choice("DEFAULT_CURRENCY", "CNY", {"CNY", "USD", "EUR"})
 
-PAYMENT_GATEWAY = env_choice("PAYMENT_GATEWAY", "sandbox", {"sandbox"})
+# Stripe is used when its keys are set (or PAYMENT_GATEWAY=stripe); otherwise the sandbox.
+STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY")
+STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET")
+STRIPE_API_BASE = env_str("STRIPE_API_BASE", "https://api.stripe.com").rstrip("/")
+STRIPE_TIMEOUT_SECONDS = env_int("STRIPE_TIMEOUT_SECONDS", 20, minimum=1)
+STRIPE_MAX_NETWORK_RETRIES = env_int("STRIPE_MAX_NETWORK_RETRIES", 2, minimum=0, maximum=10)
+PAYMENT_GATEWAY = env_choice(
+    "PAYMENT_GATEWAY", "stripe" if STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET else "sandbox", {"sandbox", "stripe"}
+)
+if PAYMENT_GATEWAY == "stripe" and not (STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET):
+    raise ImproperlyConfigured("PAYMENT_GATEWAY=stripe needs STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET")
 SANDBOX_WEBHOOK_SECRET = env_str("SANDBOX_WEBHOOK_SECRET") or ("whsec_sandbox_" + SECRET_KEY[:32])
 WEBHOOK_TOLERANCE_SECONDS = env_int("WEBHOOK_TOLERANCE_SECONDS", 300, minimum=1)
 
@@ -238,3 +248,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- catalog benchmark ----------------------------------------------------
+# Enables the naive icontains search (?naive=1 on the catalog API), a baseline
+# for `make bench-search` only; never set it in production.
+BENCH_ENABLE_NAIVE = env_bool("BENCH_ENABLE_NAIVE", False) and DEPLOY_ENV != "production"

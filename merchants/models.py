@@ -12,6 +12,8 @@ class Merchant(models.Model):
     description = models.TextField(blank=True)
     contact_email = models.EmailField(blank=True)
     status = models.CharField(max_length=20, choices=MerchantStatus.choices, default=MerchantStatus.ACTIVE)
+    # Stripe Connect (Express) account that receives payouts; set by onboarding.
+    stripe_account_id = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

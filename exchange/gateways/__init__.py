@@ -3,8 +3,9 @@ from django.conf import settings
 from exchange.gateways.base import CheckoutSession, GatewayError, PaymentGateway
 from exchange.gateways.sandbox import SandboxGateway
 from exchange.gateways.signing import SignatureError
+from exchange.gateways.stripe_gateway import StripeGateway
 
-_GATEWAYS = {"sandbox": SandboxGateway}
+_GATEWAYS = {"sandbox": SandboxGateway, "stripe": StripeGateway}
 
 
 def get_gateway(name: str | None = None) -> PaymentGateway:

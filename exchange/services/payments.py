@@ -85,7 +85,12 @@ def _on_checkout_completed(event: PaymentEvent) -> str:
         raise EventPermanentError(
             f"Paid {obj.get('amount_total')} {obj.get('currency')} but the order is {order.amount} {order.currency}."
         )
-    order_transition(order_pk=order.pk, to_status=OrderStatus.PAID, reason=f"payment confirmed ({event.event_id})")
+    order_transition(
+        order_pk=order.pk,
+        to_status=OrderStatus.PAID,
+        reason=f"payment confirmed ({event.event_id})",
+        gateway_payment_id=str(obj.get("payment_intent") or "")[:120],
+    )
     entitlement = entitlement_grant(order=order)
     journal_post(
         idempotency_key=f"payment:{order.pk}",

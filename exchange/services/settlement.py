@@ -14,7 +14,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db.models import F, Sum
 from django.utils import timezone
 
 from common.money import percentage_of
@@ -145,36 +145,49 @@ def settlement_run_execute(*, run_pk: int) -> SettlementRun:
 
 
 def payout_send(*, payout_pk: int) -> Payout:
-    """Pay a payout through the gateway once; the gateway call is idempotent by key."""
+    """Pay a payout through the gateway once.
+
+    The row lock keeps two workers from sending the same payout; the gateway
+    call carries the payout's idempotency key (stored when the payout was
+    created), so a retry after a timed-out call that in fact succeeded gets
+    the first transfer back instead of making a second one. A refusal is
+    recorded on the payout (FAILED, with the reason); a transient error is
+    recorded and re-raised so the task retries.
+    """
     with transaction.atomic():
-        payout = Payout.objects.select_for_update().get(pk=payout_pk)
+        payout = Payout.objects.select_for_update().select_related("merchant").get(pk=payout_pk)
         if payout.status == PayoutStatus.SENT:
             return payout
-        payout.attempts += 1
         try:
             reference = get_gateway(payout.gateway).payout_create(payout=payout)
         except GatewayError as exc:
-            payout.error = str(exc)[:2000]
-            payout.status = PayoutStatus.PENDING if exc.transient else PayoutStatus.FAILED
-            payout.save(update_fields=["attempts", "error", "status"])
-            if exc.transient:
-                raise
+            failure = exc
+        else:
+            payout.attempts += 1
+            payout.status, payout.gateway_reference, payout.sent_at, payout.error = (
+                PayoutStatus.SENT,
+                reference,
+                timezone.now(),
+                "",
+            )
+            payout.save(update_fields=["attempts", "status", "gateway_reference", "sent_at", "error"])
+            journal_post(
+                idempotency_key=f"payout_sent:{payout.pk}",
+                kind=JournalKind.PAYOUT_SENT,
+                postings=[
+                    (account_get(kind=AccountKind.PAYOUTS_PENDING), payout.amount, payout.currency),
+                    (account_get(kind=AccountKind.GATEWAY_CLEARING), -payout.amount, payout.currency),
+                ],
+                payout=payout,
+                memo=f"transfer {reference}",
+            )
             return payout
-        payout.status, payout.gateway_reference, payout.sent_at, payout.error = (
-            PayoutStatus.SENT,
-            reference,
-            timezone.now(),
-            "",
-        )
-        payout.save(update_fields=["attempts", "status", "gateway_reference", "sent_at", "error"])
-        journal_post(
-            idempotency_key=f"payout_sent:{payout.pk}",
-            kind=JournalKind.PAYOUT_SENT,
-            postings=[
-                (account_get(kind=AccountKind.PAYOUTS_PENDING), payout.amount, payout.currency),
-                (account_get(kind=AccountKind.GATEWAY_CLEARING), -payout.amount, payout.currency),
-            ],
-            payout=payout,
-            memo=f"transfer {reference}",
-        )
+    Payout.objects.filter(pk=payout_pk).exclude(status=PayoutStatus.SENT).update(
+        attempts=F("attempts") + 1,
+        error=str(failure)[:2000],
+        status=PayoutStatus.PENDING if failure.transient else PayoutStatus.FAILED,
+    )
+    if failure.transient:
+        raise failure
+    payout.refresh_from_db()
     return payout

@@ -1,0 +1,138 @@
+"""The Stripe gateway: Checkout Sessions, signed webhooks, Connect transfers and refunds.
+
+Charges land on the platform account (separate charges and transfers, one
+``transfer_group`` per order) so the exchange holds the money until delivery
+is confirmed, then pays merchants with transfers to their Connect accounts.
+Every call that creates money movement carries an idempotency key that was
+stored before the call, so a call that timed out after succeeding is never
+repeated as a second movement: retrying with the same key returns the first
+result.
+"""
+
+import json
+
+import stripe
+from django.conf import settings
+
+from exchange.gateways.base import CheckoutSession, GatewayError, PaymentGateway
+from exchange.gateways.signing import SignatureError
+
+
+def _client() -> stripe.StripeClient:
+    return stripe.StripeClient(
+        settings.STRIPE_SECRET_KEY,
+        base_addresses={"api": settings.STRIPE_API_BASE},
+        http_client=stripe.RequestsClient(timeout=settings.STRIPE_TIMEOUT_SECONDS),
+        max_network_retries=settings.STRIPE_MAX_NETWORK_RETRIES,
+    )
+
+
+def _translate(exc: stripe.StripeError) -> GatewayError:
+    """Connection problems and 5xx/429 answers may pass; anything else will not."""
+    status = getattr(exc, "http_status", None)
+    transient = isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError) or (status or 0) >= 500
+    message = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
+    return GatewayError(f"Stripe: {message}", transient=transient)
+
+
+class StripeGateway(PaymentGateway):
+    name = "stripe"
+
+    def checkout_create(self, *, order, success_url: str, cancel_url: str) -> CheckoutSession:
+        params = {
+            "mode": "payment",
+            "client_reference_id": str(order.public_id),
+            "success_url": settings.SITE_URL + success_url,
+            "cancel_url": settings.SITE_URL + cancel_url,
+            "line_items": [
+                {
+                    "quantity": 1,
+                    "price_data": {
+                        "currency": order.currency.lower(),
+                        "unit_amount": order.amount,
+                        "product_data": {"name": order.listing.title[:250]},
+                    },
+                }
+            ],
+            "metadata": {"order_id": str(order.public_id)},
+            "payment_intent_data": {
+                "transfer_group": f"order-{order.public_id}",
+                "metadata": {"order_id": str(order.public_id)},
+            },
+        }
+        try:
+            session = _client().v1.checkout.sessions.create(
+                params=params, options={"idempotency_key": f"checkout-{order.public_id}"}
+            )
+        except stripe.StripeError as exc:
+            raise _translate(exc) from exc
+        return CheckoutSession(id=session.id, url=session.url)
+
+    def webhook_verify(self, *, body: bytes, signature_header: str | None) -> dict:
+        if not signature_header:
+            raise SignatureError("Missing signature header.")
+        try:
+            stripe.WebhookSignature.verify_header(
+                body.decode("utf-8"),
+                signature_header,
+                settings.STRIPE_WEBHOOK_SECRET,
+                tolerance=settings.WEBHOOK_TOLERANCE_SECONDS,
+            )
+        except stripe.SignatureVerificationError as exc:
+            raise SignatureError(str(exc) or "Signature does not match the payload.") from None
+        except UnicodeDecodeError:
+            raise SignatureError("The payload is not UTF-8.") from None
+        return json.loads(body)
+
+    def payout_create(self, *, payout) -> str:
+        account = payout.merchant.stripe_account_id
+        if not account:
+            raise GatewayError(f"{payout.merchant.name} has not connected a Stripe account yet.", transient=False)
+        try:
+            transfer = _client().v1.transfers.create(
+                params={
+                    "amount": payout.amount,
+                    "currency": payout.currency.lower(),
+                    "destination": account,
+                    "metadata": {"payout_id": str(payout.pk), "run_id": str(payout.run_id)},
+                },
+                options={"idempotency_key": payout.idempotency_key},
+            )
+        except stripe.StripeError as exc:
+            raise _translate(exc) from exc
+        return transfer.id
+
+    def refund_create(self, *, payment_id: str, amount: int, idempotency_key: str) -> str:
+        try:
+            refund = _client().v1.refunds.create(
+                params={"payment_intent": payment_id, "amount": amount},
+                options={"idempotency_key": idempotency_key},
+            )
+        except stripe.StripeError as exc:
+            raise _translate(exc) from exc
+        return refund.id
+
+    def connect_account_create(self, *, merchant) -> str:
+        """Create an Express account for ``merchant`` (idempotent per merchant)."""
+        try:
+            account = _client().v1.accounts.create(
+                params={"type": "express", "email": merchant.contact_email, "metadata": {"merchant_id": merchant.pk}},
+                options={"idempotency_key": f"connect-account-{merchant.pk}"},
+            )
+        except stripe.StripeError as exc:
+            raise _translate(exc) from exc
+        return account.id
+
+    def connect_onboarding_link(self, *, account_id: str, return_url: str, refresh_url: str) -> str:
+        try:
+            link = _client().v1.account_links.create(
+                params={
+                    "account": account_id,
+                    "type": "account_onboarding",
+                    "return_url": settings.SITE_URL + return_url,
+                    "refresh_url": settings.SITE_URL + refresh_url,
+                }
+            )
+        except stripe.StripeError as exc:
+            raise _translate(exc) from exc
+        return link.url
