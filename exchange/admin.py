@@ -1,8 +1,15 @@
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.template.response import TemplateResponse
 
+from common.money import MoneyError, to_minor
+from exchange.gateways import GatewayError
+from exchange.gateways.sandbox import SandboxGateway
 from exchange.models import (
+    AccessRequest,
     Delivery,
+    Dispute,
     DownloadLog,
     Entitlement,
     JournalEntry,
@@ -12,9 +19,13 @@ from exchange.models import (
     PaymentEvent,
     Payout,
     Posting,
+    Refund,
     SettlementRun,
+    Subscription,
 )
 from exchange.services.ledger import ledger_verify
+from exchange.services.orders import order_cancel
+from exchange.services.refunds import order_refund
 from exchange.services.settlement import settlement_run_start
 
 
@@ -41,13 +52,157 @@ class OrderStatusHistoryInline(admin.TabularInline):
         return False
 
 
+class RefundForm(forms.Form):
+    amount = forms.CharField(
+        required=False, help_text="In major units (e.g. 12.50). Empty: refund everything not yet refunded."
+    )
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2, "cols": 60}))
+
+
+@admin.action(description="Refund selected orders…")
+def refund_orders(modeladmin, request, queryset):
+    form = RefundForm(request.POST if "apply" in request.POST else None)
+    if "apply" in request.POST and form.is_valid():
+        for order in queryset:
+            try:
+                raw = form.cleaned_data["amount"].strip()
+                amount = to_minor(raw, order.currency) if raw else order.amount - order.refunded_amount
+                refund = order_refund(
+                    order=order, amount=amount, reason=form.cleaned_data["reason"], actor=request.user
+                )
+            except (ValidationError, MoneyError, GatewayError) as exc:
+                text = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+                messages.error(request, f"Order {order.reference}: {text}")
+            else:
+                messages.success(request, f"Order {order.reference}: refund {refund.pk} {refund.get_status_display()}.")
+        return None
+    return TemplateResponse(
+        request,
+        "admin/exchange/refund.html",
+        {**modeladmin.admin_site.each_context(request), "form": form, "orders": queryset, "opts": Order._meta},
+    )
+
+
+@admin.action(description="Cancel selected orders (only unpaid ones)")
+def cancel_orders(modeladmin, request, queryset):
+    for order in queryset:
+        try:
+            order_cancel(order=order, actor=request.user, reason="cancelled by staff")
+        except ValidationError as exc:
+            messages.error(request, f"Order {order.reference}: {'; '.join(exc.messages)}")
+        else:
+            messages.success(request, f"Order {order.reference} cancelled.")
+
+
+def _sandbox_only(request, order) -> bool:
+    if order.gateway != "sandbox":
+        messages.error(request, f"Order {order.reference} is not a sandbox order; use the real gateway's dashboard.")
+        return False
+    return True
+
+
+@admin.action(description="Sandbox: the buyer's bank opens a dispute")
+def sandbox_dispute(modeladmin, request, queryset):
+    for order in queryset:
+        if _sandbox_only(request, order):
+            SandboxGateway().emit_dispute(order=order)
+            messages.success(request, f"Order {order.reference}: dispute event sent through the webhook pipeline.")
+
+
+def _close_disputes(request, queryset, *, won: bool):
+    for order in queryset:
+        if not _sandbox_only(request, order):
+            continue
+        dispute = order.disputes.filter(status="open").first()
+        if dispute is None:
+            messages.error(request, f"Order {order.reference} has no open dispute.")
+            continue
+        SandboxGateway().emit_dispute(
+            order=order, status="won" if won else "lost", closed=True, dispute_id=dispute.gateway_dispute_id
+        )
+        messages.success(request, f"Order {order.reference}: dispute {'won' if won else 'lost'} event sent.")
+
+
+@admin.action(description="Sandbox: the exchange wins the open dispute")
+def sandbox_dispute_won(modeladmin, request, queryset):
+    _close_disputes(request, queryset, won=True)
+
+
+@admin.action(description="Sandbox: the exchange loses the open dispute")
+def sandbox_dispute_lost(modeladmin, request, queryset):
+    _close_disputes(request, queryset, won=False)
+
+
 @admin.register(Order)
 class OrderAdmin(ReadOnlyAdmin):
-    list_display = ("reference", "listing", "buyer", "merchant", "amount_display", "status", "created_at")
-    list_filter = ("status", "gateway", "currency")
+    list_display = (
+        "reference",
+        "listing",
+        "buyer",
+        "merchant",
+        "plan_kind",
+        "amount_display",
+        "refunded_amount",
+        "status",
+        "created_at",
+    )
+    list_filter = ("status", "plan_kind", "gateway", "currency")
     search_fields = ("public_id", "buyer__email", "listing__title", "merchant__name", "gateway_session_id")
     list_select_related = ("listing", "buyer", "merchant")
     inlines = [OrderStatusHistoryInline]
+    actions = [refund_orders, cancel_orders, sandbox_dispute, sandbox_dispute_won, sandbox_dispute_lost]
+
+
+@admin.register(Refund)
+class RefundAdmin(ReadOnlyAdmin):
+    list_display = ("pk", "order", "amount", "currency", "status", "source", "gateway_refund_id", "created_at")
+    list_filter = ("status", "source")
+    search_fields = ("order__public_id", "gateway_refund_id", "idempotency_key")
+
+
+@admin.register(Dispute)
+class DisputeAdmin(ReadOnlyAdmin):
+    list_display = ("gateway_dispute_id", "order", "amount", "currency", "status", "reason", "created_at", "closed_at")
+    list_filter = ("status",)
+
+
+def _subscription_event(request, queryset, emit, label):
+    for subscription in queryset:
+        if subscription.gateway != "sandbox":
+            messages.error(request, f"Subscription {subscription.pk} is not a sandbox subscription.")
+            continue
+        emit(subscription=subscription)
+        messages.success(request, f"Subscription {subscription.pk}: {label} event sent.")
+
+
+@admin.action(description="Sandbox: renew now (invoice paid)")
+def sandbox_renew(modeladmin, request, queryset):
+    _subscription_event(request, queryset, SandboxGateway().emit_renewal, "renewal")
+
+
+@admin.action(description="Sandbox: renewal payment fails")
+def sandbox_renewal_failed(modeladmin, request, queryset):
+    _subscription_event(request, queryset, SandboxGateway().emit_renewal_failed, "failed renewal")
+
+
+@admin.action(description="Sandbox: the buyer cancels")
+def sandbox_cancel_subscription(modeladmin, request, queryset):
+    _subscription_event(request, queryset, SandboxGateway().emit_subscription_cancelled, "cancellation")
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(ReadOnlyAdmin):
+    list_display = ("pk", "buyer", "listing", "plan", "status", "current_period_end", "gateway_subscription_id")
+    list_filter = ("status", "gateway")
+    list_select_related = ("buyer", "listing", "plan")
+    actions = [sandbox_renew, sandbox_renewal_failed, sandbox_cancel_subscription]
+
+
+@admin.register(AccessRequest)
+class AccessRequestAdmin(ReadOnlyAdmin):
+    list_display = ("pk", "listing", "buyer", "organisation", "status", "created_at", "expires_at", "decided_at")
+    list_filter = ("status",)
+    search_fields = ("buyer__email", "listing__title", "organisation")
 
 
 @admin.register(PaymentEvent)

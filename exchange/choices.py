@@ -22,7 +22,7 @@ ORDER_TRANSITIONS: dict[str, set[str]] = {
     _S.DELIVERED: {_S.SETTLED, _S.PARTIALLY_REFUNDED, _S.REFUNDED, _S.DISPUTED},
     _S.SETTLED: {_S.PARTIALLY_REFUNDED, _S.REFUNDED, _S.DISPUTED},
     _S.PARTIALLY_REFUNDED: {_S.PARTIALLY_REFUNDED, _S.REFUNDED, _S.DISPUTED, _S.SETTLED},
-    _S.DISPUTED: {_S.DELIVERED, _S.SETTLED, _S.REFUNDED},
+    _S.DISPUTED: {_S.PAID, _S.DELIVERED, _S.SETTLED, _S.REFUNDED},
     _S.DECLINED: set(),
     _S.CANCELLED: set(),
     _S.EXPIRED: set(),
@@ -32,7 +32,33 @@ ORDER_TRANSITIONS: dict[str, set[str]] = {
 
 class EntitlementStatus(models.TextChoices):
     ACTIVE = "active", "Active"
+    EXPIRED = "expired", "Expired"
     REVOKED = "revoked", "Revoked"
+
+
+class AccessRequestStatus(models.TextChoices):
+    PENDING = "pending", "Waiting for the merchant"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+    EXPIRED = "expired", "Expired (no answer in time)"
+
+
+class RefundStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class DisputeStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    WON = "won", "Won by the exchange"
+    LOST = "lost", "Lost (funds returned to the buyer)"
+
+
+class SubscriptionStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    PAST_DUE = "past_due", "Payment failed (grace period)"
+    CANCELLED = "cancelled", "Cancelled"
 
 
 class DeliveryStatus(models.TextChoices):
@@ -49,6 +75,9 @@ class PaymentEventStatus(models.TextChoices):
 
 class JournalKind(models.TextChoices):
     PAYMENT = "payment", "Payment captured (held)"
+    REFUND = "refund", "Refund to the buyer"
+    DISPUTE = "dispute", "Funds withdrawn by a dispute"
+    DISPUTE_WON = "dispute_won", "Disputed funds returned"
     SALE = "sale", "Sale settled (fee and merchant payable)"
     PAYOUT_CREATED = "payout_created", "Payout created"
     PAYOUT_SENT = "payout_sent", "Payout sent"

@@ -7,16 +7,21 @@ from django.db import models
 
 from common.money import CURRENCY_CHOICES, format_minor
 from exchange.choices import (
+    AccessRequestStatus,
     AccountKind,
     DeliveryStatus,
+    DisputeStatus,
     EntitlementStatus,
     JournalKind,
     OrderStatus,
     PaymentEventStatus,
     PayoutStatus,
+    RefundStatus,
     SandboxSessionStatus,
     SettlementRunStatus,
+    SubscriptionStatus,
 )
+from listings.choices import PlanKind, VersionAccess
 from listings.models import DataFile, Listing, ListingVersion, PricingPlan
 from merchants.models import Merchant
 
@@ -39,6 +44,15 @@ class Order(models.Model):
     checkout_url = models.URLField(max_length=500, blank=True)
     # The gateway's payment (Stripe PaymentIntent) id, learnt from the paid event; refunds need it.
     gateway_payment_id = models.CharField(max_length=120, blank=True)
+    plan_kind = models.CharField(max_length=20, choices=PlanKind.choices, default=PlanKind.ONE_TIME)
+    refunded_amount = models.PositiveBigIntegerField(default=0)
+    access_request = models.ForeignKey(
+        "AccessRequest", on_delete=models.PROTECT, null=True, blank=True, related_name="orders"
+    )
+    # Set on the renewal orders a subscription creates each paid period.
+    subscription = models.ForeignKey(
+        "Subscription", on_delete=models.PROTECT, null=True, blank=True, related_name="renewal_orders"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     paid_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
@@ -51,6 +65,9 @@ class Order(models.Model):
         ordering = ["-created_at", "-pk"]
         constraints = [
             models.UniqueConstraint(fields=["buyer", "idempotency_key"], name="order_buyer_idempotency_key_unique"),
+            models.CheckConstraint(
+                condition=models.Q(refunded_amount__lte=models.F("amount")), name="order_refund_within_amount"
+            ),
         ]
         indexes = [models.Index(fields=["status", "delivered_at"], name="order_status_delivered_idx")]
 
@@ -108,15 +125,115 @@ class Entitlement(models.Model):
     order = models.OneToOneField(Order, on_delete=models.PROTECT, related_name="entitlement")
     buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="entitlements")
     listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="entitlements")
+    plan = models.ForeignKey(PricingPlan, on_delete=models.PROTECT, null=True, related_name="entitlements")
     status = models.CharField(max_length=20, choices=EntitlementStatus.choices, default=EntitlementStatus.ACTIVE)
+    # None: perpetual (one-time purchases). Subscriptions: the end of the paid period (+ grace).
+    valid_until = models.DateTimeField(null=True, blank=True)
+    version_access = models.CharField(max_length=20, choices=VersionAccess.choices, default=VersionAccess.ALL)
+    # The use scenario the merchant approved (access requests), recorded with the right to use the data.
+    scenario = models.TextField(blank=True)
     granted_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_reason = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["-granted_at", "-pk"]
+        indexes = [models.Index(fields=["status", "valid_until"], name="entitlement_status_valid_idx")]
 
     def __str__(self):
         return f"{self.buyer} → {self.listing}"
+
+
+class AccessRequest(models.Model):
+    """A buyer's request to buy a listing that requires the merchant's approval."""
+
+    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="access_requests")
+    buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="access_requests")
+    organisation = models.CharField(max_length=200)
+    use_scenario = models.TextField()
+    status = models.CharField(
+        max_length=20, choices=AccessRequestStatus.choices, default=AccessRequestStatus.PENDING, editable=False
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    decision_note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["listing", "buyer"], condition=models.Q(status="pending"), name="access_request_one_pending"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.buyer} → {self.listing} ({self.status})"
+
+
+class Refund(models.Model):
+    """Money returned to a buyer, partially or fully; unique by idempotency key."""
+
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="refunds")
+    amount = models.PositiveBigIntegerField()
+    currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES)
+    status = models.CharField(max_length=20, choices=RefundStatus.choices, default=RefundStatus.PENDING)
+    reason = models.CharField(max_length=300)
+    source = models.CharField(max_length=20, default="admin")  # admin, gateway, delivery_failure
+    idempotency_key = models.CharField(max_length=150, unique=True)
+    gateway_refund_id = models.CharField(max_length=120, blank=True)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [models.CheckConstraint(condition=models.Q(amount__gt=0), name="refund_amount_positive")]
+
+    def __str__(self):
+        return f"Refund {self.pk} of {self.order} {format_minor(self.amount, self.currency)}"
+
+
+class Dispute(models.Model):
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="disputes")
+    gateway_dispute_id = models.CharField(max_length=120, unique=True)
+    amount = models.PositiveBigIntegerField()
+    currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES)
+    status = models.CharField(max_length=20, choices=DisputeStatus.choices, default=DisputeStatus.OPEN)
+    reason = models.CharField(max_length=120, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self):
+        return f"Dispute {self.gateway_dispute_id} ({self.status})"
+
+
+class Subscription(models.Model):
+    """A recurring purchase; each paid period extends the entitlement."""
+
+    order = models.OneToOneField(Order, on_delete=models.PROTECT, related_name="subscription_started")
+    buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="subscriptions")
+    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="subscriptions")
+    plan = models.ForeignKey(PricingPlan, on_delete=models.PROTECT, related_name="subscriptions")
+    gateway = models.CharField(max_length=20)
+    gateway_subscription_id = models.CharField(max_length=120, unique=True, null=True, blank=True)
+    status = models.CharField(max_length=20, choices=SubscriptionStatus.choices, default=SubscriptionStatus.ACTIVE)
+    current_period_end = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self):
+        return f"Subscription {self.pk} to {self.listing} ({self.status})"
 
 
 class Delivery(models.Model):
@@ -281,6 +398,10 @@ class SandboxCheckoutSession(models.Model):
     success_url = models.CharField(max_length=500)
     cancel_url = models.CharField(max_length=500)
     status = models.CharField(max_length=20, choices=SandboxSessionStatus.choices, default=SandboxSessionStatus.OPEN)
+    mode = models.CharField(max_length=20, default="payment")  # payment, subscription, setup
+    interval = models.CharField(max_length=10, blank=True)
+    payment_intent = models.CharField(max_length=60, blank=True)
+    subscription_id = models.CharField(max_length=60, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self):

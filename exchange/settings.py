@@ -124,12 +124,13 @@ else:
 BROKER_DIR = VAR_DIR / "broker"
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),
         "processed_folder": str(BROKER_DIR / "processed"),
+        "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
     }
 else:
@@ -162,6 +163,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "exchange.tasks.payment_events_sweep",
         "schedule": 60.0,
     },
+    "datafile-profile-sweep": {"task": "listings.tasks.datafile_profile_sweep", "schedule": 600.0},
+    "entitlements-expire": {"task": "exchange.tasks.entitlements_expire", "schedule": 300.0},
+    "escrow-auto-confirm": {"task": "exchange.tasks.escrow_auto_confirm", "schedule": crontab(minute=15)},
+    "trade-housekeeping": {"task": "exchange.tasks.trade_housekeeping", "schedule": crontab(minute=30)},
 }
 
 # --- auth -----------------------------------------------------------------
@@ -218,6 +223,7 @@ STORAGES = {
 
 # --- the exchange ---------------------------------------------------------
 UPLOAD_MAX_BYTES = env_int("UPLOAD_MAX_BYTES", 100 * 1024 * 1024, minimum=1)
+PROFILE_SAMPLE_ROWS = env_int("PROFILE_SAMPLE_ROWS", 10, minimum=0, maximum=1000)
 # Let Django spill uploads to a temporary file early, so a large upload never
 # sits in memory; the service streams from it to storage.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
@@ -225,6 +231,12 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DOWNLOAD_LINK_TTL_SECONDS = env_int("DOWNLOAD_LINK_TTL_SECONDS", 900, minimum=10)
 PLATFORM_FEE_BPS = env_int("PLATFORM_FEE_BPS", 1000, minimum=0, maximum=10000)  # 1000 bps = 10 %
 DISPUTE_HOLD_DAYS = env_int("DISPUTE_HOLD_DAYS", 0, minimum=0)
+# Escrow: a paid, delivered order is confirmed automatically after this many days.
+ESCROW_AUTO_CONFIRM_DAYS = env_int("ESCROW_AUTO_CONFIRM_DAYS", 7, minimum=0)
+CHECKOUT_EXPIRY_HOURS = env_int("CHECKOUT_EXPIRY_HOURS", 24, minimum=1)
+ACCESS_REQUEST_TTL_DAYS = env_int("ACCESS_REQUEST_TTL_DAYS", 7, minimum=1)
+# Subscriptions whose renewal failed keep access this long before it ends.
+SUBSCRIPTION_GRACE_DAYS = env_int("SUBSCRIPTION_GRACE_DAYS", 3, minimum=0)
 DEFAULT_CURRENCY = env_choice("DEFAULT_CURRENCY", "CNY", {"CNY", "USD", "EUR"})
 
 # Stripe is used when its keys are set (or PAYMENT_GATEWAY=stripe); otherwise the sandbox.
@@ -239,6 +251,7 @@ PAYMENT_GATEWAY = env_choice(
 if PAYMENT_GATEWAY == "stripe" and not (STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET):
     raise ImproperlyConfigured("PAYMENT_GATEWAY=stripe needs STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET")
 SANDBOX_WEBHOOK_SECRET = env_str("SANDBOX_WEBHOOK_SECRET") or ("whsec_sandbox_" + SECRET_KEY[:32])
+SANDBOX_DELAY_SECONDS = env_int("SANDBOX_DELAY_SECONDS", 10, minimum=0)
 WEBHOOK_TOLERANCE_SECONDS = env_int("WEBHOOK_TOLERANCE_SECONDS", 300, minimum=1)
 
 LOGGING = {

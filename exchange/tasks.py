@@ -65,3 +65,45 @@ def payment_events_sweep(older_than_seconds: int = 60) -> int:
     if stuck:
         log.info("re-enqueued %d unprocessed payment events", len(stuck))
     return len(stuck)
+
+
+@shared_task
+def entitlements_expire() -> int:
+    """Beat: end access whose paid period is over."""
+    from exchange.services.entitlements import entitlements_expire as expire
+
+    return expire()
+
+
+@shared_task
+def escrow_auto_confirm() -> int:
+    """Beat: release escrow for delivered orders nobody complained about in time."""
+    from exchange.services.orders import orders_auto_confirm
+
+    return orders_auto_confirm()
+
+
+@shared_task
+def trade_housekeeping() -> dict:
+    """Beat: expire unfinished checkouts and unanswered access requests."""
+    from exchange.services.access import access_requests_expire
+    from exchange.services.orders import orders_expire_pending
+
+    return {"orders_expired": orders_expire_pending(), "access_requests_expired": access_requests_expire()}
+
+
+@shared_task(**RETRY)
+def refund_execute(refund_pk: int) -> str:
+    from exchange.services.refunds import refund_execute as execute
+
+    refund = execute(refund_pk=refund_pk)
+    return f"refund {refund.pk}: {refund.status}"
+
+
+@shared_task(**RETRY)
+def sandbox_checkout_resolve(session_id: str, approve: bool) -> str:
+    """The sandbox's "approve after a delay": the provider answers later, through the webhook path."""
+    from exchange.gateways.sandbox import SandboxGateway
+
+    SandboxGateway().session_resolve_and_notify(session_id=session_id, approve=approve)
+    return f"sandbox session {session_id} {'approved' if approve else 'declined'}"

@@ -2,11 +2,16 @@ from django.contrib import admin
 from django.urls import include, path
 
 from exchange import views
+from listings.api import views as catalog_api_views
 
 exchange_patterns = (
     [
         path("buy/<slug:slug>/", views.order_buy, name="order_buy"),
         path("orders/<uuid:public_id>/", views.order_detail, name="order_detail"),
+        path("orders/<uuid:public_id>/<slug:action>/", views.order_action, name="order_action"),
+        path("access/<slug:slug>/", views.access_request_new, name="access_request_new"),
+        path("console/access-requests/", views.access_requests, name="access_requests"),
+        path("console/payouts/connect/", views.connect_onboarding, name="connect"),
         path("library/", views.library, name="library"),
         path("download/<str:token>/", views.download, name="download"),
         path("webhooks/<slug:gateway>/", views.webhook, name="webhook"),
@@ -23,6 +28,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("merchants/", include("merchants.urls")),
+    path("api/v1/catalog/", include("listings.api.urls")),
+    path("api/v1/ping/", catalog_api_views.ping, name="api_ping"),
     path("", include(exchange_patterns)),
     path("", include("listings.urls")),
 ]

@@ -1,8 +1,8 @@
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
-from django.db import transaction
 from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import content_disposition_header
@@ -10,11 +10,13 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from exchange.choices import SandboxSessionStatus
-from exchange.forms import BuyForm
+from exchange.forms import AccessRequestForm, BuyForm
 from exchange.gateways import GatewayError, get_gateway
 from exchange.gateways.sandbox import SandboxGateway
-from exchange.models import SandboxCheckoutSession
+from exchange.models import AccessRequest, SandboxCheckoutSession
 from exchange.selectors import buyer_library, buyer_orders, merchant_payouts, merchant_sales, order_visible
+from exchange.services.access import access_request_create, access_request_decide
+from exchange.services.connect import merchant_connect_start
 from exchange.services.delivery import (
     DownloadDenied,
     delivery_confirm,
@@ -23,8 +25,9 @@ from exchange.services.delivery import (
     download_log_start,
     download_resolve,
 )
-from exchange.services.orders import order_checkout_start, order_create
+from exchange.services.orders import order_cancel, order_checkout_start, order_confirm_receipt, order_create
 from exchange.services.payments import WebhookRejected, webhook_ingest
+from exchange.tasks import sandbox_checkout_resolve
 from listings.selectors import listing_visible
 from merchants.selectors import merchant_for_user
 
@@ -39,12 +42,23 @@ def order_buy(request, slug):
     if not form.is_valid():
         messages.error(request, "The purchase form was incomplete; please try again.")
         return redirect("listings:detail", slug=slug)
+    plan = None
+    if form.cleaned_data.get("plan"):
+        plan = listing.plans.filter(pk=form.cleaned_data["plan"]).first()
+        if plan is None:
+            messages.error(request, "That pricing plan is not available for this data product.")
+            return redirect("listings:detail", slug=slug)
     try:
-        order, _ = order_create(buyer=request.user, listing=listing, idempotency_key=str(form.cleaned_data["token"]))
+        # One form token per page; each plan's button makes its own purchase, a double click the same one.
+        key = f"{form.cleaned_data['token']}:{plan.pk}" if plan else str(form.cleaned_data["token"])
+        order, _ = order_create(buyer=request.user, listing=listing, idempotency_key=key, plan=plan)
         url = order_checkout_start(order=order)
     except ValidationError as exc:
         for message in exc.messages:
             messages.error(request, message)
+        return redirect("listings:detail", slug=slug)
+    except GatewayError as exc:
+        messages.error(request, f"The payment provider could not start the checkout: {exc}. Please try again.")
         return redirect("listings:detail", slug=slug)
     return redirect(url)
 
@@ -131,22 +145,114 @@ def webhook(request, gateway):
 
 def sandbox_checkout(request, session_id):
     """The sandbox gateway's hosted checkout page (what Stripe Checkout would be)."""
-    if get_gateway().name != "sandbox":
-        raise Http404("The sandbox gateway is not enabled.")
     session = get_object_or_404(SandboxCheckoutSession, pk=session_id)
     if request.method == "POST" and session.status == SandboxSessionStatus.OPEN:
-        approve = request.POST.get("decision") == "approve"
-        gateway = SandboxGateway()
+        decision = request.POST.get("decision")
+        if decision not in ("approve", "decline", "approve_later"):
+            messages.error(request, "Choose approve or decline.")
+            return redirect(request.path)
+        if decision == "approve_later":
+            # The provider answers later, like a bank transfer clearing: a task notifies the app.
+            sandbox_checkout_resolve.apply_async((session.pk, True), countdown=settings.SANDBOX_DELAY_SECONDS)
+            messages.info(
+                request, f"The sandbox will confirm this payment in {settings.SANDBOX_DELAY_SECONDS} seconds."
+            )
+            return redirect(session.success_url)
+        approve = decision == "approve"
         try:
-            body, signature = gateway.session_resolve(session_id=session.pk, approve=approve)
+            SandboxGateway().session_resolve_and_notify(session_id=session.pk, approve=approve)
         except GatewayError as exc:
             messages.error(request, str(exc))
             return redirect(request.path)
-        # Hand the signed event to the same ingestion the webhook endpoint uses.
-        with transaction.atomic():
-            webhook_ingest(gateway_name=gateway.name, body=body, signature_header=signature)
         return redirect(session.success_url if approve else session.cancel_url)
     return render(request, "exchange/sandbox_checkout.html", {"session": session})
+
+
+@login_required
+@require_POST
+def order_action(request, public_id, action):
+    """Buyer actions on an order: confirm receipt (releases escrow) or cancel while unpaid."""
+    order = order_visible(public_id=public_id, user=request.user)
+    if order.buyer_id != request.user.pk:
+        raise Http404("No such order.")
+    try:
+        if action == "confirm":
+            order_confirm_receipt(order=order, actor=request.user)
+            messages.success(request, "Thank you: receipt confirmed, the payment is released to the merchant.")
+        elif action == "cancel":
+            order_cancel(order=order, actor=request.user)
+            messages.success(request, "Order cancelled; nothing was charged.")
+        else:
+            raise Http404("No such action.")
+    except ValidationError as exc:
+        for message in exc.messages:
+            messages.error(request, message)
+    return redirect("exchange:order_detail", public_id=order.public_id)
+
+
+@login_required
+@require_POST
+def access_request_new(request, slug):
+    listing = listing_visible(slug=slug, user=request.user)
+    form = AccessRequestForm(request.POST)
+    if form.is_valid():
+        try:
+            access_request_create(listing=listing, buyer=request.user, **form.cleaned_data)
+        except ValidationError as exc:
+            for message in exc.messages:
+                messages.error(request, message)
+        else:
+            messages.success(request, "Request sent. The merchant will answer within a few days; you will see it here.")
+    else:
+        for errors in form.errors.values():
+            for message in errors:
+                messages.error(request, message)
+    return redirect("listings:detail", slug=slug)
+
+
+@login_required
+def access_requests(request):
+    """The merchant's queue of access requests to approve or reject."""
+    merchant = merchant_for_user(user=request.user)
+    if merchant is None:
+        raise Http404("You are not a merchant.")
+    if request.method == "POST":
+        item = get_object_or_404(AccessRequest, pk=request.POST.get("request"), listing__merchant=merchant)
+        try:
+            access_request_decide(
+                request=item,
+                actor=request.user,
+                approve=request.POST.get("decision") == "approve",
+                note=request.POST.get("note", ""),
+            )
+        except ValidationError as exc:
+            for message in exc.messages:
+                messages.error(request, message)
+        else:
+            messages.success(request, "Decision saved; the buyer can see it.")
+        return redirect("exchange:access_requests")
+    items = AccessRequest.objects.filter(listing__merchant=merchant).select_related("listing", "buyer")[:200]
+    return render(request, "exchange/access_requests.html", {"merchant": merchant, "items": items})
+
+
+@login_required
+def connect_onboarding(request):
+    """Stripe Connect (Express) onboarding for the merchant's payouts."""
+    merchant = merchant_for_user(user=request.user)
+    if merchant is None:
+        raise Http404("You are not a merchant.")
+    gateway = get_gateway()
+    if request.method == "POST":
+        if gateway.name != "stripe":
+            messages.info(request, "The sandbox pays merchants without an account; nothing to connect.")
+            return redirect("exchange:connect")
+        try:
+            url = merchant_connect_start(merchant=merchant, actor=request.user)
+        except (ValidationError, GatewayError) as exc:
+            messages.error(request, str(exc))
+            return redirect("exchange:connect")
+        return redirect(url)
+    return render(request, "exchange/connect.html", {"merchant": merchant, "gateway": gateway.name})
 
 
 @login_required

@@ -1,12 +1,146 @@
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.shortcuts import redirect
+from django.db.models import Count, Q
+from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
 
-from listings.choices import ListingStatus
-from listings.forms import RejectForm
-from listings.models import DataFile, Listing, ListingStatusHistory, ListingVersion, PricingPlan
-from listings.services import listing_approve, listing_reject
+from listings.choices import REVIEW_CHECKLIST, ListingStatus, ReviewDecision
+from listings.models import (
+    Category,
+    DataFile,
+    Listing,
+    ListingReview,
+    ListingStatusHistory,
+    ListingVersion,
+    PricingPlan,
+    Tag,
+)
+from listings.services import listing_approve, listing_reinstate, listing_reject, listing_suspend
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 60}))
+
+
+class ReviewDecisionForm(forms.Form):
+    """The reviewer's checklist and decision; fields follow REVIEW_CHECKLIST."""
+
+    notes = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 4, "cols": 70}),
+        required=False,
+        help_text="Required when rejecting: the merchant sees it and can act on it.",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for field, question in REVIEW_CHECKLIST.items():
+            self.fields[field] = forms.BooleanField(label=question, required=False)
+
+    def checklist(self) -> dict[str, bool]:
+        return {field: self.cleaned_data.get(field, False) for field in REVIEW_CHECKLIST}
+
+
+# --- reviews: the compliance queue ---------------------------------------------
+
+
+@admin.register(ListingReview)
+class ListingReviewAdmin(admin.ModelAdmin):
+    """The review queue. Opening a review shows the product, its profiling results and
+    PII flags beside the checklist; the decision goes through the review services."""
+
+    list_display = ("listing_link", "merchant", "sensitivity", "pii_summary", "submitted_at", "decision", "reviewer")
+    list_filter = ("decision", "listing__sensitivity", "listing__category")
+    search_fields = ("listing__title", "listing__merchant__name", "listing__registration_number")
+    list_select_related = ("listing__merchant", "reviewer", "version")
+    ordering = ("submitted_at",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def changelist_view(self, request, extra_context=None):
+        # Reviewers land on the queue of pending reviews, oldest first.
+        if not request.GET and request.method == "GET":
+            return redirect(f"{request.path}?decision__exact={ReviewDecision.PENDING}")
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="Listing", ordering="listing__title")
+    def listing_link(self, obj):
+        return obj.listing.title
+
+    @admin.display(description="Merchant", ordering="listing__merchant__name")
+    def merchant(self, obj):
+        return obj.listing.merchant
+
+    @admin.display(description="Declared sensitivity")
+    def sensitivity(self, obj):
+        return obj.listing.get_sensitivity_display()
+
+    @admin.display(description="PII flags found")
+    def pii_summary(self, obj):
+        if obj.version_id is None:
+            return "—"
+        flags = sorted({flag for f in obj.version.files.all() for c in f.columns for flag in c.get("pii") or []})
+        return ", ".join(flags) or "none"
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        review = get_object_or_404(
+            ListingReview.objects.select_related("listing__merchant", "listing__category", "version", "reviewer"),
+            pk=object_id,
+        )
+        if not self.has_view_permission(request, review):
+            raise PermissionDenied
+        listing = review.listing
+        pending = review.decision == ReviewDecision.PENDING
+        form = ReviewDecisionForm(request.POST if request.method == "POST" and pending else None)
+        if request.method == "POST" and pending and form.is_valid():
+            try:
+                if "_approve" in request.POST:
+                    listing_approve(
+                        listing=listing,
+                        reviewer=request.user,
+                        checklist=form.checklist(),
+                        notes=form.cleaned_data["notes"],
+                    )
+                    messages.success(request, f"Approved and published “{listing.title}”.")
+                elif "_reject" in request.POST:
+                    listing_reject(
+                        listing=listing,
+                        reviewer=request.user,
+                        reason=form.cleaned_data["notes"],
+                        checklist=form.checklist(),
+                    )
+                    messages.success(request, f"Rejected “{listing.title}”; the merchant has been told why.")
+                else:
+                    raise ValidationError("Choose Approve or Reject.")
+            except ValidationError as exc:
+                for message in exc.messages:
+                    form.add_error(None, message)
+            else:
+                return redirect(reverse("admin:listings_listingreview_changelist"))
+        files = list(review.version.files.all()) if review.version_id else []
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"Review: {listing.title}",
+            "review": review,
+            "listing": listing,
+            "files": files,
+            "form": form,
+            "pending": pending,
+            "pii_flags": sorted({flag for f in files for c in f.columns for flag in c.get("pii") or []}),
+            "history": listing.history.select_related("actor"),
+            "previous_reviews": listing.reviews.exclude(pk=review.pk).select_related("reviewer"),
+        }
+        return TemplateResponse(request, "admin/listings/listingreview/review.html", context)
+
+
+# --- listings ------------------------------------------------------------------
 
 
 class ListingStatusHistoryInline(admin.TabularInline):
@@ -22,7 +156,8 @@ class ListingStatusHistoryInline(admin.TabularInline):
 class PricingPlanInline(admin.TabularInline):
     model = PricingPlan
     extra = 0
-    readonly_fields = ("kind", "amount", "currency", "is_active", "created_at")
+    fields = ("kind", "name", "amount", "currency", "interval", "metered_unit", "is_active", "created_at")
+    readonly_fields = fields
     can_delete = False
 
     def has_add_permission(self, request, obj=None):
@@ -40,61 +175,95 @@ class ListingVersionInline(admin.TabularInline):
         return False
 
 
-def _apply_review(modeladmin, request, queryset, action, **kwargs):
-    done = 0
-    for listing in queryset:
-        try:
-            action(listing=listing, reviewer=request.user, **kwargs)
-            done += 1
-        except (ValidationError, PermissionDenied) as exc:
-            messages.error(request, f"{listing}: {'; '.join(getattr(exc, 'messages', [str(exc)]))}")
-    return done
-
-
-@admin.action(description="Approve and publish selected listings")
-def approve_listings(modeladmin, request, queryset):
-    done = _apply_review(modeladmin, request, queryset, listing_approve)
-    if done:
-        messages.success(request, f"Approved and published {done} listing(s).")
-
-
-@admin.action(description="Reject selected listings…")
-def reject_listings(modeladmin, request, queryset):
-    form = RejectForm(request.POST if "apply" in request.POST else None)
+def _reason_action(modeladmin, request, queryset, *, service, verb, button, action_name):
+    form = ReasonForm(request.POST if "apply" in request.POST else None)
     if "apply" in request.POST and form.is_valid():
-        done = _apply_review(modeladmin, request, queryset, listing_reject, reason=form.cleaned_data["reason"])
+        done = 0
+        for listing in queryset:
+            try:
+                service(listing=listing, reviewer=request.user, reason=form.cleaned_data["reason"])
+                done += 1
+            except (ValidationError, PermissionDenied) as exc:
+                messages.error(request, f"{listing}: {'; '.join(getattr(exc, 'messages', [str(exc)]))}")
         if done:
-            messages.success(request, f"Rejected {done} listing(s).")
+            messages.success(request, f"{verb} {done} listing(s).")
         return None
     return TemplateResponse(
         request,
-        "admin/listings/reject.html",
-        {**modeladmin.admin_site.each_context(request), "form": form, "listings": queryset, "opts": Listing._meta},
+        "admin/listings/reason.html",
+        {
+            **modeladmin.admin_site.each_context(request),
+            "form": form,
+            "listings": queryset,
+            "opts": Listing._meta,
+            "verb": verb,
+            "button": button,
+            "action_name": action_name,
+        },
+    )
+
+
+@admin.action(description="Suspend selected listings (take out of the catalog)…")
+def suspend_listings(modeladmin, request, queryset):
+    return _reason_action(
+        modeladmin,
+        request,
+        queryset,
+        service=listing_suspend,
+        verb="Suspended",
+        button="Suspend",
+        action_name="suspend_listings",
+    )
+
+
+@admin.action(description="Reinstate selected suspended listings…")
+def reinstate_listings(modeladmin, request, queryset):
+    return _reason_action(
+        modeladmin,
+        request,
+        queryset,
+        service=listing_reinstate,
+        verb="Reinstated",
+        button="Reinstate",
+        action_name="reinstate_listings",
     )
 
 
 @admin.register(Listing)
 class ListingAdmin(admin.ModelAdmin):
-    list_display = ("title", "merchant", "status", "registration_number", "created_at", "published_at")
-    list_filter = ("status", "merchant")
+    list_display = ("title", "merchant", "category", "status", "registration_number", "review_link", "published_at")
+    list_filter = ("status", "category", "sensitivity", "licence", "merchant")
     search_fields = ("title", "slug", "registration_number", "merchant__name")
-    readonly_fields = ("status", "registration_number", "published_at", "created_at", "updated_at")
+    readonly_fields = (
+        "status",
+        "registration_number",
+        "published_at",
+        "created_at",
+        "updated_at",
+        "price_from",
+        "primary_format",
+    )
+    exclude = ("search_vector", "column_names", "price_currency")
     inlines = [PricingPlanInline, ListingVersionInline, ListingStatusHistoryInline]
-    actions = [approve_listings, reject_listings]
-    list_select_related = ("merchant",)
+    actions = [suspend_listings, reinstate_listings]
+    list_select_related = ("merchant", "category")
+    autocomplete_fields = ("tags",)
 
-    def changelist_view(self, request, extra_context=None):
-        # Reviewers land on the queue: submitted listings first.
-        if not request.GET and request.method == "GET":
-            return redirect(f"{request.path}?status__exact={ListingStatus.SUBMITTED}")
-        return super().changelist_view(request, extra_context)
+    @admin.display(description="Review")
+    def review_link(self, obj):
+        review = obj.reviews.filter(decision=ReviewDecision.PENDING).first()
+        if review is None:
+            return "—"
+        url = reverse("admin:listings_listingreview_change", args=[review.pk])
+        return format_html('<a href="{}">Open review</a>', url)
 
 
 class DataFileInline(admin.TabularInline):
     model = DataFile
     extra = 0
     can_delete = False
-    readonly_fields = ("original_name", "file", "size", "sha256", "content_type", "format", "created_at")
+    fields = ("original_name", "size", "sha256", "format", "encoding", "profile_status", "row_count")
+    readonly_fields = fields
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -103,5 +272,29 @@ class DataFileInline(admin.TabularInline):
 @admin.register(ListingVersion)
 class ListingVersionAdmin(admin.ModelAdmin):
     list_display = ("listing", "label", "created_at", "published_at")
-    readonly_fields = ("listing", "label", "changelog", "created_at", "published_at")
+    readonly_fields = ("listing", "label", "changelog", "created_at", "published_at", "schema_diff")
     inlines = [DataFileInline]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(Category)
+class CategoryAdmin(admin.ModelAdmin):
+    list_display = ("name", "name_zh", "slug", "position", "listing_count")
+    list_editable = ("position",)
+    search_fields = ("name", "name_zh", "slug")
+    prepopulated_fields = {"slug": ("name",)}
+
+    def get_queryset(self, request):
+        published = Q(listings__status=ListingStatus.PUBLISHED)
+        return super().get_queryset(request).annotate(_listings=Count("listings", filter=published))
+
+    @admin.display(description="Published listings", ordering="_listings")
+    def listing_count(self, obj):
+        return obj._listings
+
+
+@admin.register(Tag)
+class TagAdmin(admin.ModelAdmin):
+    search_fields = ("name",)

@@ -64,6 +64,8 @@ class Listing(models.Model):
     geographic_coverage = models.CharField(max_length=200, blank=True)
     use_scenarios = models.TextField(blank=True, help_text="The uses the merchant allows, one per line.")
     sensitivity = models.CharField(max_length=20, choices=Sensitivity.choices, default=Sensitivity.NONE)
+    # Buyers must state a use scenario and be approved by the merchant before they can check out.
+    requires_access_request = models.BooleanField(default=False)
     # Column name -> the merchant's description, layered over the inferred schema.
     data_dictionary = models.JSONField(default=dict, blank=True)
     # Assigned by status transitions only (listings.services.listing_transition).

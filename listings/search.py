@@ -1,18 +1,82 @@
-"""The catalog's denormalised fields and full-text search vector.
+"""The catalog's denormalised fields, its full-text search and its facets.
 
-``listing_refresh_catalog_fields`` recomputes, from the source rows, what the
-catalog filters, sorts and searches on: the lowest active price, the primary
-file format, the column names of the latest published version and (on
-PostgreSQL) the weighted search vector. Every service that changes one of
-those sources calls it in the same transaction, so the catalog is current on
-write.
+Write side: ``listing_refresh_catalog_fields`` recomputes, from the source
+rows, what the catalog filters, sorts and searches on: the lowest active
+price, the primary file format, the column names of the latest published
+version and (on PostgreSQL) the weighted search vector. Every service that
+changes one of those sources calls it in the same transaction, so the
+catalog is current on write.
+
+Read side: ``catalog_query`` answers one catalog page. Its cost is bounded
+whatever the catalog's size:
+
+* a search term is matched against the stored vector through a GIN index
+  (``websearch_to_tsquery('simple', ...)``), never by scanning text;
+* relevance ranks only the newest ``CANDIDATE_CAP`` matches, so a broad term
+  ("data") costs the same at a million listings as at a thousand;
+* facet counts are taken over that same bounded candidate set; when the cap
+  is hit they are reported as lower bounds (``capped``);
+* pages are fetched as ``page_size + 1`` rows (the extra row says whether a
+  next page exists) at an offset bounded by ``CANDIDATE_CAP``; nothing ever
+  runs ``COUNT(*)`` over all matches.
+
+On SQLite (the embedded default) a term falls back to ``icontains`` over
+title, summary and column names, ranked by recency.
 """
 
-from django.contrib.postgres.search import SearchVector
-from django.db import connection
-from django.db.models import Value
+from __future__ import annotations
 
-from listings.models import DataFile, Listing, PricingPlan
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.contrib.postgres.search import SearchQuery, SearchRank
+from django.db import connection, router
+from django.db.models import F, Prefetch, Q, QuerySet
+
+from listings.choices import FileFormat, Licence, PlanKind, UpdateFrequency
+from listings.models import Category, DataFile, Listing, PricingPlan
+from merchants.models import Merchant
+
+# How many matches relevance ranks and facets count, at most.
+CANDIDATE_CAP = 1000
+PAGE_SIZE = 20
+# Values shown per facet (the merchant facet can be long).
+FACET_LIMIT = 20
+QUERY_MAX_LENGTH = 200
+
+SORT_RELEVANCE = "relevance"
+SORT_NEWEST = "newest"
+SORT_PRICE_ASC = "price_asc"
+SORT_PRICE_DESC = "price_desc"
+SORT_CHOICES = [
+    (SORT_RELEVANCE, "Relevance"),
+    (SORT_NEWEST, "Newest"),
+    (SORT_PRICE_ASC, "Price: low to high"),
+    (SORT_PRICE_DESC, "Price: high to low"),
+]
+_NEWEST = (F("published_at").desc(), F("pk").desc())
+_ORDERINGS = {
+    SORT_NEWEST: _NEWEST,
+    SORT_PRICE_ASC: (F("price_from").asc(nulls_last=True), F("pk").asc()),
+    SORT_PRICE_DESC: (F("price_from").desc(nulls_last=True), F("pk").desc()),
+}
+# Columns the facets group by; kept off the card queries (large text).
+_CARD_DEFERRED = ("description", "licence_terms", "use_scenarios", "data_dictionary", "search_vector")
+
+# The weighted document, in one place: the write path and the benchmark's bulk
+# load use the same expression. ``{t}`` is the listing table's alias.
+SEARCH_VECTOR_SQL = (
+    "setweight(to_tsvector('simple', coalesce({t}.title, '')), 'A')"
+    " || setweight(to_tsvector('simple', coalesce((SELECT string_agg(tag.name, ' ')"
+    " FROM listings_tag tag JOIN listings_listing_tags lt ON lt.tag_id = tag.id"
+    " WHERE lt.listing_id = {t}.id), '')), 'A')"
+    " || setweight(to_tsvector('simple', coalesce({t}.summary, '')), 'B')"
+    " || setweight(to_tsvector('simple', coalesce({t}.column_names, '')), 'C')"
+    " || setweight(to_tsvector('simple', coalesce({t}.description, '')), 'D')"
+)
 
 
 def _latest_published_files(listing: Listing) -> list[DataFile]:
@@ -23,6 +87,12 @@ def _latest_published_files(listing: Listing) -> list[DataFile]:
 
 
 def listing_refresh_catalog_fields(*, listing_pk: int) -> None:
+    """Recompute the listing's catalog fields and (on PostgreSQL) its search vector.
+
+    Call it, in the same transaction, after changing anything the catalog
+    shows or searches: plans, files and their columns, title, summary,
+    description or tags.
+    """
     listing = Listing.objects.get(pk=listing_pk)
     cheapest = PricingPlan.objects.filter(listing=listing, is_active=True).order_by("amount", "pk").first()
     files = _latest_published_files(listing)
@@ -37,11 +107,326 @@ def listing_refresh_catalog_fields(*, listing_pk: int) -> None:
     }
     Listing.objects.filter(pk=listing.pk).update(**fields)
     if connection.vendor == "postgresql":
-        tags = " ".join(listing.tags.values_list("name", flat=True))
-        Listing.objects.filter(pk=listing.pk).update(
-            search_vector=SearchVector("title", weight="A", config="simple")
-            + SearchVector(Value(tags), weight="A", config="simple")
-            + SearchVector("summary", weight="B", config="simple")
-            + SearchVector("column_names", weight="C", config="simple")
-            + SearchVector("description", weight="D", config="simple")
+        table = Listing._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET search_vector = {SEARCH_VECTOR_SQL.format(t=table)} WHERE id = %s",
+                [listing.pk],
+            )
+
+
+# --- reading -----------------------------------------------------------------
+
+
+class CursorError(ValueError):
+    """A pagination cursor that this catalog did not issue."""
+
+
+def cursor_encode(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode().rstrip("=")
+
+
+def cursor_decode(cursor: str) -> int:
+    """The offset inside ``cursor``; raises CursorError for anything else."""
+    if not cursor:
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise CursorError("Not a valid cursor.") from None
+    kind, _, number = raw.partition(":")
+    if kind != "o" or not number.isdigit() or int(number) >= CANDIDATE_CAP:
+        raise CursorError("Not a valid cursor.")
+    return int(number)
+
+
+def search_vector_available() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def text_query(q: str) -> SearchQuery:
+    """The tsquery for a user's terms: web-search syntax ("quoted phrases", -exclusions, or)."""
+    return SearchQuery(q, search_type="websearch", config="simple")
+
+
+def apply_text_search(queryset: QuerySet[Listing], q: str, *, naive: bool = False) -> QuerySet[Listing]:
+    """Listings of ``queryset`` matching ``q``: full text on PostgreSQL, icontains otherwise (or if ``naive``)."""
+    if not q:
+        return queryset
+    if search_vector_available() and not naive:
+        return queryset.filter(search_vector=text_query(q))
+    return queryset.filter(Q(title__icontains=q) | Q(summary__icontains=q) | Q(column_names__icontains=q))
+
+
+@dataclass
+class FacetValue:
+    value: str
+    label: str
+    count: int
+
+
+@dataclass
+class CatalogPage:
+    """One page of the catalog and the facets of the bounded candidate set."""
+
+    listings: list[Listing]
+    q: str
+    sort: str
+    offset: int
+    page_size: int
+    has_next: bool
+    facets: dict[str, list[FacetValue]] = field(default_factory=dict)
+    # Matches counted for the facets; a lower bound when ``capped``.
+    matches: int = 0
+    capped: bool = False
+
+    @property
+    def next_cursor(self) -> str | None:
+        return cursor_encode(self.offset + self.page_size) if self.has_next else None
+
+    @property
+    def previous_cursor(self) -> str | None:
+        if self.offset <= 0:
+            return None
+        return cursor_encode(max(self.offset - self.page_size, 0))
+
+    @property
+    def start_index(self) -> int:
+        return self.offset + 1 if self.listings else 0
+
+    @property
+    def end_index(self) -> int:
+        return self.offset + len(self.listings)
+
+
+def _resolve_sort(q: str, sort: str) -> str:
+    """The sort to apply: a known one, else relevance with a term and newest without one."""
+    if sort not in dict(SORT_CHOICES):
+        sort = ""
+    sort = sort or (SORT_RELEVANCE if q else SORT_NEWEST)
+    if sort == SORT_RELEVANCE and not q:
+        return SORT_NEWEST
+    return sort
+
+
+def _candidates_sql(matches: QuerySet[Listing], q: str, *, bounded: bool, ranked: bool) -> tuple[str, list, list]:
+    """SQL of the candidate set: the newest ``CANDIDATE_CAP`` matches (all when not bounded), with facet columns.
+
+    ``ranked`` adds ``ts_rank`` as the last column; it is computed for the
+    candidates only, as the scan produces them.
+    """
+    columns = ["id", "published_at", "category_id", "merchant_id", "licence", "primary_format", "update_frequency"]
+    candidates = matches
+    if ranked:
+        candidates = candidates.annotate(rank=SearchRank(F("search_vector"), text_query(q)))
+        columns.append("rank")
+    candidates = candidates.order_by(*_NEWEST) if bounded else candidates.order_by()
+    candidates = candidates.values(*columns)
+    if bounded:
+        candidates = candidates[:CANDIDATE_CAP]
+    sql, params = candidates.query.sql_with_params()
+    return sql, list(params), columns
+
+
+def _with_candidates(sql: str, columns: list[str]) -> str:
+    return f"WITH c ({', '.join(columns)}) AS ({sql}) "
+
+
+_RANK_ORDER = "c.rank DESC, c.published_at DESC, c.id DESC"
+
+
+def _facet_sql() -> str:
+    category, merchant, plan = Category._meta.db_table, Merchant._meta.db_table, PricingPlan._meta.db_table
+    return (
+        f"SELECT 'category', x.slug, x.name, COUNT(*) FROM c JOIN {category} x ON x.id = c.category_id"
+        " GROUP BY x.slug, x.name"
+        f" UNION ALL SELECT 'merchant', x.slug, x.name, COUNT(*) FROM c JOIN {merchant} x ON x.id = c.merchant_id"
+        " GROUP BY x.slug, x.name"
+        " UNION ALL SELECT 'licence', c.licence, '', COUNT(*) FROM c GROUP BY c.licence"
+        " UNION ALL SELECT 'format', c.primary_format, '', COUNT(*) FROM c WHERE c.primary_format <> ''"
+        " GROUP BY c.primary_format"
+        " UNION ALL SELECT 'update_frequency', c.update_frequency, '', COUNT(*) FROM c GROUP BY c.update_frequency"
+        f" UNION ALL SELECT 'price_type', p.kind, '', COUNT(DISTINCT p.listing_id) FROM {plan} p"
+        " JOIN c ON p.listing_id = c.id WHERE p.is_active GROUP BY p.kind"
+        " UNION ALL SELECT 'total', '', '', COUNT(*) FROM c"
+    )
+
+
+def ranked_page_sql(queryset: QuerySet[Listing], q: str, *, page_size: int | None = None) -> tuple[str, list]:
+    """One statement for page 1 by relevance with the card's columns: the top-N query on its own.
+
+    The benchmark's raw-SQL baseline; the API ranks the same candidate set
+    (and counts its facets in the same statement).
+    """
+    sql, params, columns = _candidates_sql(apply_text_search(queryset, q), q, bounded=True, ranked=True)
+    listing, merchant, category = Listing._meta.db_table, Merchant._meta.db_table, Category._meta.db_table
+    statement = _with_candidates(sql, columns) + (
+        "SELECT l.id, l.title, l.slug, l.summary, l.registration_number, l.licence, l.update_frequency,"
+        " l.primary_format, l.price_from, l.price_currency, l.published_at, l.updated_at,"
+        " m.slug, m.name, x.slug, x.name"
+        f" FROM (SELECT * FROM c ORDER BY {_RANK_ORDER} LIMIT %s) c"
+        f" JOIN {listing} l ON l.id = c.id JOIN {merchant} m ON m.id = l.merchant_id"
+        f" LEFT JOIN {category} x ON x.id = l.category_id ORDER BY {_RANK_ORDER}"
+    )
+    return statement, [*params, (page_size or PAGE_SIZE) + 1]
+
+
+# The listing columns a card shows, fetched by the ranked statement (others load lazily if touched).
+_CARD_COLUMNS = (
+    "id",
+    "merchant_id",
+    "category_id",
+    "title",
+    "slug",
+    "summary",
+    "status",
+    "registration_number",
+    "licence",
+    "update_frequency",
+    "primary_format",
+    "price_from",
+    "price_currency",
+    "created_at",
+    "updated_at",
+    "published_at",
+)
+_DATETIME_COLUMNS = {"created_at", "updated_at", "published_at"}
+
+
+def _from_db(model, data: dict):
+    # from_db takes the loaded values in the model's field order; the rest are deferred.
+    names = [f.attname for f in model._meta.concrete_fields if f.attname in data]
+    return model.from_db(router.db_for_read(model), names, [data[name] for name in names])
+
+
+def _card_from_json(text: str, related: dict) -> Listing:
+    """A Listing (with its merchant and category) from the ranked statement's JSON array.
+
+    Built with ``from_db`` like any queryset row: the columns not fetched are
+    deferred, so touching one loads it rather than reading a wrong default.
+    """
+    values = json.loads(text)
+    fields = dict(zip(_CARD_COLUMNS, values, strict=False))
+    for name in _DATETIME_COLUMNS:
+        if fields[name]:
+            fields[name] = datetime.fromisoformat(fields[name])
+    merchant_slug, merchant_name, category_slug, category_name, kinds = values[len(_CARD_COLUMNS) :]
+    listing = _from_db(Listing, fields)
+    # One instance per merchant and category on the page (``related`` caches them across cards).
+    merchant_key, category_key = ("m", fields["merchant_id"]), ("c", fields["category_id"])
+    if merchant_key not in related:
+        related[merchant_key] = _from_db(
+            Merchant, {"id": fields["merchant_id"], "slug": merchant_slug, "name": merchant_name}
         )
+    if category_key not in related:
+        related[category_key] = (
+            _from_db(Category, {"id": fields["category_id"], "slug": category_slug, "name": category_name})
+            if fields["category_id"]
+            else None
+        )
+    listing.merchant, listing.category = related[merchant_key], related[category_key]
+    listing.price_types = sorted(filter(None, (kinds or "").split(",")))
+    return listing
+
+
+def _with_card_fields(queryset: QuerySet[Listing]) -> QuerySet[Listing]:
+    """What a catalog card shows: merchant and category joined, active plans prefetched, long text deferred."""
+    active_plans = Prefetch("plans", queryset=PricingPlan.objects.filter(is_active=True), to_attr="active_plans")
+    return queryset.select_related("merchant", "category").defer(*_CARD_DEFERRED).prefetch_related(active_plans)
+
+
+def _read_facets(rows) -> tuple[dict[str, list[FacetValue]], int]:
+    facets: dict[str, list[FacetValue]] = {name: [] for name in FACET_NAMES}
+    total = 0
+    for name, value, label, count in rows:
+        if name == "total":
+            total = count
+        elif name in facets:
+            label = label or _CHOICE_LABELS.get(name, {}).get(value, value)
+            facets[name].append(FacetValue(value=value, label=label, count=count))
+    for values in facets.values():
+        values.sort(key=lambda v: (-v.count, v.label.lower()))
+        del values[FACET_LIMIT:]
+    return facets, total
+
+
+def catalog_query(
+    *,
+    queryset: QuerySet[Listing],
+    q: str = "",
+    sort: str = "",
+    offset: int = 0,
+    page_size: int | None = None,
+    naive: bool = False,
+) -> CatalogPage:
+    """One catalog page of ``queryset`` (already filtered, published only) for the term ``q``, with facets.
+
+    At most three queries whatever the size of the catalog. By relevance (a
+    term on PostgreSQL), two: one statement builds the candidate set once,
+    ranks it for the page's ids (with their plan kinds) and counts the facets
+    over it; then the page's rows. Other sorts walk their index for
+    ``page_size + 1`` rows, then their active plans, then the facets. ``naive`` (the benchmark's baseline only)
+    searches with icontains and counts facets over every match.
+    """
+    q = (q or "").strip()[:QUERY_MAX_LENGTH]
+    page_size = page_size or PAGE_SIZE
+    offset = max(0, min(int(offset), CANDIDATE_CAP - 1))
+    ranked_search = bool(q) and search_vector_available() and not naive
+    sort = _resolve_sort(q, sort)
+    matches = apply_text_search(queryset, q, naive=naive)
+    ranked = ranked_search and sort == SORT_RELEVANCE
+    sql, params, columns = _candidates_sql(matches, q, bounded=not naive, ranked=ranked)
+    statement = _with_candidates(sql, columns) + _facet_sql()
+    if ranked:
+        # The page itself, in rank order: each card's columns (and its active plan kinds) as one JSON
+        # array, so the whole page is this one statement.
+        listing, merchant, category = Listing._meta.db_table, Merchant._meta.db_table, Category._meta.db_table
+        card_columns = ", ".join(f"l.{name}" for name in _CARD_COLUMNS)
+        statement += (
+            f" UNION ALL SELECT 'page', '', CAST(json_build_array({card_columns}, m.slug, m.name, x.slug, x.name,"
+            f" (SELECT string_agg(DISTINCT k.kind, ',') FROM {PricingPlan._meta.db_table} k"
+            " WHERE k.listing_id = l.id AND k.is_active)) AS TEXT), p.n"
+            f" FROM (SELECT c.id, ROW_NUMBER() OVER (ORDER BY {_RANK_ORDER}) AS n FROM c"
+            f" ORDER BY n LIMIT %s OFFSET %s) p JOIN {listing} l ON l.id = p.id"
+            f" JOIN {merchant} m ON m.id = l.merchant_id LEFT JOIN {category} x ON x.id = l.category_id"
+        )
+        params += [page_size + 1, offset]
+    else:
+        # Newest, price, or relevance without full text (recency): the index gives the order.
+        ordering = _ORDERINGS.get(sort, _NEWEST)
+        rows = list(_with_card_fields(matches.order_by(*ordering))[offset : offset + page_size + 1])
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        result = cursor.fetchall()
+    facets, total = _read_facets(result)
+    if ranked:
+        related: dict = {}
+        ranked_rows = sorted((r for r in result if r[0] == "page"), key=lambda r: r[3])
+        rows = [_card_from_json(r[2], related) for r in ranked_rows]
+    else:
+        for row in rows:
+            row.price_types = sorted({plan.kind for plan in row.active_plans})
+    has_next = len(rows) > page_size and offset + page_size < CANDIDATE_CAP
+    kind_labels = dict(PlanKind.choices)
+    for row in rows:
+        row.price_type_labels = [kind_labels.get(kind, kind) for kind in row.price_types]
+    return CatalogPage(
+        listings=rows[:page_size],
+        q=q,
+        sort=sort,
+        offset=offset,
+        page_size=page_size,
+        has_next=has_next,
+        facets=facets,
+        matches=total,
+        capped=not naive and total >= CANDIDATE_CAP,
+    )
+
+
+FACET_NAMES = ("category", "price_type", "licence", "format", "merchant", "update_frequency")
+_CHOICE_LABELS = {
+    "licence": dict(Licence.choices),
+    "format": dict(FileFormat.choices),
+    "update_frequency": dict(UpdateFrequency.choices),
+    "price_type": dict(PlanKind.choices),
+}

@@ -16,6 +16,7 @@ from django.conf import settings
 
 from exchange.gateways.base import CheckoutSession, GatewayError, PaymentGateway
 from exchange.gateways.signing import SignatureError
+from listings.choices import PlanKind
 
 
 def _client() -> stripe.StripeClient:
@@ -39,27 +40,40 @@ class StripeGateway(PaymentGateway):
     name = "stripe"
 
     def checkout_create(self, *, order, success_url: str, cancel_url: str) -> CheckoutSession:
+        """A Checkout Session for the order's plan.
+
+        One-time: payment mode, the charge lands on the platform with a
+        per-order transfer_group (held until delivery). Subscription:
+        subscription mode with a recurring price. Metered: setup mode, which
+        only saves a payment method (usage is billed later).
+        """
+        order_meta = {"order_id": str(order.public_id)}
         params = {
-            "mode": "payment",
             "client_reference_id": str(order.public_id),
             "success_url": settings.SITE_URL + success_url,
             "cancel_url": settings.SITE_URL + cancel_url,
-            "line_items": [
-                {
-                    "quantity": 1,
-                    "price_data": {
-                        "currency": order.currency.lower(),
-                        "unit_amount": order.amount,
-                        "product_data": {"name": order.listing.title[:250]},
-                    },
-                }
-            ],
-            "metadata": {"order_id": str(order.public_id)},
-            "payment_intent_data": {
-                "transfer_group": f"order-{order.public_id}",
-                "metadata": {"order_id": str(order.public_id)},
-            },
+            "metadata": order_meta,
         }
+        price_data = {
+            "currency": order.currency.lower(),
+            "unit_amount": order.amount,
+            "product_data": {"name": order.listing.title[:250]},
+        }
+        if order.plan_kind == PlanKind.SUBSCRIPTION:
+            price_data["recurring"] = {"interval": order.plan.interval}
+            params.update(
+                mode="subscription",
+                line_items=[{"quantity": 1, "price_data": price_data}],
+                subscription_data={"metadata": order_meta},
+            )
+        elif order.plan_kind == PlanKind.METERED:
+            params.update(mode="setup", currency=order.currency.lower(), setup_intent_data={"metadata": order_meta})
+        else:
+            params.update(
+                mode="payment",
+                line_items=[{"quantity": 1, "price_data": price_data}],
+                payment_intent_data={"transfer_group": f"order-{order.public_id}", "metadata": order_meta},
+            )
         try:
             session = _client().v1.checkout.sessions.create(
                 params=params, options={"idempotency_key": f"checkout-{order.public_id}"}

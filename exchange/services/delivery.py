@@ -6,8 +6,9 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from exchange.choices import DeliveryStatus, EntitlementStatus, OrderStatus
+from exchange.choices import DeliveryStatus, OrderStatus
 from exchange.models import Delivery, DownloadLog, Entitlement, Order
+from exchange.services.entitlements import entitlement_is_usable
 from listings.models import DataFile, ListingVersion
 
 DOWNLOAD_SALT = "exchange.download.v1"
@@ -17,19 +18,11 @@ class DownloadDenied(Exception):
     """A download link that must be refused; the message is safe to show."""
 
 
-def entitlement_grant(*, order: Order) -> Entitlement:
-    """Grant the buyer access for a paid order (once: one entitlement per order)."""
-    entitlement, _ = Entitlement.objects.get_or_create(
-        order=order, defaults={"buyer_id": order.buyer_id, "listing_id": order.listing_id}
-    )
-    return entitlement
-
-
 def delivery_prepare(*, entitlement_pk: int) -> list[Delivery]:
     """Prepare a delivery of the latest published version; safe to run twice."""
     with transaction.atomic():
         entitlement = Entitlement.objects.select_for_update().select_related("listing").get(pk=entitlement_pk)
-        if entitlement.status != EntitlementStatus.ACTIVE:
+        if not entitlement_is_usable(entitlement):
             return []
         version = (
             ListingVersion.objects.filter(listing_id=entitlement.listing_id, published_at__isnull=False)
@@ -65,7 +58,7 @@ def download_resolve(*, token: str, user) -> tuple[Delivery, DataFile]:
     delivery = Delivery.objects.select_related("entitlement", "version").filter(pk=data.get("d")).first()
     if delivery is None or delivery.entitlement.buyer_id != user.pk:
         raise DownloadDenied("This download link is not valid.")
-    if delivery.entitlement.status != EntitlementStatus.ACTIVE:
+    if not entitlement_is_usable(delivery.entitlement):
         raise DownloadDenied("Your access to this data product has ended.")
     file = DataFile.objects.filter(pk=data.get("f"), version_id=delivery.version_id).first()
     if file is None:
@@ -96,4 +89,7 @@ def delivery_confirm(*, delivery_pk: int, reason: str) -> Delivery:
         order = Order.objects.select_for_update().get(pk=delivery.entitlement.order_id)
         if order.status == OrderStatus.PAID:
             order_transition(order_pk=order.pk, to_status=OrderStatus.DELIVERED, reason=reason)
+        elif order.delivered_at is None and order.status == OrderStatus.PARTIALLY_REFUNDED:
+            # Delivered after a partial refund: the rest becomes eligible for settlement.
+            Order.objects.filter(pk=order.pk).update(delivered_at=timezone.now())
     return delivery

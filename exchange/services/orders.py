@@ -1,14 +1,19 @@
 """Orders: creation with idempotency, checkout, and the order state machine."""
 
+from datetime import timedelta
+
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
-from exchange.choices import ORDER_TRANSITIONS, EntitlementStatus, OrderStatus
+from exchange.choices import ORDER_TRANSITIONS, AccessRequestStatus, EntitlementStatus, OrderStatus
 from exchange.gateways import get_gateway
-from exchange.models import Entitlement, Order, OrderStatusHistory
-from listings.models import Listing
+from exchange.models import AccessRequest, Entitlement, Order, OrderStatusHistory
+from listings.choices import PlanKind
+from listings.models import Listing, PricingPlan
 from listings.selectors import listing_active_plan
 from merchants.selectors import merchant_is_member
 
@@ -62,50 +67,95 @@ def _check_can_buy(*, buyer, listing: Listing) -> None:
         raise ValidationError("This data product is not available for purchase.", code="not_published")
     if merchant_is_member(merchant=listing.merchant, user=buyer):
         raise ValidationError("You cannot buy your own merchant's data product.", code="own_listing")
-    if Entitlement.objects.filter(buyer=buyer, listing=listing, status=EntitlementStatus.ACTIVE).exists():
+    now = timezone.now()
+    usable = Entitlement.objects.filter(buyer=buyer, listing=listing, status=EntitlementStatus.ACTIVE).filter(
+        Q(valid_until__isnull=True) | Q(valid_until__gt=now)
+    )
+    if usable.exists():
         raise ValidationError("You already have access to this data product.", code="already_entitled")
 
 
-def order_create(*, buyer, listing: Listing, idempotency_key: str) -> tuple[Order, bool]:
-    """Create a pending order for the listing's active plan; return (order, created).
+def _approved_access_request(*, buyer, listing: Listing) -> AccessRequest | None:
+    if not getattr(listing, "requires_access_request", False):
+        return None
+    request = (
+        AccessRequest.objects.filter(buyer=buyer, listing=listing, status=AccessRequestStatus.APPROVED)
+        .order_by("-decided_at")
+        .first()
+    )
+    if request is None:
+        raise ValidationError(
+            "This data product needs the merchant's approval first: request access with your use scenario.",
+            code="access_request_required",
+        )
+    return request
 
-    A repeat with the same ``idempotency_key`` (a double click, a retried API
-    call) returns the first order, guaranteed by a unique constraint rather
-    than a check-then-insert. Reusing a key for another listing is an error.
+
+def order_create(
+    *, buyer, listing: Listing, idempotency_key: str, plan: PricingPlan | None = None
+) -> tuple[Order, bool]:
+    """Create an order for one of the listing's active plans; return (order, created).
+
+    Without ``plan`` the active one-time plan is bought. A repeat with the same
+    ``idempotency_key`` (a double click, a retried API call) returns the first
+    order, guaranteed by a unique constraint rather than a check-then-insert;
+    reusing a key for another purchase is an error. Free plans complete at
+    once (no gateway); metered plans grant access once the gateway has a
+    payment method on file (usage is billed later).
     """
     key = (idempotency_key or "").strip()
     if not key or len(key) > 100:
         raise ValidationError("A purchase needs an idempotency key of 1 to 100 characters.", code="bad_key")
     existing = Order.objects.filter(buyer=buyer, idempotency_key=key).first()
     if existing:
-        return _same_purchase(existing, listing), False
+        return _same_purchase(existing, listing, plan), False
     _check_can_buy(buyer=buyer, listing=listing)
-    plan = listing_active_plan(listing=listing)
     if plan is None:
-        raise ValidationError("This data product has no price yet.", code="no_plan")
+        plan = listing_active_plan(listing=listing)
+        if plan is None:
+            raise ValidationError("This data product has no one-time price.", code="no_plan")
+    elif plan.listing_id != listing.pk or not plan.is_active:
+        raise ValidationError("That pricing plan is not available for this data product.", code="bad_plan")
+    access_request = _approved_access_request(buyer=buyer, listing=listing)
+    # Metered plans charge nothing up front: the checkout only collects a payment method.
+    amount = 0 if plan.kind in (PlanKind.FREE, PlanKind.METERED) else plan.amount
     try:
         with transaction.atomic():
             order = Order.objects.create(
                 buyer=buyer,
                 listing=listing,
                 plan=plan,
+                plan_kind=plan.kind,
                 merchant_id=listing.merchant_id,
-                amount=plan.amount,
+                amount=amount,
                 currency=plan.currency,
                 idempotency_key=key,
-                gateway=get_gateway().name,
+                gateway="none" if plan.kind == PlanKind.FREE else get_gateway().name,
+                access_request=access_request,
             )
             OrderStatusHistory.objects.create(
                 order=order, from_status="", to_status=OrderStatus.PENDING_PAYMENT, reason="order placed", actor=buyer
             )
+            if plan.kind == PlanKind.FREE:
+                _free_order_complete(order=order)
     except IntegrityError:
         # A concurrent request with the same key won the insert.
-        return _same_purchase(Order.objects.get(buyer=buyer, idempotency_key=key), listing), False
+        return _same_purchase(Order.objects.get(buyer=buyer, idempotency_key=key), listing, plan), False
     return order, True
 
 
-def _same_purchase(order: Order, listing: Listing) -> Order:
-    if order.listing_id != listing.pk:
+def _free_order_complete(*, order: Order) -> None:
+    from exchange.services.entitlements import entitlement_grant
+    from exchange.tasks import delivery_prepare
+
+    order_transition(order_pk=order.pk, to_status=OrderStatus.PAID, reason="free plan: nothing to pay")
+    order.refresh_from_db()
+    entitlement = entitlement_grant(order=order)
+    transaction.on_commit(lambda: delivery_prepare.delay(entitlement.pk))
+
+
+def _same_purchase(order: Order, listing: Listing, plan: PricingPlan | None = None) -> Order:
+    if order.listing_id != listing.pk or (plan is not None and order.plan_id != plan.pk):
         raise IdempotencyConflict("This idempotency key was already used for another purchase.", code="key_reused")
     return order
 
@@ -114,8 +164,8 @@ def order_checkout_start(*, order: Order) -> str:
     """Open the gateway's checkout for a pending order (once) and return its URL."""
     with transaction.atomic():
         order = Order.objects.select_for_update().get(pk=order.pk)
-        if order.gateway_session_id:
-            return order.checkout_url
+        if order.gateway_session_id or order.gateway == "none":
+            return order.checkout_url or reverse("exchange:order_detail", args=[order.public_id])
         if order.status != OrderStatus.PENDING_PAYMENT:
             raise ValidationError("This order is no longer waiting for payment.", code="not_pending")
         detail = reverse("exchange:order_detail", args=[order.public_id])
@@ -123,3 +173,74 @@ def order_checkout_start(*, order: Order) -> str:
         order.gateway_session_id, order.checkout_url = session.id, session.url
         order.save(update_fields=["gateway_session_id", "checkout_url"])
     return order.checkout_url
+
+
+def order_cancel(*, order: Order, actor, reason: str = "cancelled by the buyer") -> Order:
+    """Cancel an order still waiting for payment (the buyer, or staff)."""
+    if not (actor.is_staff or actor.pk == order.buyer_id):
+        raise ValidationError("Only the buyer or staff can cancel this order.", code="forbidden")
+    with transaction.atomic():
+        locked = Order.objects.select_for_update().get(pk=order.pk)
+        if locked.status != OrderStatus.PENDING_PAYMENT:
+            raise OrderTransitionError(
+                f"Only orders waiting for payment can be cancelled; this one is {locked.get_status_display()}.",
+                code="not_cancellable",
+            )
+        return order_transition(order_pk=locked.pk, to_status=OrderStatus.CANCELLED, reason=reason, actor=actor)
+
+
+def order_confirm_receipt(*, order: Order, actor) -> Order:
+    """The buyer confirms they received the data: the payment leaves escrow."""
+    if actor.pk != order.buyer_id:
+        raise ValidationError("Only the buyer can confirm receipt.", code="forbidden")
+    with transaction.atomic():
+        locked = Order.objects.select_for_update().get(pk=order.pk)
+        if locked.status != OrderStatus.PAID:
+            raise OrderTransitionError(
+                f"Receipt can only be confirmed for a paid order; this one is {locked.get_status_display()}.",
+                code="not_paid",
+            )
+        return order_transition(
+            order_pk=locked.pk, to_status=OrderStatus.DELIVERED, reason="buyer confirmed receipt", actor=actor
+        )
+
+
+def orders_auto_confirm(*, now=None) -> int:
+    """Release escrow for paid orders whose data was handed over long enough ago without complaint."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.ESCROW_AUTO_CONFIRM_DAYS)
+    pks = (
+        Order.objects.filter(status=OrderStatus.PAID, paid_at__lte=cutoff, entitlement__deliveries__isnull=False)
+        .values_list("pk", flat=True)
+        .distinct()
+    )
+    done = 0
+    for pk in list(pks[:1000]):
+        with transaction.atomic():
+            locked = Order.objects.select_for_update().get(pk=pk)
+            if locked.status == OrderStatus.PAID:
+                order_transition(
+                    order_pk=pk,
+                    to_status=OrderStatus.DELIVERED,
+                    reason=f"auto-confirmed {settings.ESCROW_AUTO_CONFIRM_DAYS} days after delivery",
+                )
+                done += 1
+    return done
+
+
+def orders_expire_pending(*, now=None) -> int:
+    """Expire checkouts nobody finished (the gateway's sessions expire too)."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(hours=settings.CHECKOUT_EXPIRY_HOURS)
+    done = 0
+    for pk in list(
+        Order.objects.filter(status=OrderStatus.PENDING_PAYMENT, created_at__lte=cutoff).values_list("pk", flat=True)[
+            :1000
+        ]
+    ):
+        with transaction.atomic():
+            locked = Order.objects.select_for_update().get(pk=pk)
+            if locked.status == OrderStatus.PENDING_PAYMENT:
+                order_transition(order_pk=pk, to_status=OrderStatus.EXPIRED, reason="checkout not completed in time")
+                done += 1
+    return done

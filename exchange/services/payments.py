@@ -9,18 +9,38 @@ events arrive at least once and in any order.
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from exchange.choices import AccountKind, JournalKind, OrderStatus, PaymentEventStatus
+from exchange.choices import (
+    AccountKind,
+    EntitlementStatus,
+    JournalKind,
+    OrderStatus,
+    PaymentEventStatus,
+    SubscriptionStatus,
+)
 from exchange.gateways import SignatureError, get_gateway
-from exchange.models import Order, PaymentEvent
-from exchange.services.delivery import entitlement_grant
+from exchange.models import Dispute, Order, OrderStatusHistory, PaymentEvent, Subscription
+from exchange.services.entitlements import entitlement_extend, entitlement_grant
 from exchange.services.ledger import account_get, journal_post
 from exchange.services.orders import order_transition
+from exchange.services.refunds import (
+    dispute_close,
+    dispute_open,
+    early_refunds_and_disputes_apply,
+    refund_record_from_gateway,
+)
+from listings.choices import BillingInterval, PlanKind
 
 log = logging.getLogger(__name__)
+
+
+# An event still unmatched after this many tries (about this many minutes of sweeps) is marked failed.
+EVENT_MAX_ATTEMPTS = 60
 
 
 class WebhookRejected(Exception):
@@ -63,8 +83,16 @@ def webhook_ingest(*, gateway_name: str, body: bytes, signature_header: str | No
     return stored, True
 
 
+class EventNotReady(Exception):
+    """The event refers to something not recorded yet (events arrive out of order); retry later."""
+
+
+def _object(event: PaymentEvent) -> dict:
+    return event.payload.get("data", {}).get("object", {}) or {}
+
+
 def _order_for(event: PaymentEvent) -> Order:
-    obj = event.payload.get("data", {}).get("object", {})
+    obj = _object(event)
     order_id = (obj.get("metadata") or {}).get("order_id")
     order = Order.objects.select_for_update().filter(public_id=order_id).first() if order_id else None
     if order is None:
@@ -74,12 +102,37 @@ def _order_for(event: PaymentEvent) -> Order:
     return order
 
 
+def _order_for_charge(event: PaymentEvent) -> Order:
+    """The order a charge, refund or dispute belongs to: by our metadata, else by the payment id."""
+    obj = _object(event)
+    order_id = (obj.get("metadata") or {}).get("order_id")
+    query = Order.objects.select_for_update()
+    order = query.filter(public_id=order_id).first() if order_id else None
+    if order is None and obj.get("payment_intent"):
+        order = query.filter(gateway_payment_id=obj["payment_intent"]).first()
+    if order is None:
+        raise EventNotReady(f"No order known yet for payment {obj.get('payment_intent')!r}.")
+    return order
+
+
+def _period_end(obj: dict, plan) -> datetime:
+    lines = (obj.get("lines") or {}).get("data") or []
+    end = (lines[0].get("period") or {}).get("end") if lines else None
+    if end:
+        return datetime.fromtimestamp(int(end), tz=UTC)
+    days = 365 if plan.interval == BillingInterval.YEAR else 31
+    return timezone.now() + timedelta(days=days)
+
+
 def _on_checkout_completed(event: PaymentEvent) -> str:
-    obj = event.payload["data"]["object"]
+    obj = _object(event)
     order = _order_for(event)
     if order.status != OrderStatus.PENDING_PAYMENT:
         return f"order already {order.status}"
-    if obj.get("payment_status") != "paid":
+    settled = obj.get("payment_status") == "paid" or (
+        order.amount == 0 and obj.get("payment_status") == "no_payment_required"
+    )
+    if not settled:
         return "session completed without payment; waiting for async confirmation"
     if obj.get("amount_total") != order.amount or str(obj.get("currency", "")).upper() != order.currency:
         raise EventPermanentError(
@@ -91,20 +144,39 @@ def _on_checkout_completed(event: PaymentEvent) -> str:
         reason=f"payment confirmed ({event.event_id})",
         gateway_payment_id=str(obj.get("payment_intent") or "")[:120],
     )
-    entitlement = entitlement_grant(order=order)
-    journal_post(
-        idempotency_key=f"payment:{order.pk}",
-        kind=JournalKind.PAYMENT,
-        postings=[
-            (account_get(kind=AccountKind.GATEWAY_CLEARING), order.amount, order.currency),
-            (account_get(kind=AccountKind.ESCROW_HELD), -order.amount, order.currency),
-        ],
-        order=order,
-        memo=f"payment for order {order.reference} held until delivery",
-    )
-    from exchange.tasks import delivery_prepare
+    order.refresh_from_db()
+    valid_until = None
+    if order.plan_kind == PlanKind.SUBSCRIPTION:
+        valid_until = _period_end(obj, order.plan)
+        Subscription.objects.get_or_create(
+            order=order,
+            defaults={
+                "buyer_id": order.buyer_id,
+                "listing_id": order.listing_id,
+                "plan_id": order.plan_id,
+                "gateway": order.gateway,
+                "gateway_subscription_id": obj.get("subscription") or None,
+                "current_period_end": valid_until,
+            },
+        )
+    entitlement = entitlement_grant(order=order, valid_until=valid_until)
+    if order.amount:
+        journal_post(
+            idempotency_key=f"payment:{order.pk}",
+            kind=JournalKind.PAYMENT,
+            postings=[
+                (account_get(kind=AccountKind.GATEWAY_CLEARING), order.amount, order.currency),
+                (account_get(kind=AccountKind.ESCROW_HELD), -order.amount, order.currency),
+            ],
+            order=order,
+            memo=f"payment for order {order.reference} held until delivery",
+        )
+    early_refunds_and_disputes_apply(order=order)
+    entitlement.refresh_from_db()
+    if entitlement.status == EntitlementStatus.ACTIVE:
+        from exchange.tasks import delivery_prepare
 
-    transaction.on_commit(lambda: delivery_prepare.delay(entitlement.pk))
+        transaction.on_commit(lambda: delivery_prepare.delay(entitlement.pk))
     return "order paid, entitlement granted"
 
 
@@ -124,11 +196,133 @@ def _on_checkout_expired(event: PaymentEvent) -> str:
     return "order expired"
 
 
+def _on_charge_refunded(event: PaymentEvent) -> str:
+    obj = _object(event)
+    order = _order_for_charge(event)
+    refunds = (obj.get("refunds") or {}).get("data") or []
+    booked = 0
+    for item in refunds:
+        if refund_record_from_gateway(
+            order=order,
+            gateway_refund_id=str(item.get("id")),
+            amount=int(item.get("amount") or 0),
+            reason=str(item.get("reason") or "refunded at the gateway"),
+        ):
+            booked += 1
+    return f"{booked} new refund(s) booked"
+
+
+def _on_dispute_created(event: PaymentEvent) -> str:
+    obj = _object(event)
+    order = _order_for_charge(event)
+    dispute = dispute_open(
+        order=order,
+        gateway_dispute_id=str(obj.get("id")),
+        amount=int(obj.get("amount") or 0),
+        reason=str(obj.get("reason") or ""),
+    )
+    return "dispute opened" if dispute else "dispute already known"
+
+
+def _on_dispute_closed(event: PaymentEvent) -> str:
+    obj = _object(event)
+    order = _order_for_charge(event)
+    if not Dispute.objects.filter(gateway_dispute_id=str(obj.get("id"))).exists():
+        raise EventNotReady("The dispute's opening has not been recorded yet.")
+    dispute = dispute_close(order=order, gateway_dispute_id=str(obj.get("id")), won=obj.get("status") == "won")
+    return f"dispute {obj.get('status')}" if dispute else "dispute already closed"
+
+
+def _subscription_for(event: PaymentEvent) -> Subscription:
+    obj = _object(event)
+    sub_id = obj.get("subscription") if obj.get("object") == "invoice" else obj.get("id")
+    subscription = Subscription.objects.select_for_update().filter(gateway_subscription_id=sub_id).first()
+    if subscription is None:
+        raise EventNotReady(f"Subscription {sub_id!r} is not recorded yet.")
+    return subscription
+
+
+def _on_invoice_paid(event: PaymentEvent) -> str:
+    obj = _object(event)
+    subscription = _subscription_for(event)
+    period_end = _period_end(obj, subscription.plan)
+    entitlement = subscription.order.entitlement
+    subscription.status, subscription.current_period_end = SubscriptionStatus.ACTIVE, period_end
+    subscription.save(update_fields=["status", "current_period_end"])
+    if obj.get("billing_reason") == "subscription_create":
+        entitlement_extend(entitlement_pk=entitlement.pk, valid_until=period_end)
+        return "first invoice: period recorded"
+    first = subscription.order
+    renewal, created = Order.objects.get_or_create(
+        buyer_id=first.buyer_id,
+        idempotency_key=f"invoice:{obj.get('id')}"[:100],
+        defaults={
+            "listing_id": first.listing_id,
+            "plan_id": first.plan_id,
+            "plan_kind": first.plan_kind,
+            "merchant_id": first.merchant_id,
+            "amount": int(obj.get("amount_paid") or 0),
+            "currency": str(obj.get("currency") or first.currency).upper(),
+            "gateway": first.gateway,
+            "subscription": subscription,
+        },
+    )
+    if created:
+        OrderStatusHistory.objects.create(
+            order=renewal, from_status="", to_status=OrderStatus.PENDING_PAYMENT, reason="subscription renewal"
+        )
+        order_transition(order_pk=renewal.pk, to_status=OrderStatus.PAID, reason=f"invoice {obj.get('id')} paid")
+        if renewal.amount:
+            journal_post(
+                idempotency_key=f"payment:{renewal.pk}",
+                kind=JournalKind.PAYMENT,
+                postings=[
+                    (account_get(kind=AccountKind.GATEWAY_CLEARING), renewal.amount, renewal.currency),
+                    (account_get(kind=AccountKind.ESCROW_HELD), -renewal.amount, renewal.currency),
+                ],
+                order=renewal,
+                memo=f"subscription renewal {renewal.reference}",
+            )
+        # Access simply continues: the renewal is delivered the moment it is paid.
+        order_transition(order_pk=renewal.pk, to_status=OrderStatus.DELIVERED, reason="access renewed")
+    entitlement_extend(entitlement_pk=entitlement.pk, valid_until=period_end)
+    return "subscription renewed"
+
+
+def _on_invoice_failed(event: PaymentEvent) -> str:
+    subscription = _subscription_for(event)
+    subscription.status = SubscriptionStatus.PAST_DUE
+    subscription.save(update_fields=["status"])
+    entitlement = subscription.order.entitlement
+    grace_end = timezone.now() + timedelta(days=settings.SUBSCRIPTION_GRACE_DAYS)
+    if entitlement.valid_until is None or entitlement.valid_until > grace_end:
+        entitlement_extend(entitlement_pk=entitlement.pk, valid_until=grace_end)
+    return "renewal failed; access ends after the grace period"
+
+
+def _on_subscription_deleted(event: PaymentEvent) -> str:
+    subscription = _subscription_for(event)
+    if subscription.status == SubscriptionStatus.CANCELLED:
+        return "already cancelled"
+    subscription.status, subscription.cancelled_at = SubscriptionStatus.CANCELLED, timezone.now()
+    subscription.save(update_fields=["status", "cancelled_at"])
+    entitlement = subscription.order.entitlement
+    end = min(subscription.current_period_end, entitlement.valid_until or subscription.current_period_end)
+    entitlement_extend(entitlement_pk=entitlement.pk, valid_until=end)
+    return "subscription cancelled; access runs to the end of the paid period"
+
+
 HANDLERS: dict[str, Callable[[PaymentEvent], str]] = {
     "checkout.session.completed": _on_checkout_completed,
     "checkout.session.async_payment_succeeded": _on_checkout_completed,
     "checkout.session.async_payment_failed": _on_checkout_failed,
     "checkout.session.expired": _on_checkout_expired,
+    "charge.refunded": _on_charge_refunded,
+    "charge.dispute.created": _on_dispute_created,
+    "charge.dispute.closed": _on_dispute_closed,
+    "invoice.paid": _on_invoice_paid,
+    "invoice.payment_failed": _on_invoice_failed,
+    "customer.subscription.deleted": _on_subscription_deleted,
 }
 
 
@@ -158,18 +352,22 @@ def payment_event_process(*, event_pk: int) -> str:
         _record_failure(event_pk, str(exc), permanent=True)
         log.warning("payment event %s failed permanently: %s", event_pk, exc)
         return f"failed: {exc}"
+    except EventNotReady as exc:
+        # Left "received": the beat sweeper offers it again until what it refers to exists.
+        _record_failure(event_pk, f"waiting: {exc}", permanent=False, give_up_after=EVENT_MAX_ATTEMPTS)
+        return f"waiting: {exc}"
     except Exception as exc:
         _record_failure(event_pk, f"{type(exc).__name__}: {exc}", permanent=False)
         raise
 
 
-def _record_failure(event_pk: int, message: str, *, permanent: bool) -> None:
+def _record_failure(event_pk: int, message: str, *, permanent: bool, give_up_after: int | None = None) -> None:
     with transaction.atomic():
         event = PaymentEvent.objects.select_for_update().get(pk=event_pk)
         if event.status == PaymentEventStatus.PROCESSED:
             return
         event.error = message[:2000]
         event.attempts += 1
-        if permanent:
+        if permanent or (give_up_after is not None and event.attempts >= give_up_after):
             event.status = PaymentEventStatus.FAILED
         event.save(update_fields=["error", "attempts", "status"])

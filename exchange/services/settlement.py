@@ -18,7 +18,7 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from common.money import percentage_of
-from exchange.choices import AccountKind, JournalKind, OrderStatus, PayoutStatus, SettlementRunStatus
+from exchange.choices import AccountKind, JournalKind, OrderStatus, PayoutStatus, RefundStatus, SettlementRunStatus
 from exchange.gateways import GatewayError, get_gateway
 from exchange.models import LedgerAccount, Order, Payout, Posting, SettlementRun
 from exchange.services.ledger import account_get, journal_post
@@ -27,6 +27,10 @@ from exchange.services.orders import order_transition
 
 class SettlementInProgress(ValidationError):
     pass
+
+
+# Delivered trades (a partial refund may have come first) are settled for what remains held.
+SETTLEABLE = {OrderStatus.DELIVERED, OrderStatus.PARTIALLY_REFUNDED}
 
 
 def platform_fee(*, amount: int) -> int:
@@ -54,24 +58,28 @@ def settlement_run_start(*, actor=None, trigger: str = "manual") -> SettlementRu
 def _settle_order(*, order_pk: int, run: SettlementRun) -> bool:
     with transaction.atomic():
         order = Order.objects.select_for_update().select_related("merchant").get(pk=order_pk)
-        if order.status != OrderStatus.DELIVERED:
+        if order.status not in SETTLEABLE or order.settled_at is not None or order.delivered_at is None:
             return False
-        fee = platform_fee(amount=order.amount)
-        journal_post(
-            idempotency_key=f"sale:{order.pk}",
-            kind=JournalKind.SALE,
-            postings=[
-                (account_get(kind=AccountKind.ESCROW_HELD), order.amount, order.currency),
-                (account_get(kind=AccountKind.PLATFORM_REVENUE), -fee, order.currency),
-                (
-                    account_get(kind=AccountKind.MERCHANT_PAYABLE, merchant=order.merchant),
-                    -(order.amount - fee),
-                    order.currency,
-                ),
-            ],
-            order=order,
-            memo=f"order {order.reference} settled in run {run.pk}",
-        )
+        if order.refunds.filter(status=RefundStatus.PENDING).exists():
+            return False  # settle once the refund in flight has its outcome
+        gross = order.amount - order.refunded_amount  # what is still held in escrow
+        fee = platform_fee(amount=gross)
+        if gross:  # free orders and fully refunded remainders move no money
+            journal_post(
+                idempotency_key=f"sale:{order.pk}",
+                kind=JournalKind.SALE,
+                postings=[
+                    (account_get(kind=AccountKind.ESCROW_HELD), gross, order.currency),
+                    (account_get(kind=AccountKind.PLATFORM_REVENUE), -fee, order.currency),
+                    (
+                        account_get(kind=AccountKind.MERCHANT_PAYABLE, merchant=order.merchant),
+                        -(gross - fee),
+                        order.currency,
+                    ),
+                ],
+                order=order,
+                memo=f"order {order.reference} settled in run {run.pk}",
+            )
         order_transition(
             order_pk=order.pk, to_status=OrderStatus.SETTLED, reason=f"settlement run {run.pk}", settlement_run=run
         )
@@ -125,7 +133,9 @@ def settlement_run_execute(*, run_pk: int) -> SettlementRun:
         return run
     try:
         cutoff = timezone.now() - timedelta(days=settings.DISPUTE_HOLD_DAYS)
-        eligible = Order.objects.filter(status=OrderStatus.DELIVERED, delivered_at__lte=cutoff).order_by("pk")
+        eligible = Order.objects.filter(
+            status__in=SETTLEABLE, settled_at__isnull=True, delivered_at__lte=cutoff
+        ).order_by("pk")
         for order_pk in eligible.values_list("pk", flat=True).iterator():
             _settle_order(order_pk=order_pk, run=run)
         _create_payouts(run=run)

@@ -172,3 +172,57 @@ def test_merchant_without_connected_account_fails_clearly(fake_stripe, stripe_pa
     assert payout.status == PayoutStatus.FAILED
     assert "has not connected a Stripe account" in payout.error
     assert fake_stripe.count("/v1/transfers") == 0
+
+
+def test_subscription_and_metered_plans_use_subscription_and_setup_modes(
+    fake_stripe, buyer, merchant, merchant_user, staff, categories
+):
+    from tests.factories import make_listing
+
+    listing = make_listing(
+        merchant=merchant,
+        owner=merchant_user,
+        reviewer=staff,
+        extra_plans=(
+            {"kind": "subscription", "amount": 3000, "interval": "year"},
+            {"kind": "metered", "amount": 5, "metered_unit": "call"},
+        ),
+    )
+    sub_order, _ = order_create(
+        buyer=buyer, listing=listing, idempotency_key="s", plan=listing.plans.get(kind="subscription")
+    )
+    order_checkout_start(order=sub_order)
+    metered_order, _ = order_create(
+        buyer=buyer, listing=listing, idempotency_key="m", plan=listing.plans.get(kind="metered")
+    )
+    order_checkout_start(order=metered_order)
+    sessions = [params for method, path, params, _ in fake_stripe.requests if path == "/v1/checkout/sessions"]
+    assert sessions[0]["mode"] == "subscription"
+    assert sessions[0]["line_items"][0]["price_data"]["recurring"] == {"interval": "year"}
+    assert sessions[0]["line_items"][0]["price_data"]["unit_amount"] == "3000"
+    assert sessions[1]["mode"] == "setup" and "line_items" not in sessions[1]
+    assert metered_order.amount == 0
+
+
+def test_merchant_connects_stripe_express_once(fake_stripe, client, merchant_user, merchant, other_merchant_user):
+    client.force_login(merchant_user)
+    page = client.get(reverse("exchange:connect"))
+    assert b"Connect with Stripe" in page.content
+    first = client.post(reverse("exchange:connect"))
+    assert first.status_code == 302 and first.url.startswith("https://connect.stripe.test/setup/acct_test_")
+    merchant.refresh_from_db()
+    account = merchant.stripe_account_id
+    second = client.post(reverse("exchange:connect"))
+    merchant.refresh_from_db()
+    assert merchant.stripe_account_id == account and second.url.endswith(account)
+    assert fake_stripe.count("/v1/accounts") == 1 and fake_stripe.count("/v1/account_links") == 2
+    ((_, _, params, key),) = [r for r in fake_stripe.requests if r[1] == "/v1/accounts"]
+    assert params["type"] == "express" and key == f"connect-account-{merchant.pk}"
+
+
+def test_sandbox_merchants_have_nothing_to_connect(client, merchant_user, merchant):
+    client.force_login(merchant_user)
+    response = client.post(reverse("exchange:connect"), follow=True)
+    assert b"sandbox pays merchants without an account" in response.content
+    merchant.refresh_from_db()
+    assert merchant.stripe_account_id == ""

@@ -7,7 +7,7 @@ import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 
 from listings.choices import ListingStatus
-from listings.models import DataFile, ListingVersion
+from listings.models import DataFile, Listing, ListingVersion
 from listings.services import version_upload
 from tests.factories import SAMPLE_CSV, csv_upload
 
@@ -89,11 +89,14 @@ def test_other_merchant_cannot_upload(draft_listing, other_merchant_user, _priva
     assert _stored_files(_private_storage) == []
 
 
-def test_published_listing_files_cannot_change(published_listing, merchant_user, _private_storage):
+def test_files_cannot_change_while_under_review(merchant, merchant_user, _private_storage):
+    from tests.factories import make_listing
+
+    submitted = make_listing(merchant=merchant, owner=merchant_user, status=ListingStatus.SUBMITTED)
     before = _stored_files(_private_storage)
     with pytest.raises(ValidationError) as exc:
-        version_upload(listing=published_listing, actor=merchant_user, uploaded_file=csv_upload())
+        version_upload(listing=submitted, actor=merchant_user, uploaded_file=csv_upload())
     assert exc.value.code == "not_editable"
-    assert published_listing.versions.count() == 1
+    assert submitted.versions.count() == 1
     assert _stored_files(_private_storage) == before
-    assert published_listing.status == ListingStatus.PUBLISHED
+    assert Listing.objects.get(pk=submitted.pk).status == ListingStatus.SUBMITTED

@@ -1,0 +1,263 @@
+"""Refunds and disputes: money going back to the buyer, always as new ledger entries.
+
+Where the money comes from depends on how far the trade has got. Before
+settlement it is still held in escrow. After settlement it was split into the
+platform's fee and the merchant's payable, so both give back their share (the
+fee share is proportional, rounded half up, and a full refund returns the
+whole fee). If the merchant was already paid out, their payable account goes
+into debit and the next payout nets it. Nothing is ever deleted or updated in
+the ledger: a dispute won is a new entry that reverses the withdrawal.
+"""
+
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from exchange.choices import (
+    AccountKind,
+    DisputeStatus,
+    JournalKind,
+    OrderStatus,
+    RefundStatus,
+)
+from exchange.gateways import GatewayError, get_gateway
+from exchange.models import Dispute, JournalEntry, Order, Refund
+from exchange.services.entitlements import entitlement_restore, entitlement_revoke
+from exchange.services.ledger import account_get, journal_post
+from exchange.services.orders import order_transition
+
+REFUNDABLE = {OrderStatus.PAID, OrderStatus.DELIVERED, OrderStatus.SETTLED, OrderStatus.PARTIALLY_REFUNDED}
+
+
+class RefundConflict(ValidationError):
+    """The refund would exceed what was paid, or the order cannot be refunded now."""
+
+
+def _sources(order: Order, amount: int) -> list[tuple]:
+    """The debit legs that fund ``amount`` going back to the buyer (see module docstring)."""
+    sale = JournalEntry.objects.filter(idempotency_key=f"sale:{order.pk}").prefetch_related("postings__account").first()
+    if sale is None:
+        return [(account_get(kind=AccountKind.ESCROW_HELD), amount, order.currency)]
+    fee = -sum(p.amount for p in sale.postings.all() if p.account.kind == AccountKind.PLATFORM_REVENUE)
+    gross = sum(p.amount for p in sale.postings.all() if p.account.kind == AccountKind.ESCROW_HELD)
+    fee_share = int((Decimal(fee) * amount / gross).to_integral_value(rounding=ROUND_HALF_UP)) if gross else 0
+    return [
+        (account_get(kind=AccountKind.PLATFORM_REVENUE), fee_share, order.currency),
+        (account_get(kind=AccountKind.MERCHANT_PAYABLE, merchant=order.merchant), amount - fee_share, order.currency),
+    ]
+
+
+def _post_money_out(*, order: Order, amount: int, key: str, kind: str, memo: str) -> None:
+    legs = [*_sources(order, amount), (account_get(kind=AccountKind.GATEWAY_CLEARING), -amount, order.currency)]
+    journal_post(idempotency_key=key, kind=kind, postings=legs, order=order, memo=memo)
+
+
+def _apply_refund(*, refund: Refund, order: Order) -> None:
+    """Book a succeeded refund: ledger entry, order status, access (inside a transaction, order locked)."""
+    refund.status, refund.completed_at, refund.error = RefundStatus.SUCCEEDED, timezone.now(), ""
+    refund.save(update_fields=["status", "completed_at", "error", "gateway_refund_id"])
+    if order.status == OrderStatus.PENDING_PAYMENT:
+        return  # booked when the payment itself arrives (events may come out of order)
+    _post_money_out(
+        order=order,
+        amount=refund.amount,
+        key=f"refund:{refund.pk}",
+        kind=JournalKind.REFUND,
+        memo=f"refund {refund.pk} of order {order.reference}: {refund.reason}",
+    )
+    full = order.refunded_amount >= order.amount
+    target = OrderStatus.REFUNDED if full else OrderStatus.PARTIALLY_REFUNDED
+    order_transition(order_pk=order.pk, to_status=target, reason=f"refund {refund.pk}: {refund.reason}")
+    if full and hasattr(order, "entitlement"):
+        entitlement_revoke(entitlement_pk=order.entitlement.pk, reason="order fully refunded")
+
+
+def order_refund(
+    *, order: Order, amount: int, reason: str, actor=None, idempotency_key: str = "", source: str = "admin"
+) -> Refund:
+    """Refund ``amount`` (minor units) of a paid order through its gateway.
+
+    The amount is reserved on the order under its row lock before the gateway
+    is called, so two concurrent refunds can never return more than was paid:
+    the second one gets RefundConflict. The gateway call carries the refund's
+    stored idempotency key. A repeated ``idempotency_key`` returns the first
+    refund.
+    """
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError({"reason": "A refund needs a reason."})
+    if not isinstance(amount, int) or amount <= 0:
+        raise ValidationError({"amount": "A refund amount must be a positive number of minor units."})
+    if idempotency_key:
+        existing = Refund.objects.filter(idempotency_key=idempotency_key).first()
+        if existing:
+            return existing
+    with transaction.atomic():
+        locked = Order.objects.select_for_update().get(pk=order.pk)
+        if locked.status not in REFUNDABLE:
+            raise RefundConflict(
+                f"Order {locked.reference} is {locked.get_status_display()}; it cannot be refunded.",
+                code="not_refundable",
+            )
+        remaining = locked.amount - locked.refunded_amount
+        if amount > remaining:
+            raise RefundConflict(
+                f"Refunding {amount} would exceed what was paid: {remaining} of {locked.amount} remains refundable.",
+                code="refund_exceeds_paid",
+            )
+        Order.objects.filter(pk=locked.pk).update(refunded_amount=F("refunded_amount") + amount)
+        key = idempotency_key or f"refund-{locked.pk}-{locked.refunds.count() + 1}"
+        try:
+            with transaction.atomic():
+                refund = Refund.objects.create(
+                    order=locked,
+                    amount=amount,
+                    currency=locked.currency,
+                    reason=reason[:300],
+                    source=source,
+                    idempotency_key=key,
+                    requested_by=actor,
+                )
+        except IntegrityError:
+            raise RefundConflict("A refund with this idempotency key already exists.", code="key_reused") from None
+    return refund_execute(refund_pk=refund.pk)
+
+
+def refund_execute(*, refund_pk: int) -> Refund:
+    """Send a pending refund to the gateway and book it. Safe to call again (the key dedupes)."""
+    refund = Refund.objects.select_related("order").get(pk=refund_pk)
+    if refund.status != RefundStatus.PENDING:
+        return refund
+    order = refund.order
+    gateway = get_gateway(order.gateway)
+    try:
+        if order.amount and hasattr(gateway, "refund_create"):
+            refund.gateway_refund_id = gateway.refund_create(
+                payment_id=order.gateway_payment_id or order.gateway_session_id or "",
+                amount=refund.amount,
+                idempotency_key=refund.idempotency_key,
+            )
+    except GatewayError as exc:
+        with transaction.atomic():
+            locked = Refund.objects.select_for_update().get(pk=refund.pk)
+            locked.error = str(exc)[:2000]
+            if not exc.transient:
+                locked.status = RefundStatus.FAILED
+                Order.objects.filter(pk=order.pk).update(refunded_amount=F("refunded_amount") - locked.amount)
+            locked.save(update_fields=["error", "status"])
+        if exc.transient:
+            raise
+        return locked
+    with transaction.atomic():
+        locked_order = Order.objects.select_for_update().get(pk=order.pk)
+        locked = Refund.objects.select_for_update().get(pk=refund.pk)
+        if locked.status == RefundStatus.PENDING:
+            locked.gateway_refund_id = refund.gateway_refund_id
+            _apply_refund(refund=locked, order=locked_order)
+    locked.refresh_from_db()
+    return locked
+
+
+def refund_record_from_gateway(*, order: Order, gateway_refund_id: str, amount: int, reason: str) -> Refund | None:
+    """A refund the gateway reports (made in its dashboard, or ours echoed back): book it once.
+
+    Call with the order row locked. Returns None when it is already known.
+    """
+    if Refund.objects.filter(gateway_refund_id=gateway_refund_id).exists():
+        return None
+    remaining = order.amount - order.refunded_amount
+    amount = min(amount, remaining)
+    if amount <= 0:
+        return None
+    Order.objects.filter(pk=order.pk).update(refunded_amount=F("refunded_amount") + amount)
+    order.refresh_from_db()
+    refund = Refund.objects.create(
+        order=order,
+        amount=amount,
+        currency=order.currency,
+        reason=reason[:300],
+        source="gateway",
+        idempotency_key=f"gateway-refund:{gateway_refund_id}",
+        gateway_refund_id=gateway_refund_id,
+    )
+    _apply_refund(refund=refund, order=order)
+    return refund
+
+
+def dispute_open(*, order: Order, gateway_dispute_id: str, amount: int, reason: str) -> Dispute | None:
+    """The buyer's bank pulled the money back: record it, book it, revoke access. Order row locked."""
+    dispute, created = Dispute.objects.get_or_create(
+        gateway_dispute_id=gateway_dispute_id,
+        defaults={"order": order, "amount": min(amount, order.amount), "currency": order.currency, "reason": reason},
+    )
+    if not created or order.status == OrderStatus.PENDING_PAYMENT:
+        return dispute if created else None
+    _book_dispute_open(order=order, dispute=dispute)
+    return dispute
+
+
+def _book_dispute_open(*, order: Order, dispute: Dispute) -> None:
+    _post_money_out(
+        order=order,
+        amount=dispute.amount,
+        key=f"dispute:{dispute.pk}",
+        kind=JournalKind.DISPUTE,
+        memo=f"dispute {dispute.gateway_dispute_id} on order {order.reference}",
+    )
+    order_transition(order_pk=order.pk, to_status=OrderStatus.DISPUTED, reason=f"dispute {dispute.gateway_dispute_id}")
+    if hasattr(order, "entitlement"):
+        entitlement_revoke(entitlement_pk=order.entitlement.pk, reason=f"dispute {dispute.gateway_dispute_id}")
+
+
+def dispute_close(*, order: Order, gateway_dispute_id: str, won: bool) -> Dispute | None:
+    """A dispute ended. Won: the money comes back and access is restored. Lost: the order ends refunded."""
+    dispute = Dispute.objects.select_for_update().filter(gateway_dispute_id=gateway_dispute_id).first()
+    if dispute is None or dispute.status != DisputeStatus.OPEN:
+        return None
+    dispute.status = DisputeStatus.WON if won else DisputeStatus.LOST
+    dispute.closed_at = timezone.now()
+    dispute.save(update_fields=["status", "closed_at"])
+    if won:
+        journal_post(
+            idempotency_key=f"dispute_won:{dispute.pk}",
+            kind=JournalKind.DISPUTE_WON,
+            postings=[
+                (account_get(kind=AccountKind.GATEWAY_CLEARING), dispute.amount, dispute.currency),
+                *[(acct, -amt, cur) for acct, amt, cur in _sources(order, dispute.amount)],
+            ],
+            order=order,
+            memo=f"dispute {dispute.gateway_dispute_id} won",
+        )
+        # Back to where the trade stood: settled, delivered, or still held in escrow.
+        back_to = (
+            OrderStatus.SETTLED
+            if order.settled_at
+            else OrderStatus.DELIVERED
+            if order.delivered_at
+            else OrderStatus.PAID
+        )
+        order_transition(order_pk=order.pk, to_status=back_to, reason=f"dispute {dispute.gateway_dispute_id} won")
+        if hasattr(order, "entitlement"):
+            entitlement_restore(entitlement_pk=order.entitlement.pk)
+    else:
+        Order.objects.filter(pk=order.pk).update(refunded_amount=F("amount"))
+        order_transition(
+            order_pk=order.pk, to_status=OrderStatus.REFUNDED, reason=f"dispute {dispute.gateway_dispute_id} lost"
+        )
+    return dispute
+
+
+def early_refunds_and_disputes_apply(*, order: Order) -> None:
+    """Book refunds and disputes that arrived before the payment (call right after the order became paid)."""
+    for refund in order.refunds.filter(status=RefundStatus.SUCCEEDED).order_by("pk"):
+        if not JournalEntry.objects.filter(idempotency_key=f"refund:{refund.pk}").exists():
+            order.refresh_from_db()
+            _apply_refund(refund=refund, order=order)
+    for dispute in order.disputes.filter(status=DisputeStatus.OPEN).order_by("pk"):
+        if not JournalEntry.objects.filter(idempotency_key=f"dispute:{dispute.pk}").exists():
+            order.refresh_from_db()
+            if order.status != OrderStatus.DISPUTED:
+                _book_dispute_open(order=order, dispute=dispute)

@@ -1,0 +1,1 @@
+"""The catalog's read-only REST API (mounted at /api/v1/catalog/)."""

@@ -1,0 +1,116 @@
+import pytest
+
+from listings import search
+from listings.choices import ListingStatus
+from listings.models import Listing
+from merchants.selectors import merchant_for_user
+from tests.factories import make_listing
+from tests.listings.catalog_data import publish
+
+pytestmark = pytest.mark.django_db
+
+LIST = "/api/v1/catalog/listings/"
+
+
+@pytest.fixture
+def catalog(merchant, merchant_user, other_merchant_user, staff, categories):
+    other = merchant_for_user(user=other_merchant_user)
+    mine = {"merchant": merchant, "owner": merchant_user, "reviewer": staff}
+    listings = {
+        "budget": publish(**mine, title="City budget", price=300, category=categories["government"], tags=("fiscal",)),
+        "bonds": publish(**mine, title="Bond yields", price=900, category=categories["finance"]),
+        "metro": publish(merchant=other, owner=other_merchant_user, reviewer=staff, title="Metro ridership", price=100),
+    }
+    make_listing(merchant=merchant, owner=merchant_user, title="Draft budget", status=ListingStatus.DRAFT)
+    return listings
+
+
+def test_list_answers_results_next_and_facets(client, catalog):
+    response = client.get(LIST)
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) >= {"results", "next", "facets", "matches"}
+    assert [r["title"] for r in body["results"]] == ["Metro ridership", "Bond yields", "City budget"]
+    assert body["next"] is None
+    first = body["results"][2]
+    assert first["slug"] == catalog["budget"].slug
+    assert first["category"] == {"slug": "government", "name": "Government"}
+    assert first["merchant"] == {"slug": "guiyang-data", "name": "Guiyang Data"}
+    assert (first["price_from"], first["price_currency"], first["price_display"]) == (300, "CNY", "¥3.00 CNY")
+    assert first["price_types"] == ["one_time"] and first["primary_format"] == "csv"
+    assert first["registration_number"] == catalog["budget"].registration_number
+    assert {f["value"]: f["count"] for f in body["facets"]["category"]} == {"government": 1, "finance": 1}
+    assert {f["value"]: f["count"] for f in body["facets"]["merchant"]} == {"guiyang-data": 2, "shanghai-data": 1}
+    assert body["facets"]["licence"] == [{"value": "CC-BY-4.0", "label": "CC BY 4.0", "count": 3}]
+    assert body["matches"] == {"counted": 3, "capped": False, "cap": search.CANDIDATE_CAP}
+
+
+def test_same_filterset_as_the_html_catalog(client, catalog):
+    body = client.get(LIST, {"q": "fiscal"}).json()
+    assert [r["title"] for r in body["results"]] == ["City budget"]
+    body = client.get(LIST, {"merchant": "guiyang-data", "sort": "price_desc"}).json()
+    assert [r["title"] for r in body["results"]] == ["Bond yields", "City budget"]
+    assert client.get(LIST, {"q": "draft"}).json()["results"] == []
+
+
+def test_next_cursor_pages_through(client, catalog, monkeypatch):
+    monkeypatch.setattr(search, "PAGE_SIZE", 2)
+    first = client.get(LIST, {"sort": "price_asc"}).json()
+    assert [r["title"] for r in first["results"]] == ["Metro ridership", "City budget"]
+    assert first["next"] and "cursor=" in first["next_url"] and "sort=price_asc" in first["next_url"]
+    second = client.get(LIST, {"sort": "price_asc", "cursor": first["next"]}).json()
+    assert [r["title"] for r in second["results"]] == ["Bond yields"] and second["next"] is None
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"category": "nope"}, "category"),
+        ({"merchant": "nobody"}, "merchant"),
+        ({"licence": "mine"}, "licence"),
+        ({"format": "xlsx"}, "format"),
+        ({"update_frequency": "hourly"}, "update_frequency"),
+        ({"price_type": "barter"}, "price_type"),
+        ({"sort": "random"}, "sort"),
+        ({"cursor": "%%%"}, "cursor"),
+    ],
+)
+def test_bad_values_answer_400_per_parameter(client, catalog, params, field):
+    before = list(Listing.objects.order_by("pk").values_list("pk", "status", "updated_at"))
+    response = client.get(LIST, params)
+    assert response.status_code == 400
+    body = response.json()
+    assert list(body) == [field] and body[field][0]
+    assert list(Listing.objects.order_by("pk").values_list("pk", "status", "updated_at")) == before
+
+
+def test_list_query_count_is_pinned(client, catalog, django_assert_num_queries):
+    with django_assert_num_queries(3):  # page, active plans of the page, facets
+        assert client.get(LIST).status_code == 200
+    with django_assert_num_queries(1):  # by relevance: the page and the facets in one statement
+        assert client.get(LIST, {"q": "city budget", "sort": "relevance", "format": "csv"}).status_code == 200
+
+
+def test_detail_by_slug_is_published_only(client, catalog):
+    listing = catalog["budget"]
+    response = client.get(f"{LIST}{listing.slug}/")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["tags"] == ["fiscal"] and body["jsonld"]["@type"] == "Dataset"
+    assert body["jsonld"]["identifier"] == listing.registration_number
+    draft = Listing.objects.get(title="Draft budget")
+    assert client.get(f"{LIST}{draft.slug}/").status_code == 404
+
+
+def test_naive_search_only_when_the_benchmark_enables_it(client, catalog, settings, django_assert_num_queries):
+    settings.BENCH_ENABLE_NAIVE = False
+    # Tags are only in the search vector; the naive path would not find "fiscal".
+    assert [r["title"] for r in client.get(LIST, {"q": "fiscal", "naive": "1"}).json()["results"]] == ["City budget"]
+    settings.BENCH_ENABLE_NAIVE = True
+    assert client.get(LIST, {"q": "fiscal", "naive": "1"}).json()["results"] == []
+
+
+def test_ping_is_trivial(client, db, django_assert_num_queries):
+    with django_assert_num_queries(0):
+        response = client.get("/api/v1/ping/")
+    assert response.json() == {"ok": True}
