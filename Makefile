@@ -43,5 +43,13 @@ format: venv ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+bench-search: venv ## catalog search at 100k listings vs raw SQL, trivial endpoint, icontains (BENCH_ARGS=--million)
+	$(PY) -m bench.search $(BENCH_ARGS)
+
+bench-webhooks: venv ## 1,000 signed webhooks on gunicorn + worker vs a trivial endpoint, exactly-once count
+	$(PY) -m bench.webhooks $(BENCH_ARGS)
+
+bench: bench-search bench-webhooks ## run every benchmark (each prints one JSON line)
+
 clean: ## remove the virtualenv and local state (var/)
 	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache

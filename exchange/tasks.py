@@ -25,6 +25,12 @@ def payment_event_process(event_pk: int) -> str:
 
 
 @shared_task(**RETRY)
+def payment_events_drain() -> int:
+    """Apply every stored, unprocessed gateway event (scheduled once per burst by webhook_ingest)."""
+    return payments.payment_events_drain()
+
+
+@shared_task(**RETRY)
 def delivery_prepare(entitlement_pk: int) -> list[int]:
     return [d.pk for d in delivery.delivery_prepare(entitlement_pk=entitlement_pk)]
 
@@ -53,18 +59,13 @@ def payout_send(payout_pk: int) -> str:
 
 @shared_task
 def payment_events_sweep(older_than_seconds: int = 60) -> int:
-    """Re-enqueue events stored but never processed (a lost broker message, a dead worker)."""
+    """Beat: drain events stored but never processed (a lost broker message, a dead worker, out-of-order)."""
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
-    stuck = list(
-        PaymentEvent.objects.filter(status=PaymentEventStatus.RECEIVED, received_at__lt=cutoff).values_list(
-            "pk", flat=True
-        )[:1000]
-    )
-    for pk in stuck:
-        payment_event_process.delay(pk)
+    stuck = PaymentEvent.objects.filter(status=PaymentEventStatus.RECEIVED, received_at__lt=cutoff).count()
     if stuck:
-        log.info("re-enqueued %d unprocessed payment events", len(stuck))
-    return len(stuck)
+        log.info("%d payment events waiting; draining", stuck)
+        payment_events_drain.delay()
+    return stuck
 
 
 @shared_task

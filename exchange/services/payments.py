@@ -7,12 +7,14 @@ type through a dict, and re-checks the order's state before acting, because
 events arrive at least once and in any order.
 """
 
+import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.core.cache import cache
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from exchange.choices import (
@@ -70,17 +72,88 @@ def webhook_ingest(*, gateway_name: str, body: bytes, signature_header: str | No
     if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not isinstance(event.get("type"), str):
         raise WebhookRejected("The payload is not an event.")
 
-    from exchange.tasks import payment_event_process
+    stored, created = _event_insert(gateway=gateway.name, event=event)
+    if created:
+        transaction.on_commit(payment_events_drain_schedule)
+    return stored, created
 
+
+def _event_insert(*, gateway: str, event: dict) -> tuple[PaymentEvent, bool]:
+    """Insert the event once under its unique (gateway, event id): one statement, no savepoint."""
+    event_id, event_type = event["id"][:120], event["type"][:80]
+    if connection.vendor == "postgresql":
+        table = PaymentEvent._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (gateway, event_id, type, payload, status, error, attempts, received_at)"
+                " VALUES (%s, %s, %s, %s, %s, '', 0, %s) ON CONFLICT (gateway, event_id) DO NOTHING RETURNING id",
+                [gateway, event_id, event_type, json.dumps(event), PaymentEventStatus.RECEIVED, timezone.now()],
+            )
+            row = cursor.fetchone()
+        if row:
+            stored = PaymentEvent(
+                pk=row[0],
+                gateway=gateway,
+                event_id=event_id,
+                type=event_type,
+                payload=event,
+                status=PaymentEventStatus.RECEIVED,
+            )
+            return stored, True
+        return PaymentEvent.objects.get(gateway=gateway, event_id=event_id), False
     try:
         with transaction.atomic():
-            stored = PaymentEvent.objects.create(
-                gateway=gateway.name, event_id=event["id"][:120], type=event["type"][:80], payload=event
-            )
-            transaction.on_commit(lambda: payment_event_process.delay(stored.pk))
+            return PaymentEvent.objects.create(gateway=gateway, event_id=event_id, type=event_type, payload=event), True
     except IntegrityError:
-        return PaymentEvent.objects.get(gateway=gateway.name, event_id=event["id"][:120]), False
-    return stored, True
+        return PaymentEvent.objects.get(gateway=gateway, event_id=event_id), False
+
+
+DRAIN_KEY = "exchange:payment-events:drain-scheduled"
+DRAIN_BATCH = 100
+
+
+def payment_events_drain_schedule() -> None:
+    """Make sure one drain task is on its way; a burst of events shares it instead of one message each.
+
+    The key is deleted by the drain before it looks for events, so an event
+    stored after that point schedules the next drain: none is left behind.
+    The key's timeout (and the beat sweep) cover a drain message that is lost.
+    """
+    from exchange.tasks import payment_events_drain
+
+    if cache.add(DRAIN_KEY, 1, timeout=30):
+        payment_events_drain.delay()
+
+
+def payment_events_drain(*, max_events: int = 10_000) -> int:
+    """Process every received event, oldest first; return how many were applied or ignored.
+
+    Each event is attempted at most once per drain (one that is waiting for
+    something, or failed transiently, is left for the next drain or the sweep).
+    Drains running side by side skip each other's events (SKIP LOCKED).
+    """
+    cache.delete(DRAIN_KEY)
+    attempted: set[int] = set()
+    done = 0
+    while len(attempted) < max_events:
+        pks = list(
+            PaymentEvent.objects.filter(status=PaymentEventStatus.RECEIVED)
+            .exclude(pk__in=attempted)
+            .order_by("pk")
+            .values_list("pk", flat=True)[:DRAIN_BATCH]
+        )
+        if not pks:
+            break
+        for pk in pks:
+            attempted.add(pk)
+            try:
+                outcome = payment_event_process(event_pk=pk, skip_locked=True)
+            except Exception:  # recorded on the event by payment_event_process; the sweep retries it
+                log.exception("payment event %s failed; left for a retry", pk)
+                continue
+            if not outcome.startswith(("waiting", "busy", "failed")):
+                done += 1
+    return done
 
 
 class EventNotReady(Exception):
@@ -326,7 +399,7 @@ HANDLERS: dict[str, Callable[[PaymentEvent], str]] = {
 }
 
 
-def payment_event_process(*, event_pk: int) -> str:
+def payment_event_process(*, event_pk: int, skip_locked: bool = False) -> str:
     """Apply a stored event once. Returns what happened, for logs.
 
     The event row lock serialises duplicates; a processed event is skipped.
@@ -336,7 +409,9 @@ def payment_event_process(*, event_pk: int) -> str:
     """
     try:
         with transaction.atomic():
-            event = PaymentEvent.objects.select_for_update().get(pk=event_pk)
+            event = PaymentEvent.objects.select_for_update(skip_locked=skip_locked).filter(pk=event_pk).first()
+            if event is None:
+                return "busy: another worker holds this event"
             if event.status in (PaymentEventStatus.PROCESSED, PaymentEventStatus.IGNORED):
                 return "already processed"
             handler = HANDLERS.get(event.type)

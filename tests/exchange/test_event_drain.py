@@ -1,0 +1,85 @@
+"""Gateway events are applied by a drain task scheduled once per burst, with the beat sweep as backstop."""
+
+from datetime import timedelta
+
+import pytest
+import time_machine
+from django.db import transaction
+from django.utils import timezone
+
+from exchange import tasks
+from exchange.choices import OrderStatus, PaymentEventStatus
+from exchange.gateways.sandbox import SandboxGateway
+from exchange.models import Order, PaymentEvent
+from exchange.services import payments
+from exchange.services.orders import order_checkout_start, order_create
+from tests.factories import UserFactory, make_listing
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def pending_orders(merchant, merchant_user, staff):
+    listing = make_listing(merchant=merchant, owner=merchant_user, reviewer=staff)
+    orders = []
+    for n in range(5):
+        order, _ = order_create(buyer=UserFactory(), listing=listing, idempotency_key=f"k{n}")
+        order_checkout_start(order=order)
+        order.refresh_from_db()
+        orders.append(order)
+    return orders
+
+
+def _completed(order):
+    gateway = SandboxGateway()
+    body, signature = gateway.session_resolve(session_id=order.gateway_session_id, approve=True)
+    return body, signature
+
+
+def test_a_burst_schedules_one_drain_that_applies_every_event(
+    pending_orders, django_capture_on_commit_callbacks, monkeypatch
+):
+    scheduled = []
+    # The broker holds the message until a worker is free: record it instead of running it inline.
+    monkeypatch.setattr(tasks.payment_events_drain, "delay", lambda: scheduled.append(1))
+    signed = [_completed(order) for order in pending_orders]
+    with django_capture_on_commit_callbacks(execute=True):
+        for body, signature in signed:
+            with transaction.atomic():
+                payments.webhook_ingest(gateway_name="sandbox", body=body, signature_header=signature)
+    assert len(scheduled) == 1  # five events, one message
+    assert PaymentEvent.objects.filter(status=PaymentEventStatus.RECEIVED).count() == 5
+    assert payments.payment_events_drain() == 5
+    assert PaymentEvent.objects.filter(status=PaymentEventStatus.PROCESSED).count() == 5
+    assert Order.objects.filter(status=OrderStatus.PAID).count() == 5
+
+
+def test_an_event_that_is_not_ready_waits_without_looping(pending_orders):
+    subscription_invoice = {
+        "id": "evt_early_invoice",
+        "type": "invoice.paid",
+        "data": {"object": {"id": "in_1", "object": "invoice", "subscription": "sub_unknown"}},
+    }
+    import json
+
+    from exchange.gateways.signing import sign_payload
+
+    body = json.dumps(subscription_invoice).encode()
+    payments.webhook_ingest(
+        gateway_name="sandbox", body=body, signature_header=sign_payload(body=body, secret=SandboxGateway().secret)
+    )
+    assert payments.payment_events_drain() == 0
+    event = PaymentEvent.objects.get()
+    assert (event.status, event.attempts) == (PaymentEventStatus.RECEIVED, 1)
+    assert event.error.startswith("waiting: Subscription 'sub_unknown'")
+
+
+def test_the_sweep_drains_events_left_behind(pending_orders, monkeypatch):
+    body, signature = _completed(pending_orders[0])
+    monkeypatch.setattr(payments, "payment_events_drain_schedule", lambda: None)  # the drain message was lost
+    payments.webhook_ingest(gateway_name="sandbox", body=body, signature_header=signature)
+    assert tasks.payment_events_sweep() == 0  # too recent to call stuck
+    with time_machine.travel(timezone.now() + timedelta(seconds=61)):
+        assert tasks.payment_events_sweep() == 1
+    pending_orders[0].refresh_from_db()
+    assert pending_orders[0].status == OrderStatus.PAID
