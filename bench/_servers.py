@@ -131,7 +131,7 @@ class ServerProcess:
             self._log.close()
 
 
-def gunicorn(*, port: int, env: dict[str, str], log_path: Path, workers: int = 2, threads: int = 4) -> ServerProcess:
+def gunicorn(*, port: int, env: dict[str, str], log_path: Path, workers: int = 2, threads: int = 16) -> ServerProcess:
     argv = [
         sys.executable,
         "-m",

@@ -127,8 +127,13 @@ def seed(count: int) -> list[SeededOrder]:
     from listings.selectors import listing_active_plan
     from tests.factories import UserFactory, make_listing, make_merchant
 
+    from accounts.models import User
+
     seller = UserFactory(email="seller@bench.invalid")
-    buyer = UserFactory(email="buyer@bench.invalid")
+    # One buyer per order: a buyer has at most one open checkout per product and plan.
+    buyers = User.objects.bulk_create(
+        [User(email=f"buyer{index}@bench.invalid", password="!") for index in range(count)], batch_size=500
+    )
     reviewer = UserFactory(email="reviewer@bench.invalid", is_staff=True)
     merchant = make_merchant(seller, name="Bench Data")
     listing = make_listing(merchant=merchant, owner=seller, reviewer=reviewer, title="Bench populations")
@@ -140,7 +145,7 @@ def seed(count: int) -> list[SeededOrder]:
     for index in range(count):
         session_id = f"cs_sbx_bench{index:06d}{secrets.token_hex(4)}"
         order = Order(
-            buyer=buyer,
+            buyer=buyers[index],
             listing=listing,
             plan=plan,
             merchant_id=listing.merchant_id,
@@ -447,7 +452,7 @@ def run(
             "bench": "webhooks",
             "events": events_count,
             "concurrency": concurrency,
-            "server": "gunicorn gthread 2 workers x 4 threads; celery prefork -c 2",
+            "server": "gunicorn gthread 2 workers x 16 threads; celery prefork -c 2",
             "trivial_rps": round(trivial_rps, 1),
             "trivial_rps_rounds": [round(rate, 1) for rate in trivial_rates],
             "webhook_rps": round(hooks.rate, 1),

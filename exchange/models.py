@@ -68,6 +68,12 @@ class Order(models.Model):
             models.CheckConstraint(
                 condition=models.Q(refunded_amount__lte=models.F("amount")), name="order_refund_within_amount"
             ),
+            # One open checkout per buyer, product and plan: a second tab resumes it instead of paying twice.
+            models.UniqueConstraint(
+                fields=["buyer", "listing", "plan"],
+                condition=models.Q(status="pending_payment", subscription__isnull=True),
+                name="order_one_open_checkout",
+            ),
         ]
         indexes = [models.Index(fields=["status", "delivered_at"], name="order_status_delivered_idx")]
 

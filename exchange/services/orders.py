@@ -117,6 +117,9 @@ def order_create(
     elif plan.listing_id != listing.pk or not plan.is_active:
         raise ValidationError("That pricing plan is not available for this data product.", code="bad_plan")
     access_request = _approved_access_request(buyer=buyer, listing=listing)
+    open_checkout = _open_checkout(buyer=buyer, listing=listing, plan=plan)
+    if open_checkout:
+        return open_checkout, False
     # Metered plans charge nothing up front: the checkout only collects a payment method.
     amount = 0 if plan.kind in (PlanKind.FREE, PlanKind.METERED) else plan.amount
     try:
@@ -139,9 +142,19 @@ def order_create(
             if plan.kind == PlanKind.FREE:
                 _free_order_complete(order=order)
     except IntegrityError:
-        # A concurrent request with the same key won the insert.
-        return _same_purchase(Order.objects.get(buyer=buyer, idempotency_key=key), listing, plan), False
+        # A concurrent request won the insert: the same key (a double click) or an open checkout (another tab).
+        existing = Order.objects.filter(buyer=buyer, idempotency_key=key).first()
+        if existing:
+            return _same_purchase(existing, listing, plan), False
+        return _open_checkout(buyer=buyer, listing=listing, plan=plan), False
     return order, True
+
+
+def _open_checkout(*, buyer, listing: Listing, plan: PricingPlan) -> Order | None:
+    """The buyer's unfinished checkout for this plan, which a new purchase resumes."""
+    return Order.objects.filter(
+        buyer=buyer, listing=listing, plan=plan, status=OrderStatus.PENDING_PAYMENT, subscription__isnull=True
+    ).first()
 
 
 def _free_order_complete(*, order: Order) -> None:

@@ -197,6 +197,21 @@ def _period_end(obj: dict, plan) -> datetime:
     return timezone.now() + timedelta(days=days)
 
 
+def _post_payment_held(*, order: Order, memo: str) -> None:
+    """The money arrived at the gateway and is held in escrow until delivery (nothing to book when free)."""
+    if order.amount:
+        journal_post(
+            idempotency_key=f"payment:{order.pk}",
+            kind=JournalKind.PAYMENT,
+            postings=[
+                (account_get(kind=AccountKind.GATEWAY_CLEARING), order.amount, order.currency),
+                (account_get(kind=AccountKind.ESCROW_HELD), -order.amount, order.currency),
+            ],
+            order=order,
+            memo=memo,
+        )
+
+
 def _on_checkout_completed(event: PaymentEvent) -> str:
     obj = _object(event)
     order = _order_for(event)
@@ -233,17 +248,7 @@ def _on_checkout_completed(event: PaymentEvent) -> str:
             },
         )
     entitlement = entitlement_grant(order=order, valid_until=valid_until)
-    if order.amount:
-        journal_post(
-            idempotency_key=f"payment:{order.pk}",
-            kind=JournalKind.PAYMENT,
-            postings=[
-                (account_get(kind=AccountKind.GATEWAY_CLEARING), order.amount, order.currency),
-                (account_get(kind=AccountKind.ESCROW_HELD), -order.amount, order.currency),
-            ],
-            order=order,
-            memo=f"payment for order {order.reference} held until delivery",
-        )
+    _post_payment_held(order=order, memo=f"payment for order {order.reference} held until delivery")
     early_refunds_and_disputes_apply(order=order)
     entitlement.refresh_from_db()
     if entitlement.status == EntitlementStatus.ACTIVE:
@@ -345,17 +350,7 @@ def _on_invoice_paid(event: PaymentEvent) -> str:
             order=renewal, from_status="", to_status=OrderStatus.PENDING_PAYMENT, reason="subscription renewal"
         )
         order_transition(order_pk=renewal.pk, to_status=OrderStatus.PAID, reason=f"invoice {obj.get('id')} paid")
-        if renewal.amount:
-            journal_post(
-                idempotency_key=f"payment:{renewal.pk}",
-                kind=JournalKind.PAYMENT,
-                postings=[
-                    (account_get(kind=AccountKind.GATEWAY_CLEARING), renewal.amount, renewal.currency),
-                    (account_get(kind=AccountKind.ESCROW_HELD), -renewal.amount, renewal.currency),
-                ],
-                order=renewal,
-                memo=f"subscription renewal {renewal.reference}",
-            )
+        _post_payment_held(order=renewal, memo=f"subscription renewal {renewal.reference}")
         # Access simply continues: the renewal is delivered the moment it is paid.
         order_transition(order_pk=renewal.pk, to_status=OrderStatus.DELIVERED, reason="access renewed")
     entitlement_extend(entitlement_pk=entitlement.pk, valid_until=period_end)

@@ -369,3 +369,11 @@ def test_two_concurrent_refunds_never_exceed_what_was_paid(merchant, merchant_us
     assert Refund.objects.filter(status=RefundStatus.SUCCEEDED).count() == 1
     assert ledger_verify().ok
     time.sleep(0)
+
+
+def test_a_second_tab_resumes_the_open_checkout_instead_of_paying_twice(client, buyer, listing):
+    client.force_login(buyer)
+    first = buy(client, listing, token="11111111-2fa1-11d2-883f-0016d3cca427")
+    second = buy(client, listing, token="22222222-2fa1-11d2-883f-0016d3cca427")
+    assert Order.objects.count() == 1
+    assert first.url == second.url == Order.objects.get().checkout_url
