@@ -122,12 +122,11 @@ def seed(count: int) -> list[SeededOrder]:
     from django.db import transaction
     from django.urls import reverse
 
+    from accounts.models import User
     from exchange.choices import OrderStatus
     from exchange.models import Order, OrderStatusHistory, SandboxCheckoutSession
     from listings.selectors import listing_active_plan
     from tests.factories import UserFactory, make_listing, make_merchant
-
-    from accounts.models import User
 
     seller = UserFactory(email="seller@bench.invalid")
     # One buyer per order: a buyer has at most one open checkout per product and plan.
