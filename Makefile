@@ -11,7 +11,7 @@ export TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 .PHONY: help venv run migrate demo test lint format check clean bench bench-search bench-webhooks
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,11 +43,11 @@ format: venv ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench-search: venv ## catalog search at 100k listings vs raw SQL, trivial endpoint, icontains (BENCH_ARGS=--million)
-	$(PY) -m bench.search $(BENCH_ARGS)
+bench-search: venv ## catalog search at 100k listings vs raw SQL, trivial endpoint, icontains (SEARCH_ARGS=--million)
+	$(PY) -m bench.search $(SEARCH_ARGS)
 
 bench-webhooks: venv ## 1,000 signed webhooks on gunicorn + worker vs a trivial endpoint, exactly-once count
-	$(PY) -m bench.webhooks $(BENCH_ARGS)
+	$(PY) -m bench.webhooks $(WEBHOOKS_ARGS)
 
 bench: bench-search bench-webhooks ## run every benchmark (each prints one JSON line)
 
