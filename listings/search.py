@@ -22,6 +22,17 @@ whatever the catalog's size:
 
 On SQLite (the embedded default) a term falls back to ``icontains`` over
 title, summary and column names, ranked by recency.
+
+Per-request Python cost (the API's hot path): compiling the ORM queryset to
+SQL costs more than running it, so a ``CatalogShape`` (the FilterSet's
+filters in use, without their values) keys a module-level cache of the
+statement's text and parameter template; each request only re-binds its
+values. The SQL text of a shape never depends on the values (exact matches,
+an ``EXISTS`` on the plan kind, ``websearch_to_tsquery`` of the term), and
+``_statement`` checks that on each shape's first use. The cache holds one
+entry per combination of filters in use, term or not, and sort kind: a few
+hundred at most. With ``cards=True`` the page's rows stay plain dicts (no
+model instances) for the API's serialiser.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -169,7 +181,7 @@ class FacetValue:
 class CatalogPage:
     """One page of the catalog and the facets of the bounded candidate set."""
 
-    listings: list[Listing]
+    listings: list[Listing]  # card dicts instead with ``catalog_query(cards=True)``
     q: str
     sort: str
     offset: int
@@ -237,17 +249,19 @@ _RANK_ORDER = "c.rank DESC, c.published_at DESC, c.id DESC"
 
 def _facet_sql() -> str:
     category, merchant, plan = Category._meta.db_table, Merchant._meta.db_table, PricingPlan._meta.db_table
+    # Category and merchant are counted per id, then labelled (their slugs are unique); a listing counts
+    # once per kind of active plan it has.
     return (
-        f"SELECT 'category', x.slug, x.name, COUNT(*) FROM c JOIN {category} x ON x.id = c.category_id"
-        " GROUP BY x.slug, x.name"
-        f" UNION ALL SELECT 'merchant', x.slug, x.name, COUNT(*) FROM c JOIN {merchant} x ON x.id = c.merchant_id"
-        " GROUP BY x.slug, x.name"
+        "SELECT 'category', x.slug, x.name, g.n FROM (SELECT c.category_id, COUNT(*) AS n FROM c"
+        f" GROUP BY c.category_id) g JOIN {category} x ON x.id = g.category_id"
+        " UNION ALL SELECT 'merchant', x.slug, x.name, g.n FROM (SELECT c.merchant_id, COUNT(*) AS n FROM c"
+        f" GROUP BY c.merchant_id) g JOIN {merchant} x ON x.id = g.merchant_id"
         " UNION ALL SELECT 'licence', c.licence, '', COUNT(*) FROM c GROUP BY c.licence"
         " UNION ALL SELECT 'format', c.primary_format, '', COUNT(*) FROM c WHERE c.primary_format <> ''"
         " GROUP BY c.primary_format"
         " UNION ALL SELECT 'update_frequency', c.update_frequency, '', COUNT(*) FROM c GROUP BY c.update_frequency"
-        f" UNION ALL SELECT 'price_type', p.kind, '', COUNT(DISTINCT p.listing_id) FROM {plan} p"
-        " JOIN c ON p.listing_id = c.id WHERE p.is_active GROUP BY p.kind"
+        " UNION ALL SELECT 'price_type', d.kind, '', COUNT(*) FROM (SELECT DISTINCT p.kind, p.listing_id"
+        f" FROM {plan} p JOIN c ON p.listing_id = c.id WHERE p.is_active) d GROUP BY d.kind"
         " UNION ALL SELECT 'total', '', '', COUNT(*) FROM c"
     )
 
@@ -329,6 +343,122 @@ def _card_from_json(text: str, related: dict) -> Listing:
     return listing
 
 
+# A card as a plain dict (``catalog_query(cards=True)``, the API's path): the card columns, plus these.
+CARD_RELATED_KEYS = ("merchant_slug", "merchant_name", "category_slug", "category_name")
+
+
+_CARD_DICT_KEYS = (*_CARD_COLUMNS, *CARD_RELATED_KEYS)  # the JSON array's items but the last (plan kinds)
+
+
+def _card_dict_from_json(text: str) -> dict:
+    """The ranked statement's JSON array as a card dict, without instantiating models (the API's path)."""
+    values = json.loads(text)
+    card = dict(zip(_CARD_DICT_KEYS, values, strict=False))
+    for name in _DATETIME_COLUMNS:
+        if card[name]:
+            card[name] = datetime.fromisoformat(card[name])
+    kinds = values[-1]
+    card["price_types"] = sorted(filter(None, kinds.split(","))) if kinds else []
+    return card
+
+
+def _card_dict_from_listing(listing: Listing) -> dict:
+    """The same card dict from a Listing loaded by the ORM (sorts other than relevance)."""
+    card = {name: getattr(listing, name) for name in _CARD_COLUMNS}
+    merchant, category = listing.merchant, listing.category
+    card.update(
+        merchant_slug=merchant.slug,
+        merchant_name=merchant.name,
+        category_slug=category.slug if category else None,
+        category_name=category.name if category else None,
+        price_types=listing.price_types,
+    )
+    return card
+
+
+@dataclass(frozen=True)
+class CatalogShape:
+    """The structured filters of a catalog query, split into its SQL shape and its values.
+
+    ``key`` names the shape (the base queryset and which filters are in use,
+    never their values). ``values`` maps each filter in use to its SQL
+    parameter (a string or an int: a model as its pk). ``build(values)``
+    returns the base queryset narrowed by ``values``; the statement of a shape
+    is compiled once from placeholder values and then only re-bound (see
+    ``_statement``).
+    """
+
+    key: tuple
+    values: dict[str, str | int]
+    build: Callable[[dict], QuerySet[Listing]]
+
+
+# SQL shape -> (statement text, parameter template), or None for a shape that cannot be re-bound.
+# A template entry is (True, slot name) for a per-request value and (False, value) for a constant.
+_STATEMENTS: dict[tuple, tuple[str, tuple] | None] = {}
+_SLOT = "\x00catalog-slot:"
+
+
+def _sentinel(name: str, value, number: int):
+    """A placeholder of ``value``'s type that no real query uses (None when the type is not supported)."""
+    if type(value) is str:
+        return f"{_SLOT}{name}\x00"
+    if type(value) is int:
+        return -(2**62) - number
+    return None
+
+
+def _template(params: list, sentinels: dict) -> tuple | None:
+    slots = {(type(v), v): name for name, v in sentinels.items()}
+    template = []
+    for param in params:
+        name = slots.get((type(param), param))
+        if name is not None:
+            template.append((True, name))
+        elif isinstance(param, str) and _SLOT in param:
+            return None  # a placeholder transformed into another value: its position cannot be re-bound
+        else:
+            template.append((False, param))
+    return tuple(template)
+
+
+def _typed(params: list) -> list:
+    return [(type(param), param) for param in params]
+
+
+def _bind(template: tuple, values: dict) -> list:
+    return [values[item] if is_slot else item for is_slot, item in template]
+
+
+def _statement(key: tuple, values: dict, compile_statement: Callable[[dict], tuple[str, list]]) -> tuple[str, list]:
+    """The statement for ``values``: compiled once per SQL shape ``key``, then re-bound with the values.
+
+    ``compile_statement(values)`` compiles it through the ORM. On a shape's
+    first use it is compiled twice, with placeholders and with the real
+    values; the template is kept only if re-binding the real values gives back
+    exactly the real statement (same text, same parameters), so a value the
+    ORM transforms or inlines makes that shape uncached rather than wrong.
+    """
+    try:
+        cached = _STATEMENTS[key]
+    except KeyError:
+        pass
+    else:
+        if cached is None:
+            return compile_statement(values)
+        return cached[0], _bind(cached[1], values)
+    sql, params = compile_statement(values)
+    sentinels = {name: _sentinel(name, value, n) for n, (name, value) in enumerate(values.items())}
+    entry = None
+    if None not in sentinels.values():
+        template_sql, template_params = compile_statement(sentinels)
+        template = _template(template_params, sentinels)
+        if template is not None and template_sql == sql and _typed(_bind(template, values)) == _typed(params):
+            entry = (template_sql, template)
+    _STATEMENTS[key] = entry
+    return sql, params
+
+
 def _with_card_fields(queryset: QuerySet[Listing]) -> QuerySet[Listing]:
     """What a catalog card shows: merchant and category joined, active plans prefetched, long text deferred."""
     active_plans = Prefetch("plans", queryset=PricingPlan.objects.filter(is_active=True), to_attr="active_plans")
@@ -336,64 +466,84 @@ def _with_card_fields(queryset: QuerySet[Listing]) -> QuerySet[Listing]:
 
 
 def _read_facets(rows) -> tuple[dict[str, list[FacetValue]], int]:
-    facets: dict[str, list[FacetValue]] = {name: [] for name in FACET_NAMES}
+    grouped: dict[str, list] = {name: [] for name in FACET_NAMES}
     total = 0
-    for name, value, label, count in rows:
-        if name == "total":
-            total = count
-        elif name in facets:
-            label = label or _CHOICE_LABELS.get(name, {}).get(value, value)
-            facets[name].append(FacetValue(value=value, label=label, count=count))
-    for values in facets.values():
-        values.sort(key=lambda v: (-v.count, v.label.lower()))
-        del values[FACET_LIMIT:]
+    for row in rows:
+        if row[0] == "total":
+            total = row[3]
+        elif row[0] in grouped:
+            grouped[row[0]].append(row)
+    facets = {}
+    for name, values in grouped.items():
+        labels = _CHOICE_LABELS.get(name, {})
+        items = [(value, label or labels.get(value, value), count) for _, value, label, count in values]
+        items.sort(key=lambda item: (-item[2], item[1].lower()))
+        facets[name] = [FacetValue(value=v, label=label, count=count) for v, label, count in items[:FACET_LIMIT]]
     return facets, total
 
 
 def catalog_query(
     *,
-    queryset: QuerySet[Listing],
+    queryset: QuerySet[Listing] | None = None,
     q: str = "",
     sort: str = "",
     offset: int = 0,
     page_size: int | None = None,
     naive: bool = False,
+    shape: CatalogShape | None = None,
+    cards: bool = False,
 ) -> CatalogPage:
     """One catalog page of ``queryset`` (already filtered, published only) for the term ``q``, with facets.
 
     At most three queries whatever the size of the catalog. By relevance (a
-    term on PostgreSQL), two: one statement builds the candidate set once,
-    ranks it for the page's ids (with their plan kinds) and counts the facets
-    over it; then the page's rows. Other sorts walk their index for
-    ``page_size + 1`` rows, then their active plans, then the facets. ``naive`` (the benchmark's baseline only)
+    term on PostgreSQL), one: a statement builds the candidate set once,
+    ranks it for the page's rows (with their plan kinds) and counts the facets
+    over it. Other sorts walk their index for ``page_size + 1`` rows, then
+    their active plans, then the facets. ``naive`` (the benchmark's baseline only)
     searches with icontains and counts facets over every match.
+
+    Instead of ``queryset``, a ``shape`` (the FilterSet's filters as SQL shape
+    and values) lets the statement be compiled once per shape and re-bound per
+    request. ``cards`` returns the listings as plain card dicts (the API's
+    path) rather than Listing instances (the HTML's).
     """
+    if (queryset is None) == (shape is None):
+        raise TypeError("catalog_query takes either a queryset or a shape.")
     q = (q or "").strip()[:QUERY_MAX_LENGTH]
     page_size = page_size or PAGE_SIZE
     offset = max(0, min(int(offset), CANDIDATE_CAP - 1))
-    ranked_search = bool(q) and search_vector_available() and not naive
+    vector = search_vector_available()
+    ranked_search = bool(q) and vector and not naive
     sort = _resolve_sort(q, sort)
-    matches = apply_text_search(queryset, q, naive=naive)
     ranked = ranked_search and sort == SORT_RELEVANCE
-    sql, params, columns = _candidates_sql(matches, q, bounded=not naive, ranked=ranked)
-    statement = _with_candidates(sql, columns) + _facet_sql()
+    bounded = not naive
+
+    def base(values: dict) -> QuerySet[Listing]:
+        return queryset if shape is None else shape.build(values)
+
+    def compile_statement(values: dict) -> tuple[str, list]:
+        matches = apply_text_search(base(values), values.get("q", ""), naive=naive)
+        sql, params, columns = _candidates_sql(matches, values.get("q", ""), bounded=bounded, ranked=ranked)
+        statement = _with_candidates(sql, columns) + _facet_sql()
+        if ranked:
+            statement += _ranked_page_sql()
+            params += [values["limit"], values["offset"]]
+        return statement, params
+
+    values = dict(shape.values) if shape is not None else {}
+    if q:
+        values["q"] = q
     if ranked:
-        # The page itself, in rank order: each card's columns (and its active plan kinds) as one JSON
-        # array, so the whole page is this one statement.
-        listing, merchant, category = Listing._meta.db_table, Merchant._meta.db_table, Category._meta.db_table
-        card_columns = ", ".join(f"l.{name}" for name in _CARD_COLUMNS)
-        statement += (
-            f" UNION ALL SELECT 'page', '', CAST(json_build_array({card_columns}, m.slug, m.name, x.slug, x.name,"
-            f" (SELECT string_agg(DISTINCT k.kind, ',') FROM {PricingPlan._meta.db_table} k"
-            " WHERE k.listing_id = l.id AND k.is_active)) AS TEXT), p.n"
-            f" FROM (SELECT c.id, ROW_NUMBER() OVER (ORDER BY {_RANK_ORDER}) AS n FROM c"
-            f" ORDER BY n LIMIT %s OFFSET %s) p JOIN {listing} l ON l.id = p.id"
-            f" JOIN {merchant} m ON m.id = l.merchant_id LEFT JOIN {category} x ON x.id = l.category_id"
-        )
-        params += [page_size + 1, offset]
+        values.update(limit=page_size + 1, offset=offset)
+    if shape is not None:
+        key = (shape.key, bool(q), ranked, bounded, vector, CANDIDATE_CAP, connection.alias, connection.vendor)
+        statement, params = _statement(key, values, compile_statement)
     else:
+        statement, params = compile_statement(values)
+    if not ranked:
         # Newest, price, or relevance without full text (recency): the index gives the order.
         ordering = _ORDERINGS.get(sort, _NEWEST)
+        matches = apply_text_search(base(shape.values if shape is not None else {}), q, naive=naive)
         rows = list(_with_card_fields(matches.order_by(*ordering))[offset : offset + page_size + 1])
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
@@ -402,14 +552,20 @@ def catalog_query(
     if ranked:
         related: dict = {}
         ranked_rows = sorted((r for r in result if r[0] == "page"), key=lambda r: r[3])
-        rows = [_card_from_json(r[2], related) for r in ranked_rows]
+        if cards:
+            rows = [_card_dict_from_json(r[2]) for r in ranked_rows]
+        else:
+            rows = [_card_from_json(r[2], related) for r in ranked_rows]
     else:
         for row in rows:
             row.price_types = sorted({plan.kind for plan in row.active_plans})
+        if cards:
+            rows = [_card_dict_from_listing(row) for row in rows]
     has_next = len(rows) > page_size and offset + page_size < CANDIDATE_CAP
-    kind_labels = dict(PlanKind.choices)
-    for row in rows:
-        row.price_type_labels = [kind_labels.get(kind, kind) for kind in row.price_types]
+    if not cards:
+        kind_labels = dict(PlanKind.choices)
+        for row in rows:
+            row.price_type_labels = [kind_labels.get(kind, kind) for kind in row.price_types]
     return CatalogPage(
         listings=rows[:page_size],
         q=q,
@@ -420,6 +576,20 @@ def catalog_query(
         facets=facets,
         matches=total,
         capped=not naive and total >= CANDIDATE_CAP,
+    )
+
+
+def _ranked_page_sql() -> str:
+    """The page itself, in rank order: each card's columns (and its active plan kinds) as one JSON array."""
+    listing, merchant, category = Listing._meta.db_table, Merchant._meta.db_table, Category._meta.db_table
+    card_columns = ", ".join(f"l.{name}" for name in _CARD_COLUMNS)
+    return (
+        f" UNION ALL SELECT 'page', '', CAST(json_build_array({card_columns}, m.slug, m.name, x.slug, x.name,"
+        f" (SELECT string_agg(DISTINCT k.kind, ',') FROM {PricingPlan._meta.db_table} k"
+        " WHERE k.listing_id = l.id AND k.is_active)) AS TEXT), p.n"
+        f" FROM (SELECT c.id, ROW_NUMBER() OVER (ORDER BY {_RANK_ORDER}) AS n FROM (SELECT c.id, c.rank,"
+        f" c.published_at FROM c ORDER BY {_RANK_ORDER} LIMIT %s OFFSET %s) c) p JOIN {listing} l ON l.id = p.id"
+        f" JOIN {merchant} m ON m.id = l.merchant_id LEFT JOIN {category} x ON x.id = l.category_id"
     )
 
 

@@ -9,7 +9,11 @@ from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
-from listings.api.serializers import ListingCardSerializer, ListingDetailSerializer
+from listings.api.serializers import (
+    CardWriter,
+    ListingCardSerializer,
+    ListingDetailSerializer,
+)
 from listings.filters import ListingFilter
 from listings.search import CANDIDATE_CAP
 from listings.selectors import listings_published
@@ -53,12 +57,15 @@ class CatalogListingViewSet(viewsets.ReadOnlyModelViewSet):
         return listings_published()
 
     def list(self, request, *args, **kwargs):
-        filterset = ListingFilter(request.query_params, queryset=self.get_queryset(), request=request)
+        # No queryset: the FilterSet's published catalog (get_queryset), whose statement is compiled
+        # once per combination of filters in use and re-bound per request.
+        filterset = ListingFilter(request.query_params, request=request)
         if not filterset.is_valid():
             raise ValidationError(_errors(filterset))
         # The naive search is a benchmark baseline; it exists only where the setting enables it.
         naive = getattr(settings, "BENCH_ENABLE_NAIVE", False) and request.query_params.get("naive") == "1"
-        page = filterset.page(naive=naive)
+        page = filterset.page(naive=naive, cards=True)
+        card = CardWriter()
         next_url = None
         if page.next_cursor:
             params = request.query_params.copy()
@@ -66,7 +73,7 @@ class CatalogListingViewSet(viewsets.ReadOnlyModelViewSet):
             next_url = request.build_absolute_uri(f"{request.path}?{params.urlencode()}")
         return Response(
             {
-                "results": ListingCardSerializer(page.listings, many=True).data,
+                "results": [card(row) for row in page.listings],
                 "next": page.next_cursor,
                 "next_url": next_url,
                 "sort": page.sort,

@@ -1,4 +1,7 @@
+import json
+
 import pytest
+from django.core.serializers.json import DjangoJSONEncoder
 
 from listings import search
 from listings.choices import ListingStatus
@@ -114,3 +117,72 @@ def test_ping_is_trivial(client, db, django_assert_num_queries):
     with django_assert_num_queries(0):
         response = client.get("/api/v1/ping/")
     assert response.json() == {"ok": True}
+
+
+@pytest.mark.parametrize("params", [{"q": "city"}, {"q": "metro"}, {}, {"sort": "price_asc"}])
+def test_cards_are_what_the_declared_serializer_fields_give(client, catalog, params):
+    from rest_framework import serializers
+
+    from listings.api.serializers import ListingCardSerializer
+    from listings.selectors import listings_published
+
+    body = client.get(LIST, params).json()
+    assert body["results"]
+    by_slug = {listing.slug: listing for listing in listings_published().select_related("category")}
+    for result in body["results"]:
+        # The generic, field-by-field DRF path over a model instance (URL reversed per listing, plans queried).
+        declared = serializers.ModelSerializer.to_representation(ListingCardSerializer(), by_slug[result["slug"]])
+        assert result == json.loads(json.dumps(declared, cls=DjangoJSONEncoder)), result["slug"]
+        assert list(result) == list(declared)
+
+
+def test_a_listing_without_category_has_a_null_category(client, catalog):
+    Listing.objects.filter(pk=catalog["metro"].pk).update(category=None)
+    for params in ({"q": "metro"}, {}):
+        (metro,) = [r for r in client.get(LIST, params).json()["results"] if r["title"] == "Metro ridership"]
+        assert metro["category"] is None
+
+
+def test_filtersets_share_form_fields_but_not_filters(catalog):
+    from listings.filters import ListingFilter
+
+    first, second = ListingFilter({"category": "government"}), ListingFilter({"category": "finance"})
+    assert first.is_valid() and second.is_valid()
+    # The form's fields are shared (never changed per request) ...
+    assert first.form.fields["category"] is second.form.fields["category"]
+    assert first.form.fields is not second.form.fields
+    assert (first.form.cleaned_data["category"].slug, second.form.cleaned_data["category"].slug) == (
+        "government",
+        "finance",
+    )
+    # ... each instance has its own filters, bound to it (method filters call their own FilterSet).
+    assert first.filters["price_type"] is not second.filters["price_type"]
+    assert first.filters["price_type"].parent is first and second.filters["price_type"].parent is second
+    assert first.filters["price_type"].filter.f is first.filters["price_type"]
+    assert first.filters["category"].extra is not ListingFilter.base_filters["category"].extra
+    assert not hasattr(ListingFilter.base_filters["price_type"], "parent")
+    assert [listing.title for listing in first.qs] == ["City budget"]
+    assert [listing.title for listing in second.qs] == ["Bond yields"]
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Shanghai"])
+def test_card_datetimes_are_what_drf_datetime_field_gives(zone):
+    from datetime import UTC, datetime, timedelta
+    from datetime import timezone as fixed
+
+    from django.utils import timezone
+    from rest_framework import serializers
+
+    from listings.api.serializers import CardWriter
+
+    values = [
+        datetime(2025, 3, 1, 12, 30, tzinfo=UTC),
+        datetime(2025, 3, 1, 12, 30, 5, 120000, tzinfo=UTC),
+        datetime(2025, 3, 1, 12, 30, tzinfo=fixed(timedelta(hours=-5))),
+        datetime(2025, 3, 1, 12, 30),  # naive: DRF's own path
+        None,
+    ]
+    with timezone.override(zone):
+        writer, field = CardWriter(), serializers.DateTimeField()
+        for value in values:
+            assert writer._iso(value) == (field.to_representation(value) if value else None), value

@@ -177,3 +177,145 @@ def test_ranked_page_cards_load_unfetched_fields_on_access(build):
     )
     assert card.published_at == listing.published_at
     assert card.description == "Full text."  # deferred, then loaded from the database
+
+
+# --- the statement compiled once per SQL shape ----------------------------------------------------------
+
+
+@pytest.fixture
+def varied(build, categories, other_merchant_user, merchant_user, staff):
+    """Two listings that differ in every structured filter, both matching "survey"; one that matches neither."""
+    from merchants.selectors import merchant_for_user
+
+    other = merchant_for_user(user=other_merchant_user)
+    build("Survey alpha", category=categories["government"], licence="CC0-1.0", update_frequency="daily")
+    second = publish(
+        merchant=other, owner=other_merchant_user, reviewer=staff, title="Survey beta", price=700,
+        category=categories["finance"], update_frequency="monthly",
+    )  # fmt: skip
+    PricingPlan.objects.filter(listing=second).update(kind="subscription", interval="month")
+    Listing.objects.filter(pk=second.pk).update(primary_format="parquet")
+    build("Unrelated", category=categories["transport"])
+    return [
+        {"category": "government", "merchant": "guiyang-data", "licence": "CC0-1.0", "format": "csv",
+         "update_frequency": "daily", "price_type": "one_time"},
+        {"category": "finance", "merchant": "shanghai-data", "licence": "CC-BY-4.0", "format": "parquet",
+         "update_frequency": "monthly", "price_type": "subscription"},
+    ]  # fmt: skip
+
+
+def _summary(page):
+    return (
+        [row["slug"] if isinstance(row, dict) else row.slug for row in page.listings],
+        {name: [(v.value, v.label, v.count) for v in values] for name, values in page.facets.items()},
+        page.matches,
+        page.capped,
+        page.has_next,
+        page.sort,
+    )
+
+
+def _pages(params, cards=False):
+    """The page through the shape cache (published catalog) and compiled per request (explicit queryset)."""
+    from listings.filters import ListingFilter
+
+    cached = ListingFilter(params)
+    direct = ListingFilter(params, queryset=listings_published())
+    assert cached.is_valid() and direct.is_valid(), (cached.errors, direct.errors)
+    assert cached.published_catalog and not direct.published_catalog
+    return cached.page(cards=cards), direct.page(cards=cards)
+
+
+def _combinations(value_sets):
+    import itertools
+
+    from listings.filters import STRUCTURED_FILTERS
+
+    for size in range(len(STRUCTURED_FILTERS) + 1):
+        for names in itertools.combinations(STRUCTURED_FILTERS, size):
+            for values in value_sets:
+                for extra in ({"sort": "price_desc"}, {"q": "survey"}, {"q": "survey", "sort": "newest"}):
+                    yield {**{name: values[name] for name in names}, **extra}
+
+
+def test_every_filter_combination_answers_as_when_compiled_per_request(varied, monkeypatch):
+    monkeypatch.setattr(search, "_STATEMENTS", {})
+    combinations = list(_combinations(varied))
+    assert len(combinations) == 64 * 2 * 3
+    expected = {}
+    for params in combinations:
+        cached, direct = _pages(params)
+        expected[tuple(sorted(params.items()))] = _summary(direct)
+        assert _summary(cached) == _summary(direct), params
+    # Every shape is now compiled; walk them again in reverse order, each shape re-bound with other values
+    # than those it was compiled with: nothing of one request's values survives into the next.
+    for params in reversed(combinations):
+        cached, _ = _pages(params, cards=True)
+        assert _summary(cached) == expected[tuple(sorted(params.items()))], params
+    if connection.vendor == "postgresql":
+        # One statement per shape: 64 filter sets, each without a term, ranked, and with a term by another sort.
+        assert len(search._STATEMENTS) == 64 * 3 and None not in search._STATEMENTS.values()
+
+
+def test_one_shape_rebinds_its_values(varied):
+    government, finance = _pages({"category": "government", "q": "survey"})[0], _pages({"category": "finance"})[0]
+    assert titles(government) == ["Survey alpha"] and titles(finance) == ["Survey beta"]
+    assert titles(_pages({"category": "finance", "q": "survey"})[0]) == ["Survey beta"]
+    assert titles(_pages({"category": "government", "q": "alpha"})[0]) == ["Survey alpha"]
+    assert titles(_pages({"category": "government", "q": "beta"})[0]) == []
+    assert titles(_pages({"q": "survey", "merchant": "shanghai-data", "price_type": "one_time"})[0]) == []
+    assert titles(_pages({"q": "survey", "merchant": "shanghai-data", "price_type": "subscription"})[0]) == [
+        "Survey beta"
+    ]
+
+
+def test_a_shape_whose_values_the_sql_transforms_is_not_cached(monkeypatch):
+    monkeypatch.setattr(search, "_STATEMENTS", {})
+
+    def compile_like(values):
+        # As icontains does: the value inside another string, not a parameter of its own.
+        return "SELECT 1 WHERE 'x' LIKE %s AND 2 = %s", [f"%{values['q']}%", values["limit"]]
+
+    key = ("test-shape", "like")
+    assert search._statement(key, {"q": "air", "limit": 21}, compile_like)[1] == ["%air%", 21]
+    assert search._STATEMENTS[key] is None
+    assert search._statement(key, {"q": "rain", "limit": 5}, compile_like)[1] == ["%rain%", 5]
+
+    def compile_inlined(values):
+        return f"SELECT {values['limit']}", []
+
+    key = ("test-shape", "inlined")
+    assert search._statement(key, {"limit": 21}, compile_inlined) == ("SELECT 21", [])
+    assert search._STATEMENTS[key] is None
+    assert search._statement(key, {"limit": 5}, compile_inlined) == ("SELECT 5", [])
+
+
+def test_a_shape_is_rebound_not_recompiled(monkeypatch):
+    monkeypatch.setattr(search, "_STATEMENTS", {})
+
+    calls = []
+
+    def compile_plain(values):
+        calls.append(values)
+        return "SELECT %s, %s, %s", [values["q"], "constant", values["limit"]]
+
+    key = ("test-shape", "plain")
+    assert search._statement(key, {"q": "air", "limit": 21}, compile_plain) == (
+        "SELECT %s, %s, %s",
+        ["air", "constant", 21],
+    )
+    assert len(calls) == 2  # the real values, then the placeholders
+    assert search._statement(key, {"q": "rain", "limit": 5}, compile_plain) == (
+        "SELECT %s, %s, %s",
+        ["rain", "constant", 5],
+    )
+    assert len(calls) == 2
+
+
+def test_naive_search_through_a_shape_matches_the_direct_path(varied):
+    from listings.filters import ListingFilter
+
+    cached, direct = ListingFilter({"q": "survey"}), ListingFilter({"q": "survey"}, queryset=listings_published())
+    assert cached.is_valid() and direct.is_valid()
+    assert _summary(cached.page(naive=True)) == _summary(direct.page(naive=True))
+    assert sorted(titles(cached.page(naive=True))) == ["Survey alpha", "Survey beta"]
