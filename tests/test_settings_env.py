@@ -43,3 +43,24 @@ def test_production_without_secret_key_refuses_to_start(tmp_path):
     )
     assert result.returncode != 0
     assert "DJANGO_SECRET_KEY is required" in result.stderr
+
+
+def test_embedded_default_shares_its_cache_between_processes(tmp_path):
+    """Web and worker processes must see each other's cache flags (the payment-event drain relies on it)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import os, django; os.environ['DJANGO_SETTINGS_MODULE']='exchange.settings'; django.setup();"
+        "from django.conf import settings; print(settings.CACHES['default']['BACKEND']);"
+        "print(settings.CELERY_BROKER_URL)"
+    )
+    env = {"EXCHANGE_VAR_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]
+    )
+    assert result.returncode == 0, result.stderr
+    backend, broker = result.stdout.split()
+    assert backend == "django.core.cache.backends.filebased.FileBasedCache"
+    assert broker == "filesystem://"
