@@ -106,5 +106,8 @@ def sandbox_checkout_resolve(session_id: str, approve: bool) -> str:
     """The sandbox's "approve after a delay": the provider answers later, through the webhook path."""
     from exchange.gateways.sandbox import SandboxGateway
 
-    SandboxGateway().session_resolve_and_notify(session_id=session_id, approve=approve)
+    try:
+        SandboxGateway().session_resolve_and_notify(session_id=session_id, approve=approve)
+    except GatewayError as exc:  # already resolved (a redelivered task, or the buyer clicked again)
+        return str(exc)
     return f"sandbox session {session_id} {'approved' if approve else 'declined'}"

@@ -145,6 +145,8 @@ def webhook(request, gateway):
 
 def sandbox_checkout(request, session_id):
     """The sandbox gateway's hosted checkout page (what Stripe Checkout would be)."""
+    if get_gateway().name != "sandbox":
+        raise Http404("The sandbox gateway is not enabled.")
     session = get_object_or_404(SandboxCheckoutSession, pk=session_id)
     if request.method == "POST" and session.status == SandboxSessionStatus.OPEN:
         decision = request.POST.get("decision")

@@ -1,4 +1,4 @@
-from django.db.models import Prefetch, Q, QuerySet, prefetch_related_objects
+from django.db.models import Prefetch, QuerySet, prefetch_related_objects
 from django.http import Http404
 
 from listings.choices import ListingStatus, PlanKind, ProfileStatus
@@ -8,15 +8,6 @@ from merchants.selectors import merchant_is_member
 
 def listings_published() -> QuerySet[Listing]:
     return Listing.objects.filter(status=ListingStatus.PUBLISHED).select_related("merchant")
-
-
-def catalog_search(*, query: str = "") -> QuerySet[Listing]:
-    """Published listings matching ``query`` (a simple search; full text arrives with the listings issue)."""
-    qs = listings_published()
-    query = (query or "").strip()
-    if query:
-        qs = qs.filter(Q(title__icontains=query) | Q(summary__icontains=query))
-    return qs.order_by("-published_at", "-pk")
 
 
 def listing_visible(*, slug: str, user) -> Listing:
@@ -58,15 +49,6 @@ def listing_plans(*, listing: Listing) -> list[PricingPlan]:
     """
     plans = [plan for plan in listing.plans.all() if plan.is_active]
     return sorted(plans, key=lambda plan: (PLAN_KIND_ORDER.get(plan.kind, 9), plan.amount, plan.pk))
-
-
-def listing_latest_files(*, listing: Listing, published_only: bool = True) -> list[DataFile]:
-    """Files of the newest (published) version."""
-    versions = listing.versions.all()
-    if published_only:
-        versions = versions.filter(published_at__isnull=False)
-    version = versions.order_by("-created_at", "-pk").first()
-    return list(version.files.all()) if version else []
 
 
 def version_columns(*, version: ListingVersion) -> list[dict]:

@@ -28,7 +28,7 @@ def access_request_create(*, listing: Listing, buyer, organisation: str, use_sce
         errors["use_scenario"] = "Describe the use scenario in at least 20 characters."
     if errors:
         raise ValidationError(errors)
-    if not listing.is_published or not getattr(listing, "requires_access_request", False):
+    if not listing.is_published or not listing.requires_access_request:
         raise ValidationError("This data product does not take access requests.", code="not_required")
     if merchant_is_member(merchant=listing.merchant, user=buyer):
         raise ValidationError("You cannot request access to your own merchant's product.", code="own_listing")

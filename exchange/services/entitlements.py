@@ -8,6 +8,7 @@ what has lapsed.
 """
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from exchange.choices import EntitlementStatus
@@ -71,6 +72,11 @@ def entitlements_expire(*, now=None) -> int:
     return Entitlement.objects.filter(status=EntitlementStatus.ACTIVE, valid_until__lte=now).update(
         status=EntitlementStatus.EXPIRED
     )
+
+
+def usable_q(*, now=None) -> Q:
+    """Entitlements that give access now (active and not past their period): the SQL form of entitlement_is_usable."""
+    return Q(status=EntitlementStatus.ACTIVE) & (Q(valid_until__isnull=True) | Q(valid_until__gt=now or timezone.now()))
 
 
 def entitlement_is_usable(entitlement: Entitlement, *, now=None) -> bool:

@@ -5,13 +5,13 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
-from exchange.choices import ORDER_TRANSITIONS, AccessRequestStatus, EntitlementStatus, OrderStatus
+from exchange.choices import ORDER_TRANSITIONS, AccessRequestStatus, OrderStatus
 from exchange.gateways import get_gateway
 from exchange.models import AccessRequest, Entitlement, Order, OrderStatusHistory
+from exchange.services.entitlements import usable_q
 from listings.choices import PlanKind
 from listings.models import Listing, PricingPlan
 from listings.selectors import listing_active_plan
@@ -67,16 +67,12 @@ def _check_can_buy(*, buyer, listing: Listing) -> None:
         raise ValidationError("This data product is not available for purchase.", code="not_published")
     if merchant_is_member(merchant=listing.merchant, user=buyer):
         raise ValidationError("You cannot buy your own merchant's data product.", code="own_listing")
-    now = timezone.now()
-    usable = Entitlement.objects.filter(buyer=buyer, listing=listing, status=EntitlementStatus.ACTIVE).filter(
-        Q(valid_until__isnull=True) | Q(valid_until__gt=now)
-    )
-    if usable.exists():
+    if Entitlement.objects.filter(usable_q(), buyer=buyer, listing=listing).exists():
         raise ValidationError("You already have access to this data product.", code="already_entitled")
 
 
 def _approved_access_request(*, buyer, listing: Listing) -> AccessRequest | None:
-    if not getattr(listing, "requires_access_request", False):
+    if not listing.requires_access_request:
         return None
     request = (
         AccessRequest.objects.filter(buyer=buyer, listing=listing, status=AccessRequestStatus.APPROVED)

@@ -133,19 +133,19 @@ def payment_events_drain(*, max_events: int = 10_000) -> int:
     Drains running side by side skip each other's events (SKIP LOCKED).
     """
     cache.delete(DRAIN_KEY)
-    attempted: set[int] = set()
-    done = 0
-    while len(attempted) < max_events:
+    # A cursor over primary keys: each event is tried once per drain. One that commits behind the
+    # cursor scheduled its own drain when it was stored (the key above was already gone).
+    after, attempted, done = 0, 0, 0
+    while attempted < max_events:
         pks = list(
-            PaymentEvent.objects.filter(status=PaymentEventStatus.RECEIVED)
-            .exclude(pk__in=attempted)
+            PaymentEvent.objects.filter(status=PaymentEventStatus.RECEIVED, pk__gt=after)
             .order_by("pk")
             .values_list("pk", flat=True)[:DRAIN_BATCH]
         )
         if not pks:
             break
         for pk in pks:
-            attempted.add(pk)
+            after, attempted = pk, attempted + 1
             try:
                 outcome = payment_event_process(event_pk=pk, skip_locked=True)
             except Exception:  # recorded on the event by payment_event_process; the sweep retries it

@@ -149,3 +149,11 @@ def test_unknown_event_type_is_acknowledged_and_ignored(client, settings, django
     assert response.status_code == 200
     assert PaymentEvent.objects.get().status == "ignored"
     assert Order.objects.count() == 0
+
+
+def test_sandbox_checkout_page_is_gone_when_stripe_is_the_gateway(client, pending_order, settings):
+    settings.PAYMENT_GATEWAY = "stripe"
+    before = _counts()
+    assert client.get(pending_order.checkout_url).status_code == 404
+    assert client.post(pending_order.checkout_url, {"decision": "approve"}).status_code == 404
+    assert _counts() == before

@@ -83,3 +83,33 @@ def test_the_sweep_drains_events_left_behind(pending_orders, monkeypatch):
         assert tasks.payment_events_sweep() == 1
     pending_orders[0].refresh_from_db()
     assert pending_orders[0].status == OrderStatus.PAID
+
+
+def test_the_drain_tries_a_waiting_event_once_and_goes_on_to_the_next(pending_orders):
+    import json
+
+    from exchange.gateways.signing import sign_payload
+
+    waiting = {"id": "evt_wait", "type": "invoice.paid", "data": {"object": {"object": "invoice", "subscription": "x"}}}
+    body = json.dumps(waiting).encode()
+    payments.webhook_ingest(
+        gateway_name="sandbox", body=body, signature_header=sign_payload(body=body, secret=SandboxGateway().secret)
+    )
+    body, signature = _completed(pending_orders[0])
+    payments.webhook_ingest(gateway_name="sandbox", body=body, signature_header=signature)
+    assert payments.payment_events_drain() == 1
+    assert PaymentEvent.objects.get(event_id="evt_wait").attempts == 1
+    pending_orders[0].refresh_from_db()
+    assert pending_orders[0].status == OrderStatus.PAID
+
+
+def test_the_delayed_sandbox_answer_is_safe_to_run_twice(pending_orders, django_capture_on_commit_callbacks):
+    session_id = pending_orders[0].gateway_session_id
+    with django_capture_on_commit_callbacks(execute=True):
+        first = tasks.sandbox_checkout_resolve(session_id, True)
+        second = tasks.sandbox_checkout_resolve(session_id, True)
+    assert first.endswith("approved")
+    assert second == "This checkout session is already closed."
+    assert PaymentEvent.objects.count() == 1
+    pending_orders[0].refresh_from_db()
+    assert pending_orders[0].status == OrderStatus.PAID
