@@ -12,6 +12,7 @@ from exchange.models import (
     Dispute,
     DownloadLog,
     Entitlement,
+    EntitlementStatusHistory,
     JournalEntry,
     LedgerAccount,
     Order,
@@ -212,12 +213,23 @@ class PaymentEventAdmin(ReadOnlyAdmin):
     search_fields = ("event_id",)
 
 
+class EntitlementStatusHistoryInline(admin.TabularInline):
+    model = EntitlementStatusHistory
+    extra = 0
+    can_delete = False
+    readonly_fields = ("created_at", "from_status", "to_status", "reason")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Entitlement)
 class EntitlementAdmin(ReadOnlyAdmin):
     list_display = ("pk", "buyer", "listing", "status", "granted_at")
     list_filter = ("status",)
     search_fields = ("buyer__email", "listing__title")
     list_select_related = ("buyer", "listing")
+    inlines = [EntitlementStatusHistoryInline]
 
 
 @admin.register(Delivery)

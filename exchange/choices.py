@@ -36,6 +36,16 @@ class EntitlementStatus(models.TextChoices):
     REVOKED = "revoked", "Revoked"
 
 
+_E = EntitlementStatus
+# The one table of allowed entitlement moves: lapsed or revoked access can come back (a renewal, a
+# dispute won), and anything can be revoked.
+ENTITLEMENT_TRANSITIONS: dict[str, set[str]] = {
+    _E.ACTIVE: {_E.EXPIRED, _E.REVOKED},
+    _E.EXPIRED: {_E.ACTIVE, _E.REVOKED},
+    _E.REVOKED: {_E.ACTIVE, _E.EXPIRED},
+}
+
+
 class AccessRequestStatus(models.TextChoices):
     PENDING = "pending", "Waiting for the merchant"
     APPROVED = "approved", "Approved"

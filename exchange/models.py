@@ -132,7 +132,10 @@ class Entitlement(models.Model):
     buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="entitlements")
     listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="entitlements")
     plan = models.ForeignKey(PricingPlan, on_delete=models.PROTECT, null=True, related_name="entitlements")
-    status = models.CharField(max_length=20, choices=EntitlementStatus.choices, default=EntitlementStatus.ACTIVE)
+    # Assigned only by exchange.services.entitlements (its one transition function).
+    status = models.CharField(
+        max_length=20, choices=EntitlementStatus.choices, default=EntitlementStatus.ACTIVE, editable=False
+    )
     # None: perpetual (one-time purchases). Subscriptions: the end of the paid period (+ grace).
     valid_until = models.DateTimeField(null=True, blank=True)
     version_access = models.CharField(max_length=20, choices=VersionAccess.choices, default=VersionAccess.ALL)
@@ -148,6 +151,21 @@ class Entitlement(models.Model):
 
     def __str__(self):
         return f"{self.buyer} → {self.listing}"
+
+
+class EntitlementStatusHistory(models.Model):
+    entitlement = models.ForeignKey(Entitlement, on_delete=models.CASCADE, related_name="history")
+    from_status = models.CharField(max_length=20, choices=EntitlementStatus.choices, blank=True)
+    to_status = models.CharField(max_length=20, choices=EntitlementStatus.choices)
+    reason = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        verbose_name_plural = "entitlement status history"
+
+    def __str__(self):
+        return f"{self.entitlement_id}: {self.from_status or '∅'} → {self.to_status}"
 
 
 class AccessRequest(models.Model):

@@ -11,14 +11,14 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from exchange.choices import EntitlementStatus
-from exchange.models import Entitlement, Order
+from exchange.choices import ENTITLEMENT_TRANSITIONS, EntitlementStatus
+from exchange.models import Entitlement, EntitlementStatusHistory, Order
 
 
 def entitlement_grant(*, order: Order, valid_until=None, scenario: str = "") -> Entitlement:
     """Grant access for a paid order, once (one entitlement per order)."""
     plan = order.plan
-    entitlement, _ = Entitlement.objects.get_or_create(
+    entitlement, created = Entitlement.objects.get_or_create(
         order=order,
         defaults={
             "buyer_id": order.buyer_id,
@@ -29,49 +29,87 @@ def entitlement_grant(*, order: Order, valid_until=None, scenario: str = "") -> 
             "scenario": scenario or (order.access_request.use_scenario if order.access_request_id else ""),
         },
     )
+    if created:
+        EntitlementStatusHistory.objects.create(
+            entitlement=entitlement, from_status="", to_status=entitlement.status, reason=f"order {order.reference}"
+        )
     return entitlement
+
+
+def _transition(entitlement: Entitlement, to_status: str, *, reason: str, fields: dict | None = None) -> None:
+    """The one place an entitlement's status changes: call with the row locked.
+
+    Checks ENTITLEMENT_TRANSITIONS, saves ``fields`` with the status, writes a
+    history row. Moving to the status it already has only saves ``fields``.
+    """
+    fields = dict(fields or {})
+    if to_status != entitlement.status:
+        if to_status not in ENTITLEMENT_TRANSITIONS[entitlement.status]:
+            raise ValueError(f"An entitlement cannot go from {entitlement.status} to {to_status}.")
+        EntitlementStatusHistory.objects.create(
+            entitlement=entitlement, from_status=entitlement.status, to_status=to_status, reason=reason[:300]
+        )
+        fields["status"] = to_status
+    for name, value in fields.items():
+        setattr(entitlement, name, value)
+    if fields:
+        entitlement.save(update_fields=list(fields))
+
+
+def _locked(entitlement_pk: int) -> Entitlement:
+    return Entitlement.objects.select_for_update().get(pk=entitlement_pk)
 
 
 def entitlement_revoke(*, entitlement_pk: int, reason: str) -> Entitlement:
     with transaction.atomic():
-        entitlement = Entitlement.objects.select_for_update().get(pk=entitlement_pk)
+        entitlement = _locked(entitlement_pk)
         if entitlement.status != EntitlementStatus.REVOKED:
-            entitlement.status, entitlement.revoked_at = EntitlementStatus.REVOKED, timezone.now()
-            entitlement.revoked_reason = reason[:300]
-            entitlement.save(update_fields=["status", "revoked_at", "revoked_reason"])
+            _transition(
+                entitlement,
+                EntitlementStatus.REVOKED,
+                reason=reason,
+                fields={"revoked_at": timezone.now(), "revoked_reason": reason[:300]},
+            )
     return entitlement
 
 
-def entitlement_restore(*, entitlement_pk: int) -> Entitlement:
+def entitlement_restore(*, entitlement_pk: int, reason: str = "access restored") -> Entitlement:
     """Give access back (a dispute won); lapsed subscriptions stay expired."""
     with transaction.atomic():
-        entitlement = Entitlement.objects.select_for_update().get(pk=entitlement_pk)
+        entitlement = _locked(entitlement_pk)
         lapsed = entitlement.valid_until is not None and entitlement.valid_until <= timezone.now()
-        entitlement.status = EntitlementStatus.EXPIRED if lapsed else EntitlementStatus.ACTIVE
-        entitlement.revoked_at, entitlement.revoked_reason = None, ""
-        entitlement.save(update_fields=["status", "revoked_at", "revoked_reason"])
+        target = EntitlementStatus.EXPIRED if lapsed else EntitlementStatus.ACTIVE
+        _transition(entitlement, target, reason=reason, fields={"revoked_at": None, "revoked_reason": ""})
     return entitlement
 
 
-def entitlement_extend(*, entitlement_pk: int, valid_until) -> Entitlement:
+def entitlement_extend(*, entitlement_pk: int, valid_until, reason: str = "period changed") -> Entitlement:
     """Move the end of a subscription's access (renewal, cancellation, failed payment)."""
     with transaction.atomic():
-        entitlement = Entitlement.objects.select_for_update().get(pk=entitlement_pk)
-        entitlement.valid_until = valid_until
-        fields = ["valid_until"]
+        entitlement = _locked(entitlement_pk)
+        target = entitlement.status
         if entitlement.status == EntitlementStatus.EXPIRED and valid_until > timezone.now():
-            entitlement.status = EntitlementStatus.ACTIVE
-            fields.append("status")
-        entitlement.save(update_fields=fields)
+            target = EntitlementStatus.ACTIVE
+        _transition(entitlement, target, reason=reason, fields={"valid_until": valid_until})
     return entitlement
 
 
-def entitlements_expire(*, now=None) -> int:
-    """Mark active entitlements whose period has ended as expired; return how many."""
+def entitlements_expire(*, now=None, batch: int = 1000) -> int:
+    """Expire active entitlements whose period has ended (up to ``batch`` a run); return how many."""
     now = now or timezone.now()
-    return Entitlement.objects.filter(status=EntitlementStatus.ACTIVE, valid_until__lte=now).update(
-        status=EntitlementStatus.EXPIRED
-    )
+    lapsed = Entitlement.objects.filter(status=EntitlementStatus.ACTIVE, valid_until__lte=now)
+    done = 0
+    for pk in list(lapsed.values_list("pk", flat=True)[:batch]):
+        with transaction.atomic():
+            entitlement = _locked(pk)
+            if (
+                entitlement.status == EntitlementStatus.ACTIVE
+                and entitlement.valid_until
+                and entitlement.valid_until <= now
+            ):
+                _transition(entitlement, EntitlementStatus.EXPIRED, reason="paid period ended")
+                done += 1
+    return done
 
 
 def usable_q(*, now=None) -> Q:

@@ -328,7 +328,7 @@ def _on_invoice_paid(event: PaymentEvent) -> str:
     subscription.status, subscription.current_period_end = SubscriptionStatus.ACTIVE, period_end
     subscription.save(update_fields=["status", "current_period_end"])
     if obj.get("billing_reason") == "subscription_create":
-        entitlement_extend(entitlement_pk=entitlement.pk, valid_until=period_end)
+        entitlement_extend(entitlement_pk=entitlement.pk, valid_until=period_end, reason="first invoice paid")
         return "first invoice: period recorded"
     first = subscription.order
     renewal, created = Order.objects.get_or_create(
@@ -353,7 +353,7 @@ def _on_invoice_paid(event: PaymentEvent) -> str:
         _post_payment_held(order=renewal, memo=f"subscription renewal {renewal.reference}")
         # Access simply continues: the renewal is delivered the moment it is paid.
         order_transition(order_pk=renewal.pk, to_status=OrderStatus.DELIVERED, reason="access renewed")
-    entitlement_extend(entitlement_pk=entitlement.pk, valid_until=period_end)
+    entitlement_extend(entitlement_pk=entitlement.pk, valid_until=period_end, reason=f"invoice {obj.get('id')} paid")
     return "subscription renewed"
 
 
@@ -364,7 +364,7 @@ def _on_invoice_failed(event: PaymentEvent) -> str:
     entitlement = subscription.order.entitlement
     grace_end = timezone.now() + timedelta(days=settings.SUBSCRIPTION_GRACE_DAYS)
     if entitlement.valid_until is None or entitlement.valid_until > grace_end:
-        entitlement_extend(entitlement_pk=entitlement.pk, valid_until=grace_end)
+        entitlement_extend(entitlement_pk=entitlement.pk, valid_until=grace_end, reason="renewal failed: grace period")
     return "renewal failed; access ends after the grace period"
 
 
@@ -376,7 +376,7 @@ def _on_subscription_deleted(event: PaymentEvent) -> str:
     subscription.save(update_fields=["status", "cancelled_at"])
     entitlement = subscription.order.entitlement
     end = min(subscription.current_period_end, entitlement.valid_until or subscription.current_period_end)
-    entitlement_extend(entitlement_pk=entitlement.pk, valid_until=end)
+    entitlement_extend(entitlement_pk=entitlement.pk, valid_until=end, reason="subscription cancelled")
     return "subscription cancelled; access runs to the end of the paid period"
 
 

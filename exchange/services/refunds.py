@@ -241,7 +241,7 @@ def dispute_close(*, order: Order, gateway_dispute_id: str, won: bool) -> Disput
         )
         order_transition(order_pk=order.pk, to_status=back_to, reason=f"dispute {dispute.gateway_dispute_id} won")
         if hasattr(order, "entitlement"):
-            entitlement_restore(entitlement_pk=order.entitlement.pk)
+            entitlement_restore(entitlement_pk=order.entitlement.pk, reason=f"dispute {dispute.gateway_dispute_id} won")
     else:
         Order.objects.filter(pk=order.pk).update(refunded_amount=F("amount"))
         order_transition(

@@ -377,3 +377,24 @@ def test_a_second_tab_resumes_the_open_checkout_instead_of_paying_twice(client, 
     second = buy(client, listing, token="22222222-2fa1-11d2-883f-0016d3cca427")
     assert Order.objects.count() == 1
     assert first.url == second.url == Order.objects.get().checkout_url
+
+
+def test_every_entitlement_move_has_a_history_row(client, buyer, listing, django_capture_on_commit_callbacks, settings):
+    settings.SUBSCRIPTION_GRACE_DAYS = 0
+    _pay(client, buyer, listing, django_capture_on_commit_callbacks, kind="subscription")
+    entitlement = Entitlement.objects.get()
+    with django_capture_on_commit_callbacks(execute=True):
+        SandboxGateway().emit_renewal_failed(subscription=Subscription.objects.get())
+    with time_machine.travel(timezone.now() + timedelta(seconds=5)):
+        assert entitlements_expire() == 1
+        assert entitlements_expire() == 0  # running the sweep again changes nothing
+    with django_capture_on_commit_callbacks(execute=True):
+        SandboxGateway().emit_renewal(subscription=Subscription.objects.get())
+    history = entitlement.history.order_by("pk")  # pk: the sweep ran at a travelled clock
+    assert list(history.values_list("from_status", "to_status")) == [
+        ("", "active"),
+        ("active", "expired"),
+        ("expired", "active"),
+    ]
+    assert [h.reason for h in history][1:] == ["paid period ended", history.last().reason]
+    assert history.last().reason.startswith("invoice in_sbx_")
