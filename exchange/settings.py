@@ -117,7 +117,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- cache and broker -----------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {"default": {"BACKEND": "common.cache.ExchangeRedisCache", "LOCATION": REDIS_URL}}
 else:
     # Shared by the web server and the workers (a per-process cache would hide one's flags from the other).
     CACHES = {
@@ -259,6 +259,9 @@ if PAYMENT_GATEWAY == "stripe" and not (STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SEC
 SANDBOX_WEBHOOK_SECRET = env_str("SANDBOX_WEBHOOK_SECRET") or ("whsec_sandbox_" + SECRET_KEY[:32])
 SANDBOX_DELAY_SECONDS = env_int("SANDBOX_DELAY_SECONDS", 10, minimum=0)
 WEBHOOK_TOLERANCE_SECONDS = env_int("WEBHOOK_TOLERANCE_SECONDS", 300, minimum=1)
+# Helper drains a backlog of gateway events asks for: the worker's concurrency minus one shares it out.
+# Inline tasks (eager mode) would only run them nested in the drain, so there none are asked for.
+PAYMENT_EVENT_DRAIN_HELPERS = env_int("PAYMENT_EVENT_DRAIN_HELPERS", 0 if CELERY_TASK_ALWAYS_EAGER else 1, minimum=0)
 
 LOGGING = {
     "version": 1,

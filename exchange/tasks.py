@@ -25,9 +25,13 @@ def payment_event_process(event_pk: int) -> str:
 
 
 @shared_task(**RETRY)
-def payment_events_drain() -> int:
-    """Apply every stored, unprocessed gateway event (scheduled once per burst by webhook_ingest)."""
-    return payments.payment_events_drain()
+def payment_events_drain(helper: bool = False) -> int:
+    """Apply every stored, unprocessed gateway event (scheduled once per burst by webhook_ingest).
+
+    ``helper``: a drain asked for by another one that found a backlog; it
+    shares the backlog and asks for no further help.
+    """
+    return payments.payment_events_drain(helper=helper)
 
 
 @shared_task(**RETRY)

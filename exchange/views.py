@@ -136,7 +136,10 @@ def webhook(request, gateway):
     """Gateway notifications: verified on the raw body, stored once, processed by a worker."""
     try:
         event, created = webhook_ingest(
-            gateway_name=gateway, body=request.body, signature_header=request.headers.get("Stripe-Signature")
+            gateway_name=gateway,
+            body=request.body,
+            signature_header=request.headers.get("Stripe-Signature"),
+            schedule_in_background=True,
         )
     except WebhookRejected as exc:
         return JsonResponse({"error": {"code": "webhook_rejected", "message": str(exc)}}, status=400)

@@ -7,8 +7,12 @@ type through a dict, and re-checks the order's state before acting, because
 events arrive at least once and in any order.
 """
 
+import atexit
 import json
 import logging
+import os
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -53,12 +57,19 @@ class EventPermanentError(Exception):
     """The event cannot be applied (unknown order, amount mismatch); retrying will not help."""
 
 
-def webhook_ingest(*, gateway_name: str, body: bytes, signature_header: str | None) -> tuple[PaymentEvent, bool]:
+def webhook_ingest(
+    *, gateway_name: str, body: bytes, signature_header: str | None, schedule_in_background: bool = False
+) -> tuple[PaymentEvent, bool]:
     """Verify and store a notification; return (event, created).
 
     Raises WebhookRejected for a bad signature or payload. A repeated event id
     returns the stored event without scheduling anything again.
+
+    ``schedule_in_background`` (the webhook endpoint) leaves asking for a
+    drain to this process's scheduler thread, so the acknowledgement waits
+    for the event's insert only, not for a round trip to the cache as well.
     """
+
     try:
         gateway = get_gateway(gateway_name)
     except LookupError:
@@ -71,25 +82,36 @@ def webhook_ingest(*, gateway_name: str, body: bytes, signature_header: str | No
         raise WebhookRejected("The payload is not valid JSON.") from None
     if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not isinstance(event.get("type"), str):
         raise WebhookRejected("The payload is not an event.")
+    if b"\\u0000" in body:
+        raise WebhookRejected("The payload contains a NUL character, which cannot be stored.")
 
-    stored, created = _event_insert(gateway=gateway.name, event=event)
+    stored, created = _event_insert(gateway=gateway.name, event=event, body=body)
     if created:
-        transaction.on_commit(payment_events_drain_schedule)
+        if schedule_in_background and not settings.CELERY_TASK_ALWAYS_EAGER:
+            transaction.on_commit(_background_scheduler.request)
+        else:
+            transaction.on_commit(payment_events_drain_schedule)
     return stored, created
 
 
-def _event_insert(*, gateway: str, event: dict) -> tuple[PaymentEvent, bool]:
-    """Insert the event once under its unique (gateway, event id): one statement, no savepoint."""
+def _event_insert(*, gateway: str, event: dict, body: bytes) -> tuple[PaymentEvent, bool]:
+    """Insert the event once under its unique (gateway, event id): one statement, no savepoint.
+
+    On PostgreSQL the verified body is stored as it came (it parsed as JSON,
+    so it is valid jsonb input) rather than serialised again.
+    """
     event_id, event_type = event["id"][:120], event["type"][:80]
     if connection.vendor == "postgresql":
+        try:
+            payload = body.decode("utf-8")
+        except UnicodeDecodeError:  # JSON in UTF-16 or UTF-32 (json.loads accepts them)
+            payload = json.dumps(event)
         table = PaymentEvent._meta.db_table
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {table} (gateway, event_id, type, payload, status, error, attempts, received_at)"
-                " VALUES (%s, %s, %s, %s, %s, '', 0, %s) ON CONFLICT (gateway, event_id) DO NOTHING RETURNING id",
-                [gateway, event_id, event_type, json.dumps(event), PaymentEventStatus.RECEIVED, timezone.now()],
-            )
-            row = cursor.fetchone()
+        row = _fetchone_prepared(
+            f"INSERT INTO {table} (gateway, event_id, type, payload, status, error, attempts, received_at)"
+            " VALUES (%s, %s, %s, %s, %s, '', 0, %s) ON CONFLICT (gateway, event_id) DO NOTHING RETURNING id",
+            [gateway, event_id, event_type, payload, PaymentEventStatus.RECEIVED, timezone.now()],
+        )
         if row:
             stored = PaymentEvent(
                 pk=row[0],
@@ -108,8 +130,29 @@ def _event_insert(*, gateway: str, event: dict) -> tuple[PaymentEvent, bool]:
         return PaymentEvent.objects.get(gateway=gateway, event_id=event_id), False
 
 
+def _fetchone_prepared(sql: str, params: list):
+    """Run one statement as a server-side prepared statement and return its first row (PostgreSQL only).
+
+    The webhook insert runs once per event, thousands of times per burst:
+    prepared once per connection, PostgreSQL skips parsing and planning it,
+    and the parameters travel apart from the text instead of being quoted into
+    it. Django leaves its own statements unprepared (they suit connection
+    poolers; PgBouncer >= 1.21 also handles protocol-level prepared statements
+    like this one). Database errors are translated and recorded like any
+    Django query's.
+    """
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    connection.ensure_connection()
+    with connection.wrap_database_errors, ServerBindingCursor(connection.connection) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        return cursor.fetchone()
+
+
 DRAIN_KEY = "exchange:payment-events:drain-scheduled"
 DRAIN_BATCH = 100
+# Set while helper drains are on their way or running (a backlog asks for them once).
+DRAIN_HELPERS_KEY = "exchange:payment-events:drain-helpers"
 
 
 def payment_events_drain_schedule() -> None:
@@ -125,14 +168,78 @@ def payment_events_drain_schedule() -> None:
         payment_events_drain.delay()
 
 
-def payment_events_drain(*, max_events: int = 10_000) -> int:
+class BackgroundDrainScheduler:
+    """One thread per process that calls ``payment_events_drain_schedule`` on behalf of request threads.
+
+    ``request()`` only sets a flag (it runs after the event's commit). The
+    thread clears the flag and then schedules, so an event committed while it
+    was scheduling sets the flag again and gets a schedule that starts after
+    its commit, exactly as if its own request thread had scheduled: the
+    guarantee of ``payment_events_drain_schedule`` is unchanged; a burst just
+    shares fewer cache round trips (see ``COALESCE_SECONDS``), off the
+    acknowledgement's path. A process
+    that dies with the flag set leaves its events to the beat sweep, like a
+    process that dies between an insert and its on-commit hook. The thread is
+    started lazily and again after a fork (gunicorn forks its workers).
+    """
+
+    COALESCE_SECONDS = 0.05
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._wanted = threading.Event()
+        atexit.register(self.flush)
+
+    def request(self) -> None:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._wanted = threading.Event()
+                    threading.Thread(target=self._run, name="payment-drain-scheduler", daemon=True).start()
+                    self._pid = os.getpid()
+        self._wanted.set()
+
+    def flush(self) -> None:
+        """Schedule now if a request is pending (at exit: the thread may not get to it)."""
+        if self._pid == os.getpid() and self._wanted.is_set():
+            self._wanted.clear()
+            payment_events_drain_schedule()
+
+    def _run(self) -> None:
+        wanted = self._wanted
+        while True:
+            wanted.wait()
+            wanted.clear()
+            try:
+                payment_events_drain_schedule()
+            except Exception:  # the cache or broker is down: retry; the beat sweep drains what is left meanwhile
+                log.exception("could not schedule a payment event drain")
+                wanted.set()
+                time.sleep(1)
+            else:
+                # Requests in the next moment share one schedule: a burst costs a few cache round trips a
+                # second per process instead of one per event, and a drain starts at most this much later.
+                time.sleep(self.COALESCE_SECONDS)
+
+
+_background_scheduler = BackgroundDrainScheduler()
+
+
+def payment_events_drain(*, max_events: int = 10_000, helper: bool = False) -> int:
     """Process every received event, oldest first; return how many were applied or ignored.
 
     Each event is attempted at most once per drain (one that is waiting for
     something, or failed transiently, is left for the next drain or the sweep).
-    Drains running side by side skip each other's events (SKIP LOCKED).
+    Drains running side by side skip each other's events (SKIP LOCKED), so a
+    drain that finds a full batch waiting asks for ``PAYMENT_EVENT_DRAIN_HELPERS``
+    helper drains: the other worker processes share the backlog instead of
+    idling while one process works through it.
     """
-    cache.delete(DRAIN_KEY)
+    from exchange.tasks import payment_events_drain as drain_task
+
+    if not helper:
+        cache.delete(DRAIN_KEY)
     # A cursor over primary keys: each event is tried once per drain. One that commits behind the
     # cursor scheduled its own drain when it was stored (the key above was already gone).
     after, attempted, done = 0, 0, 0
@@ -144,6 +251,15 @@ def payment_events_drain(*, max_events: int = 10_000) -> int:
         )
         if not pks:
             break
+        if (
+            not helper
+            and after == 0
+            and len(pks) == DRAIN_BATCH
+            and settings.PAYMENT_EVENT_DRAIN_HELPERS
+            and cache.add(DRAIN_HELPERS_KEY, 1, timeout=60)
+        ):
+            for _ in range(settings.PAYMENT_EVENT_DRAIN_HELPERS):
+                drain_task.delay(helper=True)
         for pk in pks:
             after, attempted = pk, attempted + 1
             try:
@@ -151,8 +267,10 @@ def payment_events_drain(*, max_events: int = 10_000) -> int:
             except Exception:  # recorded on the event by payment_event_process; the sweep retries it
                 log.exception("payment event %s failed; left for a retry", pk)
                 continue
-            if not outcome.startswith(("waiting", "busy", "failed")):
+            if not outcome.startswith(("waiting", "busy", "failed", "already")):
                 done += 1
+    if helper:
+        cache.delete(DRAIN_HELPERS_KEY)  # the next backlog may ask for help again
     return done
 
 

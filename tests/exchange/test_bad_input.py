@@ -157,3 +157,18 @@ def test_sandbox_checkout_page_is_gone_when_stripe_is_the_gateway(client, pendin
     assert client.get(pending_order.checkout_url).status_code == 404
     assert client.post(pending_order.checkout_url, {"decision": "approve"}).status_code == 404
     assert _counts() == before
+
+
+def test_webhook_with_a_nul_escape_is_400_and_stores_nothing(client, pending_order, settings):
+    from exchange.gateways.signing import sign_payload
+
+    event = checkout_completed_event(pending_order)
+    event["data"]["object"]["metadata"]["note"] = "a\u0000b"  # jsonb cannot hold U+0000
+    raw = json.dumps(event).encode()
+    before = _counts()
+    response = post_webhook(
+        client, {}, secret="", body=raw, header=sign_payload(body=raw, secret=settings.SANDBOX_WEBHOOK_SECRET)
+    )
+    assert response.status_code == 400
+    assert "NUL" in response.json()["error"]["message"]
+    assert _counts() == before

@@ -113,3 +113,36 @@ def test_the_delayed_sandbox_answer_is_safe_to_run_twice(pending_orders, django_
     assert PaymentEvent.objects.count() == 1
     pending_orders[0].refresh_from_db()
     assert pending_orders[0].status == OrderStatus.PAID
+
+
+def test_a_backlog_asks_once_for_helper_drains_that_share_it(pending_orders, settings, monkeypatch):
+    from django.core.cache import cache
+
+    settings.PAYMENT_EVENT_DRAIN_HELPERS = 1
+    monkeypatch.setattr(payments, "DRAIN_BATCH", 2)  # five events: a full first batch is a backlog
+    helpers = []
+    monkeypatch.setattr(tasks.payment_events_drain, "delay", lambda **kwargs: helpers.append(kwargs))
+    monkeypatch.setattr(payments, "payment_events_drain_schedule", lambda: None)
+    for order in pending_orders:
+        body, signature = _completed(order)
+        payments.webhook_ingest(gateway_name="sandbox", body=body, signature_header=signature)
+    cache.delete(payments.DRAIN_HELPERS_KEY)
+    assert payments.payment_events_drain() == 5
+    assert helpers == [{"helper": True}]
+    # While the helper is on its way, another drain finding a backlog does not ask again.
+    import json
+
+    from exchange.gateways.signing import sign_payload
+
+    for n in range(2):
+        body = json.dumps({"id": f"evt_other_{n}", "type": "customer.created", "data": {"object": {}}}).encode()
+        payments.webhook_ingest(
+            gateway_name="sandbox", body=body, signature_header=sign_payload(body=body, secret=SandboxGateway().secret)
+        )
+    assert payments.payment_events_drain() == 2  # two events of a type not handled: recorded as ignored
+    assert helpers == [{"helper": True}]
+    # The helper shares the backlog without asking for help, then lets the next backlog ask.
+    assert payments.payment_events_drain(helper=True) == 0
+    assert helpers == [{"helper": True}]
+    assert cache.get(payments.DRAIN_HELPERS_KEY) is None
+    assert Order.objects.filter(status=OrderStatus.PAID).count() == 5
