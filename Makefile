@@ -46,7 +46,7 @@ format: venv ## apply ruff's formatting and safe fixes
 bench-search: venv ## catalog search at 100k listings vs raw SQL, trivial endpoint, icontains (SEARCH_ARGS=--million)
 	$(PY) -m bench.search $(SEARCH_ARGS)
 
-bench-webhooks: venv ## 1,000 signed webhooks on gunicorn + worker vs a trivial endpoint, exactly-once count
+bench-webhooks: venv ## 3 bursts of 1,000 signed webhooks on gunicorn vs a trivial endpoint, then processed exactly once (WEBHOOKS_ARGS=--worker-during-burst)
 	$(PY) -m bench.webhooks $(WEBHOOKS_ARGS)
 
 bench: bench-search bench-webhooks ## run every benchmark (each prints one JSON line)

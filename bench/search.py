@@ -205,11 +205,14 @@ def seed(url: str, listings: int, *, seed_value: int = 42) -> dict:
                 tag_rows.append((number, tag_ids.setdefault(tag, len(tag_ids) + 1)))
             plan_id += 1
             plan_rows.append((plan_id, number, "one_time", "", price, currency, "", "", 0, "all", True, when))
+            kinds = ",one_time,"
             if rng.random() < 0.25:
                 plan_id += 1
                 plan_rows.append(
                     (plan_id, number, "subscription", "", price // 10 + 1, currency, "month", "", 0, "all", True, when)
                 )
+                kinds = ",one_time,subscription,"
+            listing_rows[-1] += (kinds,)  # Listing.price_kinds, as listing_refresh_catalog_fields writes it
         _copy(conn, "listings_tag", ["id", "name"], ((tid, name) for name, tid in tag_ids.items()))
         _copy(
             conn,
@@ -238,6 +241,7 @@ def seed(url: str, listings: int, *, seed_value: int = 42) -> dict:
                 "price_currency",
                 "primary_format",
                 "column_names",
+                "price_kinds",
             ],
             listing_rows,
         )

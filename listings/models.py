@@ -77,6 +77,9 @@ class Listing(models.Model):
     # Denormalised for the catalog (facets, sorting, search); kept current by the services.
     price_from = models.BigIntegerField(null=True, blank=True, editable=False)
     price_currency = models.CharField(max_length=3, blank=True, editable=False)
+    # The kinds of the active plans, sorted and comma-delimited at both ends (",one_time,subscription,"),
+    # so the catalog's price-type facet counts them without joining the plans.
+    price_kinds = models.CharField(max_length=80, blank=True, editable=False)
     primary_format = models.CharField(max_length=20, choices=FileFormat.choices, blank=True, editable=False)
     column_names = models.TextField(blank=True, editable=False)
     search_vector = SearchVectorField(null=True, editable=False)

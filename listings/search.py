@@ -46,7 +46,7 @@ from datetime import datetime
 
 from django.contrib.postgres.search import SearchQuery, SearchRank
 from django.db import connection, router
-from django.db.models import F, Prefetch, Q, QuerySet
+from django.db.models import F, Q, QuerySet
 
 from listings.choices import FileFormat, Licence, PlanKind, UpdateFrequency
 from listings.models import Category, DataFile, Listing, PricingPlan
@@ -91,6 +91,16 @@ SEARCH_VECTOR_SQL = (
 )
 
 
+def price_kinds_encode(kinds) -> str:
+    """The ``Listing.price_kinds`` form of a set of plan kinds: sorted, comma-delimited at both ends."""
+    kinds = sorted(set(kinds))
+    return f",{','.join(kinds)}," if kinds else ""
+
+
+def price_kinds_decode(value: str | None) -> list[str]:
+    return [kind for kind in (value or "").split(",") if kind]
+
+
 def _latest_published_files(listing: Listing) -> list[DataFile]:
     version = listing.versions.filter(published_at__isnull=False).order_by("-published_at", "-pk").first()
     if version is None:
@@ -111,8 +121,10 @@ def listing_refresh_catalog_fields(*, listing_pk: int) -> None:
     columns = []
     for data_file in files:
         columns.extend(column["name"] for column in data_file.columns if column.get("name"))
+    kinds = sorted(set(PricingPlan.objects.filter(listing=listing, is_active=True).values_list("kind", flat=True)))
     fields = {
         "price_from": cheapest.amount if cheapest else None,
+        "price_kinds": price_kinds_encode(kinds),
         "price_currency": cheapest.currency if cheapest else "",
         "primary_format": files[0].format if files else "",
         "column_names": " ".join(dict.fromkeys(columns)),
@@ -227,7 +239,16 @@ def _candidates_sql(matches: QuerySet[Listing], q: str, *, bounded: bool, ranked
     ``ranked`` adds ``ts_rank`` as the last column; it is computed for the
     candidates only, as the scan produces them.
     """
-    columns = ["id", "published_at", "category_id", "merchant_id", "licence", "primary_format", "update_frequency"]
+    columns = [
+        "id",
+        "published_at",
+        "category_id",
+        "merchant_id",
+        "licence",
+        "primary_format",
+        "update_frequency",
+        "price_kinds",
+    ]
     candidates = matches
     if ranked:
         candidates = candidates.annotate(rank=SearchRank(F("search_vector"), text_query(q)))
@@ -247,10 +268,44 @@ def _with_candidates(sql: str, columns: list[str]) -> str:
 _RANK_ORDER = "c.rank DESC, c.published_at DESC, c.id DESC"
 
 
+# The facets grouped in one pass over the candidates (PostgreSQL's GROUPING SETS): GROUPING() of the five
+# columns is a bit mask with a 1 for each column a row is not grouped by (the first column is the high bit).
+_FACET_GROUPS = ("category_id", "merchant_id", "licence", "primary_format", "update_frequency")
+_GROUPED_BY = {name: 0b11111 ^ (1 << (4 - index)) for index, name in enumerate(_FACET_GROUPS)}
+
+
 def _facet_sql() -> str:
-    category, merchant, plan = Category._meta.db_table, Merchant._meta.db_table, PricingPlan._meta.db_table
-    # Category and merchant are counted per id, then labelled (their slugs are unique); a listing counts
-    # once per kind of active plan it has.
+    """The facet rows (name, value, label, count) over the candidates ``c``, and the total.
+
+    Category and merchant are counted per id, then labelled (their slugs are
+    unique); a listing counts once per kind of active plan it has
+    (``price_kinds``; '%%' is a literal '%' in a statement with parameters).
+    On PostgreSQL the plain columns are grouped in one pass (a CTE ``g``
+    appended to the candidates' WITH); elsewhere one GROUP BY each.
+    """
+    category, merchant = Category._meta.db_table, Merchant._meta.db_table
+    price_types = "".join(
+        f" UNION ALL SELECT 'price_type', '{kind}', '', COUNT(*) FROM c WHERE c.price_kinds LIKE '%%,{kind},%%'"
+        " HAVING COUNT(*) > 0"
+        for kind in PlanKind.values
+    )
+    price_types += " UNION ALL SELECT 'total', '', '', COUNT(*) FROM c"
+    if connection.vendor == "postgresql":
+        columns = ", ".join(_FACET_GROUPS)
+        sets = ", ".join(f"({name})" for name in _FACET_GROUPS)
+        grouped = _GROUPED_BY
+        return (
+            f", g AS (SELECT GROUPING({columns}) AS s, {columns}, COUNT(*) AS n FROM c GROUP BY GROUPING SETS ({sets}))"
+            f" SELECT 'category', x.slug, x.name, g.n FROM g JOIN {category} x ON x.id = g.category_id"
+            f" WHERE g.s = {grouped['category_id']}"
+            f" UNION ALL SELECT 'merchant', x.slug, x.name, g.n FROM g JOIN {merchant} x ON x.id = g.merchant_id"
+            f" WHERE g.s = {grouped['merchant_id']}"
+            f" UNION ALL SELECT 'licence', g.licence, '', g.n FROM g WHERE g.s = {grouped['licence']}"
+            " UNION ALL SELECT 'format', g.primary_format, '', g.n FROM g"
+            f" WHERE g.s = {grouped['primary_format']} AND g.primary_format <> ''"
+            " UNION ALL SELECT 'update_frequency', g.update_frequency, '', g.n FROM g"
+            f" WHERE g.s = {grouped['update_frequency']}" + price_types
+        )
     return (
         "SELECT 'category', x.slug, x.name, g.n FROM (SELECT c.category_id, COUNT(*) AS n FROM c"
         f" GROUP BY c.category_id) g JOIN {category} x ON x.id = g.category_id"
@@ -260,9 +315,7 @@ def _facet_sql() -> str:
         " UNION ALL SELECT 'format', c.primary_format, '', COUNT(*) FROM c WHERE c.primary_format <> ''"
         " GROUP BY c.primary_format"
         " UNION ALL SELECT 'update_frequency', c.update_frequency, '', COUNT(*) FROM c GROUP BY c.update_frequency"
-        " UNION ALL SELECT 'price_type', d.kind, '', COUNT(*) FROM (SELECT DISTINCT p.kind, p.listing_id"
-        f" FROM {plan} p JOIN c ON p.listing_id = c.id WHERE p.is_active) d GROUP BY d.kind"
-        " UNION ALL SELECT 'total', '', '', COUNT(*) FROM c"
+        + price_types
     )
 
 
@@ -303,6 +356,7 @@ _CARD_COLUMNS = (
     "created_at",
     "updated_at",
     "published_at",
+    "price_kinds",
 )
 _DATETIME_COLUMNS = {"created_at", "updated_at", "published_at"}
 
@@ -324,7 +378,7 @@ def _card_from_json(text: str, related: dict) -> Listing:
     for name in _DATETIME_COLUMNS:
         if fields[name]:
             fields[name] = datetime.fromisoformat(fields[name])
-    merchant_slug, merchant_name, category_slug, category_name, kinds = values[len(_CARD_COLUMNS) :]
+    merchant_slug, merchant_name, category_slug, category_name = values[len(_CARD_COLUMNS) :]
     listing = _from_db(Listing, fields)
     # One instance per merchant and category on the page (``related`` caches them across cards).
     merchant_key, category_key = ("m", fields["merchant_id"]), ("c", fields["category_id"])
@@ -339,7 +393,7 @@ def _card_from_json(text: str, related: dict) -> Listing:
             else None
         )
     listing.merchant, listing.category = related[merchant_key], related[category_key]
-    listing.price_types = sorted(filter(None, (kinds or "").split(",")))
+    listing.price_types = price_kinds_decode(fields["price_kinds"])
     return listing
 
 
@@ -347,7 +401,7 @@ def _card_from_json(text: str, related: dict) -> Listing:
 CARD_RELATED_KEYS = ("merchant_slug", "merchant_name", "category_slug", "category_name")
 
 
-_CARD_DICT_KEYS = (*_CARD_COLUMNS, *CARD_RELATED_KEYS)  # the JSON array's items but the last (plan kinds)
+_CARD_DICT_KEYS = (*_CARD_COLUMNS, *CARD_RELATED_KEYS)  # the JSON array's items
 
 
 def _card_dict_from_json(text: str) -> dict:
@@ -357,8 +411,7 @@ def _card_dict_from_json(text: str) -> dict:
     for name in _DATETIME_COLUMNS:
         if card[name]:
             card[name] = datetime.fromisoformat(card[name])
-    kinds = values[-1]
-    card["price_types"] = sorted(filter(None, kinds.split(","))) if kinds else []
+    card["price_types"] = price_kinds_decode(card["price_kinds"])
     return card
 
 
@@ -460,9 +513,8 @@ def _statement(key: tuple, values: dict, compile_statement: Callable[[dict], tup
 
 
 def _with_card_fields(queryset: QuerySet[Listing]) -> QuerySet[Listing]:
-    """What a catalog card shows: merchant and category joined, active plans prefetched, long text deferred."""
-    active_plans = Prefetch("plans", queryset=PricingPlan.objects.filter(is_active=True), to_attr="active_plans")
-    return queryset.select_related("merchant", "category").defer(*_CARD_DEFERRED).prefetch_related(active_plans)
+    """What a catalog card shows: merchant and category joined, long text deferred (plan kinds: ``price_kinds``)."""
+    return queryset.select_related("merchant", "category").defer(*_CARD_DEFERRED)
 
 
 def _read_facets(rows) -> tuple[dict[str, list[FacetValue]], int]:
@@ -558,7 +610,7 @@ def catalog_query(
             rows = [_card_from_json(r[2], related) for r in ranked_rows]
     else:
         for row in rows:
-            row.price_types = sorted({plan.kind for plan in row.active_plans})
+            row.price_types = price_kinds_decode(row.price_kinds)
         if cards:
             rows = [_card_dict_from_listing(row) for row in rows]
     has_next = len(rows) > page_size and offset + page_size < CANDIDATE_CAP
@@ -580,13 +632,12 @@ def catalog_query(
 
 
 def _ranked_page_sql() -> str:
-    """The page itself, in rank order: each card's columns (and its active plan kinds) as one JSON array."""
+    """The page itself, in rank order: each card's columns (with its merchant and category) as one JSON array."""
     listing, merchant, category = Listing._meta.db_table, Merchant._meta.db_table, Category._meta.db_table
     card_columns = ", ".join(f"l.{name}" for name in _CARD_COLUMNS)
     return (
-        f" UNION ALL SELECT 'page', '', CAST(json_build_array({card_columns}, m.slug, m.name, x.slug, x.name,"
-        f" (SELECT string_agg(DISTINCT k.kind, ',') FROM {PricingPlan._meta.db_table} k"
-        " WHERE k.listing_id = l.id AND k.is_active)) AS TEXT), p.n"
+        f" UNION ALL SELECT 'page', '', CAST(json_build_array({card_columns}, m.slug, m.name, x.slug, x.name)"
+        " AS TEXT), p.n"
         f" FROM (SELECT c.id, ROW_NUMBER() OVER (ORDER BY {_RANK_ORDER}) AS n FROM (SELECT c.id, c.rank,"
         f" c.published_at FROM c ORDER BY {_RANK_ORDER} LIMIT %s OFFSET %s) c) p JOIN {listing} l ON l.id = p.id"
         f" JOIN {merchant} m ON m.id = l.merchant_id LEFT JOIN {category} x ON x.id = l.category_id"

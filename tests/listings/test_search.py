@@ -34,11 +34,19 @@ def test_refresh_keeps_the_catalog_fields_current(build):
     listing = build("Air quality", price=990, currency="USD", columns=["station", "pm25", "station"])
     assert (listing.price_from, listing.price_currency, listing.primary_format) == (990, "USD", "csv")
     assert listing.column_names == "station pm25"
-    # A new cheaper active plan lowers price_from once refreshed.
-    PricingPlan.objects.create(listing=listing, kind="one_time", amount=500, currency="USD")
+    assert listing.price_kinds == ",one_time,"
+    # A new cheaper active plan of another kind lowers price_from and joins the kinds once refreshed.
+    plan = PricingPlan.objects.create(
+        listing=listing, kind="subscription", amount=500, currency="USD", interval="month"
+    )
     listing_refresh_catalog_fields(listing_pk=listing.pk)
     listing.refresh_from_db()
-    assert listing.price_from == 500
+    assert (listing.price_from, listing.price_kinds) == (500, ",one_time,subscription,")
+    assert run(q="", sort="newest").listings[0].price_types == ["one_time", "subscription"]
+    PricingPlan.objects.filter(pk=plan.pk).update(is_active=False)  # an inactive plan is not offered
+    listing_refresh_catalog_fields(listing_pk=listing.pk)
+    listing.refresh_from_db()
+    assert (listing.price_from, listing.price_kinds) == (990, ",one_time,")
     assert connection.vendor != "postgresql" or listing.search_vector is not None
 
 
@@ -319,3 +327,21 @@ def test_naive_search_through_a_shape_matches_the_direct_path(varied):
     assert cached.is_valid() and direct.is_valid()
     assert _summary(cached.page(naive=True)) == _summary(direct.page(naive=True))
     assert sorted(titles(cached.page(naive=True))) == ["Survey alpha", "Survey beta"]
+
+
+def test_the_migration_backfills_price_kinds_from_the_active_plans(build):
+    import importlib
+
+    from django.apps import apps
+
+    listing = build("Rail freight", price=700)
+    PricingPlan.objects.create(listing=listing, kind="free", amount=0, currency="USD")
+    PricingPlan.objects.create(
+        listing=listing, kind="metered", amount=5, currency="USD", metered_unit="call", is_active=False
+    )
+    Listing.objects.filter(pk=listing.pk).update(price_kinds="")  # as before the column existed
+    migration = importlib.import_module("listings.migrations.0005_listing_price_kinds")
+    with connection.schema_editor() as editor:
+        migration.backfill(apps, editor)
+    listing.refresh_from_db()
+    assert listing.price_kinds == ",free,one_time,"
