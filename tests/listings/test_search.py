@@ -345,3 +345,43 @@ def test_the_migration_backfills_price_kinds_from_the_active_plans(build):
         migration.backfill(apps, editor)
     listing.refresh_from_db()
     assert listing.price_kinds == ",free,one_time,"
+
+
+def test_recent_quarters_query_names_this_quarter_and_the_previous_one():
+    from datetime import UTC, datetime
+
+    assert search.recent_quarters_query(datetime(2026, 11, 27, tzinfo=UTC)) == "pubq2026q4 | pubq2026q3"
+    assert search.recent_quarters_query(datetime(2027, 2, 1, tzinfo=UTC)) == "pubq2027q1 | pubq2026q4"
+    assert search.quarter_lexeme(datetime(2026, 4, 1, tzinfo=UTC)) == "pubq2026q2"
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the quarter lexeme is part of the PostgreSQL vector")
+def test_the_candidates_are_the_newest_matches_across_recent_and_older_quarters(build, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = timezone.now()
+    ages = {"Harbor 0": 0, "Harbor 10": 10, "Harbor 400": 400, "Harbor 500": 500, "Harbor 600": 600}
+    for title, days in ages.items():
+        listing = build(title)
+        Listing.objects.filter(pk=listing.pk).update(published_at=now - timedelta(days=days))
+        listing_refresh_catalog_fields(listing_pk=listing.pk)
+    vector = str(Listing.objects.get(title="Harbor 400").search_vector)
+    assert f"'{search.quarter_lexeme(now - timedelta(days=400))}'" in vector
+    monkeypatch.setattr(search, "CANDIDATE_CAP", 3)
+    # Two matches in the recent quarters, fewer than the cap: the newest older one completes the candidates.
+    page = run("harbor", sort="relevance")
+    assert sorted(titles(page)) == ["Harbor 0", "Harbor 10", "Harbor 400"]
+    assert (page.matches, page.capped) == (3, True)
+    # Other sorts walk every match for the page; their facets count the same candidates.
+    assert (run("harbor", sort="newest").matches, len(titles(run("harbor", sort="newest")))) == (3, 5)
+    # Enough recent matches: the older quarters are not needed, and the newest recent ones win.
+    for days in (1, 2):
+        listing = build(f"Harbor new {days}")
+        Listing.objects.filter(pk=listing.pk).update(published_at=now - timedelta(days=days))
+        listing_refresh_catalog_fields(listing_pk=listing.pk)
+    assert sorted(titles(run("harbor", sort="relevance"))) == ["Harbor 0", "Harbor new 1", "Harbor new 2"]
+    # A term only older listings carry is still found.
+    monkeypatch.setattr(search, "CANDIDATE_CAP", 1000)
+    assert titles(run("harbor", sort="newest"))[-3:] == ["Harbor 400", "Harbor 500", "Harbor 600"]
