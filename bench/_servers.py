@@ -157,8 +157,9 @@ def gunicorn(*, port: int, env: dict[str, str], log_path: Path, workers: int = 2
     return ServerProcess("gunicorn", argv, env=env, log_path=log_path)
 
 
-def celery_worker(*, env: dict[str, str], log_path: Path, queues: str, concurrency: int, name: str) -> ServerProcess:
-    argv = [
+def celery_worker_argv(*, queues: str, concurrency: int, name: str) -> list[str]:
+    """A real prefork Celery worker on ``queues`` (the benchmarks' and the system tests' worker)."""
+    return [
         sys.executable,
         "-m",
         "celery",
@@ -179,6 +180,10 @@ def celery_worker(*, env: dict[str, str], log_path: Path, queues: str, concurren
         "-n",
         f"{name}@%h",
     ]
+
+
+def celery_worker(*, env: dict[str, str], log_path: Path, queues: str, concurrency: int, name: str) -> ServerProcess:
+    argv = celery_worker_argv(queues=queues, concurrency=concurrency, name=name)
     return ServerProcess("celery worker", argv, env=env, log_path=log_path)
 
 

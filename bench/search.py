@@ -142,7 +142,7 @@ def _copy(conn, table: str, columns: list[str], rows) -> None:
 
 def seed(url: str, listings: int, *, seed_value: int = 42) -> dict:
     """Load ``listings`` published listings (plus 5 % drafts) with merchants, tags and plans; returns timings."""
-    from listings.search import SEARCH_VECTOR_SQL
+    from listings.search import SEARCH_VECTOR_SQL, price_kinds_encode
 
     started = time.perf_counter()
     rng = random.Random(seed_value)
@@ -205,14 +205,14 @@ def seed(url: str, listings: int, *, seed_value: int = 42) -> dict:
                 tag_rows.append((number, tag_ids.setdefault(tag, len(tag_ids) + 1)))
             plan_id += 1
             plan_rows.append((plan_id, number, "one_time", "", price, currency, "", "", 0, "all", True, when))
-            kinds = ",one_time,"
+            kinds = ["one_time"]
             if rng.random() < 0.25:
                 plan_id += 1
                 plan_rows.append(
                     (plan_id, number, "subscription", "", price // 10 + 1, currency, "month", "", 0, "all", True, when)
                 )
-                kinds = ",one_time,subscription,"
-            listing_rows[-1] += (kinds,)  # Listing.price_kinds, as listing_refresh_catalog_fields writes it
+                kinds.append("subscription")
+            listing_rows[-1] += (price_kinds_encode(kinds),)  # Listing.price_kinds
         _copy(conn, "listings_tag", ["id", "name"], ((tid, name) for name, tid in tag_ids.items()))
         _copy(
             conn,

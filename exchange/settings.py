@@ -261,7 +261,9 @@ SANDBOX_DELAY_SECONDS = env_int("SANDBOX_DELAY_SECONDS", 10, minimum=0)
 WEBHOOK_TOLERANCE_SECONDS = env_int("WEBHOOK_TOLERANCE_SECONDS", 300, minimum=1)
 # Helper drains a backlog of gateway events asks for: the worker's concurrency minus one shares it out.
 # Inline tasks (eager mode) would only run them nested in the drain, so there none are asked for.
-PAYMENT_EVENT_DRAIN_HELPERS = env_int("PAYMENT_EVENT_DRAIN_HELPERS", 0 if CELERY_TASK_ALWAYS_EAGER else 1, minimum=0)
+PAYMENT_EVENT_DRAIN_HELPERS = env_int(
+    "PAYMENT_EVENT_DRAIN_HELPERS", 0 if CELERY_TASK_ALWAYS_EAGER else 1, minimum=0, maximum=16
+)
 
 LOGGING = {
     "version": 1,

@@ -100,21 +100,22 @@ SEARCH_VECTOR_SQL = (
 RECENT_QUARTERS = 2
 
 
+def _quarter_lexeme(year: int, quarter: int) -> str:
+    return f"pubq{year}q{quarter}"
+
+
 def quarter_lexeme(moment: datetime) -> str:
     """The search vector's lexeme for the quarter (UTC) of ``moment``: ``pubq2026q4``."""
     moment = moment.astimezone(UTC)
-    return f"pubq{moment.year}q{(moment.month - 1) // 3 + 1}"
+    return _quarter_lexeme(moment.year, (moment.month - 1) // 3 + 1)
 
 
 def recent_quarters_query(now: datetime | None = None) -> str:
     """The ``to_tsquery`` text matching listings published in the last ``RECENT_QUARTERS`` quarters (UTC)."""
     now = (now or timezone.now()).astimezone(UTC)
-    year, quarter = now.year, (now.month - 1) // 3
-    lexemes = []
-    for back in range(RECENT_QUARTERS):
-        y, q = divmod(year * 4 + quarter - back, 4)
-        lexemes.append(f"pubq{y}q{q + 1}")
-    return " | ".join(lexemes)
+    current = now.year * 4 + (now.month - 1) // 3  # quarters since year 0
+    quarters = (divmod(current - back, 4) for back in range(RECENT_QUARTERS))
+    return " | ".join(_quarter_lexeme(year, index + 1) for year, index in quarters)
 
 
 def price_kinds_encode(kinds) -> str:
@@ -142,15 +143,15 @@ def listing_refresh_catalog_fields(*, listing_pk: int) -> None:
     description or tags.
     """
     listing = Listing.objects.get(pk=listing_pk)
-    cheapest = PricingPlan.objects.filter(listing=listing, is_active=True).order_by("amount", "pk").first()
+    plans = list(PricingPlan.objects.filter(listing=listing, is_active=True).order_by("amount", "pk"))
+    cheapest = plans[0] if plans else None
     files = _latest_published_files(listing)
     columns = []
     for data_file in files:
         columns.extend(column["name"] for column in data_file.columns if column.get("name"))
-    kinds = sorted(set(PricingPlan.objects.filter(listing=listing, is_active=True).values_list("kind", flat=True)))
     fields = {
         "price_from": cheapest.amount if cheapest else None,
-        "price_kinds": price_kinds_encode(kinds),
+        "price_kinds": price_kinds_encode(plan.kind for plan in plans),
         "price_currency": cheapest.currency if cheapest else "",
         "primary_format": files[0].format if files else "",
         "column_names": " ".join(dict.fromkeys(columns)),
@@ -338,7 +339,7 @@ def _facet_sql() -> str:
     if connection.vendor == "postgresql":
         columns = ", ".join(_FACET_GROUPS)
         sets = ", ".join(f"({name})" for name in _FACET_GROUPS)
-        grouped = _GROUPED_BY
+        grouped = _GROUPED_BY  # short name for the filters below
         return (
             f", g AS (SELECT GROUPING({columns}) AS s, {columns}, COUNT(*) AS n FROM c GROUP BY GROUPING SETS ({sets}))"
             f" SELECT 'category', x.slug, x.name, g.n FROM g JOIN {category} x ON x.id = g.category_id"

@@ -69,7 +69,6 @@ def webhook_ingest(
     drain to this process's scheduler thread, so the acknowledgement waits
     for the event's insert only, not for a round trip to the cache as well.
     """
-
     try:
         gateway = get_gateway(gateway_name)
     except LookupError:
@@ -177,10 +176,10 @@ class BackgroundDrainScheduler:
     its commit, exactly as if its own request thread had scheduled: the
     guarantee of ``payment_events_drain_schedule`` is unchanged; a burst just
     shares fewer cache round trips (see ``COALESCE_SECONDS``), off the
-    acknowledgement's path. A process
-    that dies with the flag set leaves its events to the beat sweep, like a
-    process that dies between an insert and its on-commit hook. The thread is
-    started lazily and again after a fork (gunicorn forks its workers).
+    acknowledgement's path. A process that dies with the flag set leaves its
+    events to the beat sweep, like a process that dies between an insert and
+    its on-commit hook. The thread is started lazily and again after a fork
+    (gunicorn forks its workers).
     """
 
     COALESCE_SECONDS = 0.05

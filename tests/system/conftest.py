@@ -2,7 +2,6 @@
 
 import os
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -12,6 +11,7 @@ import redis
 from django.conf import settings
 from django.db import connection
 
+from bench._servers import celery_worker_argv
 from exchange.celery import app as celery_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,27 +48,7 @@ class WorkerProcess:
         }
         self._log = open(log_path, "wb")  # noqa: SIM115 -- closed in stop()
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "exchange",
-                "worker",
-                "-Q",
-                queues,
-                "-c",
-                str(concurrency),
-                "-P",
-                "prefork",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-l",
-                "info",
-                "-n",
-                f"test-{uuid.uuid4().hex[:8]}@%h",
-            ],
+            celery_worker_argv(queues=queues, concurrency=concurrency, name=f"test-{uuid.uuid4().hex[:8]}"),
             cwd=ROOT,
             env=env,
             stdout=self._log,
