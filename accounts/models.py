@@ -38,3 +38,30 @@ class User(AbstractUser):
 
     def __str__(self):
         return self.email
+
+
+class ApiKey(models.Model):
+    """A personal API key: ``<prefix>.<secret>``; only the prefix and a SHA-256 of the whole key are stored.
+
+    The key is shown once, at creation. Keys carry scopes (``read``: catalog
+    and own records, ``trade``: buy and manage orders, ``data``: read purchased
+    rows and download, ``merchant``: manage the merchant's products) and can be
+    revoked; a revoked or expired key fails on the very next request.
+    """
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=80)
+    prefix = models.CharField(max_length=16, unique=True)
+    hashed_key = models.CharField(max_length=64, unique=True)
+    scopes = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        verbose_name = "API key"
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"

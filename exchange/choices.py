@@ -72,8 +72,32 @@ class SubscriptionStatus(models.TextChoices):
 
 
 class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Being prepared"
     READY = "ready", "Ready to download"
     CONFIRMED = "confirmed", "Confirmed"
+    FAILED = "failed", "Failed (order refunded)"
+    WITHDRAWN = "withdrawn", "Withdrawn (access ended)"
+
+
+class NotificationKind(models.TextChoices):
+    PURCHASE_CONFIRMED = "purchase_confirmed", "Purchase confirmed"
+    DELIVERY_READY = "delivery_ready", "Delivery ready"
+    DELIVERY_FAILED = "delivery_failed", "Delivery failed"
+    NEW_VERSION = "new_version", "New version available"
+    ENTITLEMENT_EXPIRING = "entitlement_expiring", "Access about to expire"
+    REFUND = "refund", "Refund"
+    SALE = "sale", "New sale"
+
+
+class OutboundEventStatus(models.TextChoices):
+    PENDING = "pending", "Waiting to be sent"
+    DELIVERED = "delivered", "Delivered"
+    FAILED = "failed", "Gave up after retries"
+
+
+class UsageChannel(models.TextChoices):
+    API = "api", "Data API call"
+    DOWNLOAD = "download", "File download"
 
 
 class PaymentEventStatus(models.TextChoices):

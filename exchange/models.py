@@ -13,13 +13,16 @@ from exchange.choices import (
     DisputeStatus,
     EntitlementStatus,
     JournalKind,
+    NotificationKind,
     OrderStatus,
+    OutboundEventStatus,
     PaymentEventStatus,
     PayoutStatus,
     RefundStatus,
     SandboxSessionStatus,
     SettlementRunStatus,
     SubscriptionStatus,
+    UsageChannel,
 )
 from listings.choices import PlanKind, VersionAccess
 from listings.models import DataFile, Listing, ListingVersion, PricingPlan
@@ -265,8 +268,18 @@ class Delivery(models.Model):
     version = models.ForeignKey(ListingVersion, on_delete=models.PROTECT, related_name="deliveries")
     status = models.CharField(max_length=20, choices=DeliveryStatus.choices, default=DeliveryStatus.READY)
     prepared_at = models.DateTimeField(auto_now_add=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
     confirmed_at = models.DateTimeField(null=True, blank=True)
+    confirmed_by = models.CharField(max_length=40, blank=True)  # download, api_call, buyer, auto
     download_count = models.PositiveIntegerField(default=0)
+    # Preparation attempts (file checks); after DELIVERY_MAX_ATTEMPTS failures the order is refunded.
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    # The receipt as issued when the delivery became ready: files (name, size, sha256), licence,
+    # scenario, order reference, times. Frozen so the buyer can prove what was handed over.
+    receipt = models.JSONField(default=dict, blank=True)
+    receipt_sha256 = models.CharField(max_length=64, blank=True)
 
     class Meta:
         ordering = ["-prepared_at", "-pk"]
@@ -286,11 +299,17 @@ class DownloadLog(models.Model):
     bytes_sent = models.BigIntegerField(default=0)
     completed = models.BooleanField(default=False)
     ip_address = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    # The byte range asked for (None: the whole file) and how it was served (django, xaccel, s3).
+    range_start = models.BigIntegerField(null=True, blank=True)
+    range_end = models.BigIntegerField(null=True, blank=True)
+    mode = models.CharField(max_length=10, default="django")
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-started_at", "-pk"]
+        indexes = [models.Index(fields=["file", "-started_at"], name="downloadlog_file_started_idx")]
 
     def __str__(self):
         return f"Download {self.pk} of {self.file_id} ({self.bytes_sent} bytes)"
@@ -448,3 +467,148 @@ class SandboxTransfer(models.Model):
 
     def __str__(self):
         return self.id
+
+
+class UsageRecord(models.Model):
+    """One metered use of purchased data: a data API call (rows read) or a download.
+
+    The access log of the data API: who, what, how much, when and from where.
+    Quotas are enforced on Redis counters at request time; these rows are the
+    durable record the monthly aggregate (billing) is computed from.
+    """
+
+    channel = models.CharField(max_length=10, choices=UsageChannel.choices, default=UsageChannel.API)
+    buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="usage_records")
+    entitlement = models.ForeignKey(Entitlement, on_delete=models.PROTECT, related_name="usage_records")
+    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="usage_records")
+    file = models.ForeignKey(DataFile, on_delete=models.PROTECT, null=True, blank=True, related_name="usage_records")
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="usage_records"
+    )
+    rows = models.BigIntegerField(default=0)
+    bytes = models.BigIntegerField(default=0)
+    # Billable units for the plan's metered unit (calls, or thousands of rows, rounded up).
+    units = models.BigIntegerField(default=0)
+    status_code = models.PositiveSmallIntegerField(default=200)
+    duration_ms = models.PositiveIntegerField(default=0)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [
+            models.Index(fields=["entitlement", "created_at"], name="usage_entitlement_at_idx"),
+            models.Index(fields=["listing", "created_at"], name="usage_listing_at_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.channel} by {self.buyer_id}: {self.rows} rows, {self.bytes} bytes"
+
+
+class UsageMonthly(models.Model):
+    """Usage per entitlement and calendar month (UTC), rebuilt by a beat task from UsageRecord: the billing basis."""
+
+    entitlement = models.ForeignKey(Entitlement, on_delete=models.PROTECT, related_name="usage_months")
+    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="usage_months")
+    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="usage_months")
+    month = models.DateField(help_text="First day of the month (UTC).")
+    calls = models.BigIntegerField(default=0)
+    rows = models.BigIntegerField(default=0)
+    bytes = models.BigIntegerField(default=0)
+    units = models.BigIntegerField(default=0)
+    billable_units = models.BigIntegerField(default=0, help_text="Units beyond the plan's free allowance.")
+    amount = models.BigIntegerField(default=0, help_text="Billable units times the unit price, minor units.")
+    currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-month", "pk"]
+        verbose_name_plural = "monthly usage"
+        constraints = [
+            models.UniqueConstraint(fields=["entitlement", "month"], name="usage_monthly_entitlement_month_unique")
+        ]
+
+    def __str__(self):
+        return f"{self.entitlement_id} {self.month:%Y-%m}: {self.units} units"
+
+
+class Notification(models.Model):
+    """An in-app notification (also sent by email). ``dedupe_key`` makes a re-run task notify once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
+    kind = models.CharField(max_length=30, choices=NotificationKind.choices)
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True)
+    url = models.CharField(max_length=300, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    dedupe_key = models.CharField(max_length=150, unique=True, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    emailed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["user", "-created_at"], name="notification_user_at_idx")]
+
+    def __str__(self):
+        return f"{self.kind} for {self.user_id}: {self.title}"
+
+
+class WebhookEndpoint(models.Model):
+    """A buyer's (or merchant's) outbound webhook: events are POSTed to ``url``, signed with ``secret``."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_endpoints")
+    url = models.URLField(max_length=500)
+    # Needed in clear to sign each event (HMAC-SHA256); shown to its owner once, at creation.
+    secret = models.CharField(max_length=100)
+    description = models.CharField(max_length=200, blank=True)
+    event_types = models.JSONField(default=list, blank=True, help_text="Empty: every event type.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    disabled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self):
+        return self.url
+
+
+class OutboundEvent(models.Model):
+    """One event to deliver to one endpoint; every attempt is recorded (OutboundAttempt)."""
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="events")
+    type = models.CharField(max_length=60)
+    payload = models.JSONField()
+    dedupe_key = models.CharField(max_length=150)
+    status = models.CharField(max_length=20, choices=OutboundEventStatus.choices, default=OutboundEventStatus.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["endpoint", "dedupe_key"], name="outbound_event_endpoint_dedupe_unique")
+        ]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="outbound_event_due_idx")]
+
+    def __str__(self):
+        return f"{self.type} → {self.endpoint_id} ({self.status})"
+
+
+class OutboundAttempt(models.Model):
+    event = models.ForeignKey(OutboundEvent, on_delete=models.CASCADE, related_name="attempt_log")
+    attempted_at = models.DateTimeField(auto_now_add=True)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+    response_excerpt = models.CharField(max_length=500, blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-attempted_at", "-pk"]
+
+    def __str__(self):
+        return f"attempt on {self.event_id}: {self.status_code or self.error}"

@@ -265,6 +265,12 @@ PAYMENT_EVENT_DRAIN_HELPERS = env_int(
     "PAYMENT_EVENT_DRAIN_HELPERS", 0 if CELERY_TASK_ALWAYS_EAGER else 1, minimum=0, maximum=16
 )
 
+# --- delivery (issue 5) ----------------------------------------------------
+
+# --- data API and metering (issue 5) ---------------------------------------
+
+# --- notifications and outbound webhooks (issue 5) -------------------------
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

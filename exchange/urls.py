@@ -30,6 +30,9 @@ urlpatterns = [
     path("merchants/", include("merchants.urls")),
     path("api/v1/catalog/", include("listings.api.urls")),
     path("api/v1/ping/", catalog_api_views.ping, name="api_ping"),
+    path("api/v1/data/", include("exchange.data_api.urls")),
+    path("", include("exchange.notify_urls")),
+    path("", include("accounts.urls")),
     path("", include(exchange_patterns)),
     path("", include("listings.urls")),
 ]

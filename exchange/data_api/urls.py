@@ -1,0 +1,3 @@
+app_name = "data_api"
+
+urlpatterns: list = []
