@@ -9,6 +9,7 @@ from django.utils import timezone
 from exchange.choices import DeliveryStatus, OrderStatus
 from exchange.models import Delivery, DownloadLog, Entitlement, Order
 from exchange.services.entitlements import entitlement_is_usable
+from listings.choices import VersionAccess
 from listings.models import DataFile, ListingVersion
 
 DOWNLOAD_SALT = "exchange.download.v1"
@@ -16,6 +17,42 @@ DOWNLOAD_SALT = "exchange.download.v1"
 
 class DownloadDenied(Exception):
     """A download link that must be refused; the message is safe to show."""
+
+
+def published_versions(listing_id: int):
+    """The listing's published versions, newest first."""
+    return ListingVersion.objects.filter(listing_id=listing_id, published_at__isnull=False).order_by(
+        "-published_at", "-pk"
+    )
+
+
+def delivery_version_allowed(
+    entitlement: Entitlement, version: ListingVersion, *, latest: ListingVersion | None = None
+) -> bool:
+    """Whether the entitlement's version-access rule covers ``version`` (a published version of its product).
+
+    - ``all``: every published version, past and future.
+    - ``while_entitled``: the version that was current when access was granted, and every version
+      published after that while the entitlement lasts.
+    - ``latest``: only the newest published version; older ones are no longer served once a new one is out.
+
+    ``latest`` may be passed to save a query when the caller already knows the newest version.
+    """
+    if version.listing_id != entitlement.listing_id or version.published_at is None:
+        return False
+    rule = entitlement.version_access
+    if rule == VersionAccess.ALL:
+        return True
+    if rule == VersionAccess.LATEST:
+        latest = latest or published_versions(entitlement.listing_id).first()
+        return latest is not None and latest.pk == version.pk
+    # while_entitled
+    if version.published_at >= entitlement.granted_at:
+        return True
+    current_at_grant = (
+        published_versions(entitlement.listing_id).filter(published_at__lte=entitlement.granted_at).first()
+    )
+    return current_at_grant is not None and current_at_grant.pk == version.pk
 
 
 def delivery_prepare(*, entitlement_pk: int) -> list[Delivery]:
