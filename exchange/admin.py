@@ -15,17 +15,24 @@ from exchange.models import (
     EntitlementStatusHistory,
     JournalEntry,
     LedgerAccount,
+    Notification,
     Order,
     OrderStatusHistory,
+    OutboundAttempt,
+    OutboundEvent,
     PaymentEvent,
     Payout,
     Posting,
     Refund,
     SettlementRun,
     Subscription,
+    UsageMonthly,
+    UsageRecord,
+    WebhookEndpoint,
 )
 from exchange.services.ledger import ledger_verify
 from exchange.services.orders import order_cancel
+from exchange.services.outbound import outbound_event_retry, webhook_endpoint_set_active
 from exchange.services.refunds import order_refund
 from exchange.services.settlement import settlement_run_start
 
@@ -234,8 +241,21 @@ class EntitlementAdmin(ReadOnlyAdmin):
 
 @admin.register(Delivery)
 class DeliveryAdmin(ReadOnlyAdmin):
-    list_display = ("pk", "entitlement", "version", "status", "download_count", "prepared_at", "confirmed_at")
-    list_filter = ("status",)
+    list_display = (
+        "pk",
+        "entitlement",
+        "version",
+        "status",
+        "attempts",
+        "download_count",
+        "prepared_at",
+        "ready_at",
+        "confirmed_at",
+        "confirmed_by",
+        "failed_at",
+    )
+    list_filter = ("status", "confirmed_by")
+    search_fields = ("entitlement__buyer__email", "entitlement__listing__title", "receipt_sha256")
     list_select_related = ("entitlement__buyer", "entitlement__listing", "version__listing")
 
 
@@ -331,3 +351,102 @@ class PayoutAdmin(ReadOnlyAdmin):
     list_display = ("pk", "merchant", "amount_display", "status", "run", "gateway_reference", "attempts", "sent_at")
     list_filter = ("status", "currency")
     list_select_related = ("merchant", "run")
+
+
+# --- data API usage (issue 5): the full access log, for admins only -----------------------------
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(ReadOnlyAdmin):
+    list_display = (
+        "created_at",
+        "channel",
+        "buyer",
+        "listing",
+        "file",
+        "api_key",
+        "status_code",
+        "rows",
+        "bytes",
+        "units",
+        "duration_ms",
+        "ip_address",
+    )
+    list_filter = ("channel", "status_code")
+    list_select_related = ("buyer", "listing", "file", "api_key")
+    search_fields = ("buyer__email", "listing__title", "api_key__prefix", "ip_address")
+    date_hierarchy = "created_at"
+    show_full_result_count = False  # the access log grows large; counting it all costs a scan
+
+
+@admin.register(UsageMonthly)
+class UsageMonthlyAdmin(ReadOnlyAdmin):
+    list_display = ("month", "entitlement", "listing", "merchant", "calls", "rows", "units", "billable_units", "amount")
+    list_filter = ("month", "currency")
+    list_select_related = ("entitlement__buyer", "entitlement__listing", "listing", "merchant")
+    search_fields = ("listing__title", "merchant__name", "entitlement__buyer__email")
+
+
+# --- notifications and outbound webhooks (issue 5) ---------------------------------------------
+
+
+@admin.register(Notification)
+class NotificationAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "user", "kind", "title", "read_at", "emailed_at")
+    list_filter = ("kind",)
+    search_fields = ("user__email", "title", "dedupe_key")
+    list_select_related = ("user",)
+
+
+@admin.action(description="Disable the selected endpoints (their events wait)")
+def disable_endpoints(modeladmin, request, queryset):
+    for endpoint in queryset:
+        webhook_endpoint_set_active(endpoint=endpoint, active=False)
+    messages.success(request, f"{queryset.count()} endpoint(s) disabled.")
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(ReadOnlyAdmin):
+    list_display = ("url", "user", "is_active", "event_types", "created_at", "disabled_at")
+    list_filter = ("is_active",)
+    search_fields = ("url", "user__email")
+    list_select_related = ("user",)
+    # The signing secret belongs to the endpoint's owner: never shown here.
+    exclude = ("secret",)
+    actions = [disable_endpoints]
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "url":
+            kwargs["assume_scheme"] = "https"  # endpoints are https; also Django 6's default
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
+
+class OutboundAttemptInline(admin.TabularInline):
+    model = OutboundAttempt
+    extra = 0
+    can_delete = False
+    readonly_fields = ("attempted_at", "status_code", "error", "response_excerpt", "duration_ms")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.action(description="Send the selected failed events again")
+def retry_failed_events(modeladmin, request, queryset):
+    failed = list(queryset.filter(status="failed").values_list("pk", flat=True))
+    for pk in failed:
+        outbound_event_retry(event_pk=pk)
+    messages.success(request, f"{len(failed)} failed event(s) queued again; other statuses were left alone.")
+
+
+@admin.register(OutboundEvent)
+class OutboundEventAdmin(ReadOnlyAdmin):
+    list_display = ("public_id", "type", "endpoint", "status", "attempts", "next_attempt_at", "created_at")
+    list_filter = ("status", "type")
+    search_fields = ("public_id", "endpoint__url", "endpoint__user__email", "dedupe_key")
+    list_select_related = ("endpoint",)
+    inlines = [OutboundAttemptInline]
+    actions = [retry_failed_events]

@@ -292,6 +292,23 @@ class Delivery(models.Model):
         return f"Delivery {self.pk} of {self.version}"
 
 
+class DeliveryStatusHistory(models.Model):
+    """Each move of a delivery's status, written by ``delivery_transition``."""
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="history")
+    from_status = models.CharField(max_length=20, choices=DeliveryStatus.choices, blank=True)
+    to_status = models.CharField(max_length=20, choices=DeliveryStatus.choices)
+    reason = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        verbose_name_plural = "delivery status history"
+
+    def __str__(self):
+        return f"{self.delivery_id}: {self.from_status} → {self.to_status}"
+
+
 class DownloadLog(models.Model):
     delivery = models.ForeignKey(Delivery, on_delete=models.PROTECT, related_name="downloads")
     file = models.ForeignKey(DataFile, on_delete=models.PROTECT, related_name="downloads")

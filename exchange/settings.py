@@ -92,6 +92,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "merchants.context_processors.current_merchant",
+                "exchange.context_processors.notifications_unread",
             ],
         },
     },
@@ -173,6 +174,9 @@ CELERY_BEAT_SCHEDULE = {
     "entitlements-expire": {"task": "exchange.tasks.entitlements_expire", "schedule": 300.0},
     "escrow-auto-confirm": {"task": "exchange.tasks.escrow_auto_confirm", "schedule": crontab(minute=15)},
     "trade-housekeeping": {"task": "exchange.tasks.trade_housekeeping", "schedule": crontab(minute=30)},
+    "usage-aggregate": {"task": "exchange.tasks.usage_aggregate", "schedule": crontab(minute=5)},
+    "outbound-events-sweep": {"task": "exchange.tasks.outbound_events_sweep", "schedule": 120.0},
+    "expiry-notices": {"task": "exchange.tasks.entitlements_expiring_notify", "schedule": crontab(minute=45)},
 }
 
 # --- auth -----------------------------------------------------------------
@@ -213,11 +217,39 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # Uploaded data products are private: stored outside any served directory and
 # handed out only through signed, entitlement-checked download links.
 PRIVATE_STORAGE_ROOT = Path(env_str("PRIVATE_STORAGE_ROOT", str(VAR_DIR / "private"))).resolve()
+# local: files under PRIVATE_STORAGE_ROOT; s3: a private S3 (or S3-compatible) bucket via django-storages.
+STORAGE_BACKEND = env_choice("STORAGE_BACKEND", "local", {"local", "s3"})
+_LOCAL_STORAGE = {
+    "BACKEND": "django.core.files.storage.FileSystemStorage",
+    "OPTIONS": {"location": str(PRIVATE_STORAGE_ROOT), "base_url": None},
+}
+
+
+def _s3_storage() -> dict:
+    bucket = env_str("AWS_STORAGE_BUCKET_NAME")
+    if not bucket:
+        raise ImproperlyConfigured("STORAGE_BACKEND=s3 needs AWS_STORAGE_BUCKET_NAME")
+    access_key, secret_key = env_str("AWS_ACCESS_KEY_ID"), env_str("AWS_SECRET_ACCESS_KEY")
+    if bool(access_key) != bool(secret_key):
+        raise ImproperlyConfigured("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together (or neither)")
+    options = {
+        "bucket_name": bucket,
+        # Objects are private; buyers only ever get short-lived presigned URLs made per download.
+        "default_acl": "private",
+        "querystring_auth": False,
+        "file_overwrite": False,
+        "endpoint_url": env_str("AWS_S3_ENDPOINT_URL") or None,
+        "region_name": env_str("AWS_S3_REGION_NAME") or None,
+        # Presigned download URLs use SigV4 (X-Amz-Expires); every region accepts it, new ones only it.
+        "signature_version": "s3v4",
+    }
+    if access_key:  # otherwise boto3's own chain (instance role, ~/.aws) supplies credentials
+        options.update(access_key=access_key, secret_key=secret_key)
+    return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}
+
+
 STORAGES = {
-    "default": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage",
-        "OPTIONS": {"location": str(PRIVATE_STORAGE_ROOT), "base_url": None},
-    },
+    "default": _s3_storage() if STORAGE_BACKEND == "s3" else _LOCAL_STORAGE,
     "staticfiles": {
         "BACKEND": (
             "whitenoise.storage.CompressedManifestStaticFilesStorage"
@@ -266,10 +298,70 @@ PAYMENT_EVENT_DRAIN_HELPERS = env_int(
 )
 
 # --- delivery (issue 5) ----------------------------------------------------
+# Preparing a delivery re-reads each stored file: size always, SHA-256 only up to this size (bigger files
+# would hold a worker for minutes; their size is still checked).
+DELIVERY_VERIFY_SHA256_MAX_BYTES = env_int("DELIVERY_VERIFY_SHA256_MAX_BYTES", 64 * 1024 * 1024, minimum=0)
+# A delivery whose files are missing or corrupt is retried after BACKOFF, 2*BACKOFF, 4*BACKOFF... (capped at
+# BACKOFF_MAX) seconds; the MAX_ATTEMPTS-th failure fails it and refunds the order.
+DELIVERY_RETRY_BACKOFF_SECONDS = env_int("DELIVERY_RETRY_BACKOFF_SECONDS", 30, minimum=1)
+DELIVERY_RETRY_BACKOFF_MAX_SECONDS = env_int("DELIVERY_RETRY_BACKOFF_MAX_SECONDS", 3600, minimum=1)
+DELIVERY_MAX_ATTEMPTS = env_int("DELIVERY_MAX_ATTEMPTS", 5, minimum=1, maximum=50)
+# Celery tasks (dotted paths) that listings hands each newly published version's pk to, after commit:
+# listings never imports exchange, so the exchange subscribes here.
+VERSION_PUBLISHED_TASKS = env_list("VERSION_PUBLISHED_TASKS", ["exchange.tasks.delivery_version_published"])
+# The paid-but-undelivered sweeper (beat): how often it runs, and how old a grant (or a delivery still
+# pending) must be before the sweeper enqueues its delivery again instead of waiting for the original task.
+DELIVERY_SWEEP_SECONDS = env_int("DELIVERY_SWEEP_SECONDS", 60, minimum=1)
+DELIVERY_SWEEP_AGE_SECONDS = env_int("DELIVERY_SWEEP_AGE_SECONDS", 60, minimum=0)
+CELERY_BEAT_SCHEDULE["delivery-sweep"] = {
+    "task": "exchange.tasks.delivery_sweep",
+    "schedule": float(DELIVERY_SWEEP_SECONDS),
+}
+# How downloads are served once every check passed: django streams the bytes itself; xaccel hands
+# the file to nginx (X-Accel-Redirect, see deploy/nginx/exchange.conf); s3 redirects to a presigned URL.
+DOWNLOAD_SERVING = env_choice("DOWNLOAD_SERVING", "django", {"django", "xaccel", "s3"})
+if DOWNLOAD_SERVING == "s3" and STORAGE_BACKEND != "s3":
+    raise ImproperlyConfigured("DOWNLOAD_SERVING=s3 needs STORAGE_BACKEND=s3")
+if DOWNLOAD_SERVING == "xaccel" and STORAGE_BACKEND != "local":
+    raise ImproperlyConfigured("DOWNLOAD_SERVING=xaccel needs STORAGE_BACKEND=local (nginx reads the files from disk)")
+# nginx's internal location aliased to PRIVATE_STORAGE_ROOT; the storage path is appended to it.
+DOWNLOAD_XACCEL_PREFIX = env_str("DOWNLOAD_XACCEL_PREFIX", "/_protected/")
+if not (DOWNLOAD_XACCEL_PREFIX.startswith("/") and DOWNLOAD_XACCEL_PREFIX.endswith("/")):
+    raise ImproperlyConfigured(f"DOWNLOAD_XACCEL_PREFIX must start and end with '/', got {DOWNLOAD_XACCEL_PREFIX!r}")
+DOWNLOAD_PRESIGNED_TTL_SECONDS = env_int("DOWNLOAD_PRESIGNED_TTL_SECONDS", 60, minimum=1, maximum=3600)
 
 # --- data API and metering (issue 5) ---------------------------------------
+# Active (unrevoked, unexpired) API keys a user may hold at once.
+API_KEYS_MAX_ACTIVE = env_int("API_KEYS_MAX_ACTIVE", 10, minimum=1, maximum=1000)
+# Calls per API key (or per signed-in user) per clock minute; beyond: 429 with Retry-After.
+DATA_API_RATE_PER_MINUTE = env_int("DATA_API_RATE_PER_MINUTE", 120, minimum=1)
+DATA_API_DEFAULT_LIMIT = env_int("DATA_API_DEFAULT_LIMIT", 100, minimum=1)
+DATA_API_MAX_LIMIT = env_int("DATA_API_MAX_LIMIT", 5000, minimum=1, maximum=100_000)
+if DATA_API_DEFAULT_LIMIT > DATA_API_MAX_LIMIT:
+    raise ImproperlyConfigured("DATA_API_DEFAULT_LIMIT must not exceed DATA_API_MAX_LIMIT")
+# One DuckDB per request, on one thread and within this memory, so a query cannot starve the box.
+DATA_API_DUCKDB_MEMORY_MB = env_int("DATA_API_DUCKDB_MEMORY_MB", 256, minimum=16)
+# Local copies of files the storage cannot open by path (S3) or that are not UTF-8, one per sha256.
+DATA_API_CACHE_DIR = Path(env_str("DATA_API_CACHE_DIR", str(VAR_DIR / "data-api-cache"))).resolve()
 
 # --- notifications and outbound webhooks (issue 5) -------------------------
+# Entitlements whose period ends within this many days get one "about to expire" notice per period.
+ENTITLEMENT_EXPIRY_NOTICE_DAYS = env_int("ENTITLEMENT_EXPIRY_NOTICE_DAYS", 3, minimum=1, maximum=60)
+# Outbound webhooks POST signed events to URLs users register. Plain http and addresses inside the
+# network (loopback, private, link-local...) are refused unless switched on, so an endpoint can never be
+# used to reach the exchange's own services (SSRF); the address is checked when each event is sent.
+OUTBOUND_WEBHOOK_ALLOW_HTTP = env_bool("OUTBOUND_WEBHOOK_ALLOW_HTTP", False)
+OUTBOUND_WEBHOOK_ALLOW_PRIVATE = env_bool("OUTBOUND_WEBHOOK_ALLOW_PRIVATE", False)
+# A PEM file of CAs to trust for endpoints' certificates instead of the system's (a private CA).
+OUTBOUND_WEBHOOK_CA_BUNDLE = env_str("OUTBOUND_WEBHOOK_CA_BUNDLE") or None
+if OUTBOUND_WEBHOOK_CA_BUNDLE and not Path(OUTBOUND_WEBHOOK_CA_BUNDLE).is_file():
+    raise ImproperlyConfigured(f"OUTBOUND_WEBHOOK_CA_BUNDLE is not a readable file: {OUTBOUND_WEBHOOK_CA_BUNDLE!r}")
+OUTBOUND_WEBHOOK_TIMEOUT_SECONDS = env_int("OUTBOUND_WEBHOOK_TIMEOUT_SECONDS", 5, minimum=1, maximum=60)
+OUTBOUND_WEBHOOK_MAX_ATTEMPTS = env_int("OUTBOUND_WEBHOOK_MAX_ATTEMPTS", 8, minimum=1, maximum=30)
+# Retry n waits BACKOFF * 2**(n-1) seconds, capped at BACKOFF_MAX, less up to 10 % jitter.
+OUTBOUND_WEBHOOK_BACKOFF_SECONDS = env_int("OUTBOUND_WEBHOOK_BACKOFF_SECONDS", 30, minimum=1)
+OUTBOUND_WEBHOOK_BACKOFF_MAX_SECONDS = env_int("OUTBOUND_WEBHOOK_BACKOFF_MAX_SECONDS", 3600, minimum=1)
+OUTBOUND_WEBHOOKS_PER_USER = env_int("OUTBOUND_WEBHOOKS_PER_USER", 5, minimum=0, maximum=100)
 
 LOGGING = {
     "version": 1,

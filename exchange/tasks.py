@@ -8,7 +8,7 @@ from celery import shared_task
 from django.db import OperationalError
 from django.utils import timezone
 
-from exchange.choices import PaymentEventStatus
+from exchange.choices import DeliveryStatus, PaymentEventStatus
 from exchange.gateways import GatewayError
 from exchange.models import PaymentEvent
 from exchange.services import delivery, payments, settlement
@@ -34,9 +34,31 @@ def payment_events_drain(helper: bool = False) -> int:
     return payments.payment_events_drain(helper=helper)
 
 
-@shared_task(**RETRY)
+# A gateway hiccup while refunding a failed delivery is transient too.
+@shared_task(**{**RETRY, "autoretry_for": (*TRANSIENT, GatewayError)})
 def delivery_prepare(entitlement_pk: int) -> list[int]:
-    return [d.pk for d in delivery.delivery_prepare(entitlement_pk=entitlement_pk)]
+    """Prepare the entitlement's deliveries; a file problem is tried again later until the delivery fails.
+
+    The attempt count lives on each Delivery row, not in the message, so a
+    redelivered or restarted task continues where the last one stopped. The
+    next attempt is a fresh message with a countdown (exponential backoff,
+    DELIVERY_RETRY_BACKOFF_SECONDS doubling); when eager, it runs at once.
+    """
+    deliveries = delivery.delivery_prepare(entitlement_pk=entitlement_pk)
+    pending = [d for d in deliveries if d.status == DeliveryStatus.PENDING]
+    if pending:
+        countdown = delivery.delivery_retry_countdown(max(d.attempts for d in pending))
+        delivery_prepare.apply_async((entitlement_pk,), countdown=countdown)
+    return [d.pk for d in deliveries]
+
+
+@shared_task(**RETRY)
+def delivery_version_published(version_pk: int) -> int:
+    """A version was published (listings' VERSION_PUBLISHED_TASKS hook): deliver it to every buyer it is for."""
+    entitlement_pks = delivery.delivery_version_published(version_pk=version_pk)
+    for entitlement_pk in entitlement_pks:
+        delivery_prepare.delay(entitlement_pk)
+    return len(entitlement_pks)
 
 
 @shared_task(**RETRY)
@@ -115,3 +137,53 @@ def sandbox_checkout_resolve(session_id: str, approve: bool) -> str:
     except GatewayError as exc:  # already resolved (a redelivered task, or the buyer clicked again)
         return str(exc)
     return f"sandbox session {session_id} {'approved' if approve else 'declined'}"
+
+
+@shared_task
+def delivery_sweep(older_than_seconds: int | None = None, batch: int = 500) -> int:
+    """Beat (delivery queue): enqueue delivery_prepare again for paid entitlements the broker lost; return how many."""
+    from exchange.services.delivery_sweep import deliveries_sweep
+
+    return len(deliveries_sweep(older_than_seconds=older_than_seconds, batch=batch))
+
+
+@shared_task(**RETRY)
+def notification_email_send(notification_pk: int) -> bool:
+    """Email one notification (once: a re-run finds it emailed)."""
+    from exchange.services.notifications import notification_email_send as send
+
+    return send(notification_pk=notification_pk)
+
+
+@shared_task(**RETRY)
+def outbound_event_send(event_pk: int) -> str:
+    """POST one outbound webhook event; failures are attempts retried by the service's own backoff, not Celery's."""
+    from exchange.services.outbound import outbound_event_send as send
+
+    return send(event_pk=event_pk)
+
+
+@shared_task
+def outbound_events_sweep(older_than_seconds: int = 300) -> int:
+    """Beat: queue again outbound events whose send is long overdue (a lost broker message, a dead worker)."""
+    from exchange.services.outbound import outbound_events_sweep as sweep
+
+    return sweep(older_than_seconds=older_than_seconds)
+
+
+@shared_task
+def entitlements_expiring_notify() -> int:
+    """Beat: tell buyers whose access ends within ENTITLEMENT_EXPIRY_NOTICE_DAYS (once per period)."""
+    from django.conf import settings
+
+    from exchange.services.entitlements import entitlements_expiring_notify as notify
+
+    return notify(within_days=settings.ENTITLEMENT_EXPIRY_NOTICE_DAYS)
+
+
+@shared_task(**RETRY)
+def usage_aggregate() -> dict:
+    """Beat (hourly): rebuild this month's UsageMonthly from the usage records (and last month's on the 1st)."""
+    from exchange.services.usage import usage_aggregate as aggregate
+
+    return aggregate()

@@ -13,6 +13,8 @@ exchange_patterns = (
         path("console/access-requests/", views.access_requests, name="access_requests"),
         path("console/payouts/connect/", views.connect_onboarding, name="connect"),
         path("library/", views.library, name="library"),
+        path("library/deliveries/<int:pk>/receipt.json", views.receipt_json, name="receipt_json"),
+        path("library/deliveries/<int:pk>/receipt/", views.receipt_page, name="receipt"),
         path("download/<str:token>/", views.download, name="download"),
         path("webhooks/<slug:gateway>/", views.webhook, name="webhook"),
         path("sandbox/checkout/<str:session_id>/", views.sandbox_checkout, name="sandbox_checkout"),
@@ -33,6 +35,7 @@ urlpatterns = [
     path("api/v1/data/", include("exchange.data_api.urls")),
     path("", include("exchange.notify_urls")),
     path("", include("accounts.urls")),
+    path("", include("exchange.usage_urls")),
     path("", include(exchange_patterns)),
     path("", include("listings.urls")),
 ]

@@ -2,36 +2,35 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.core.files.storage import default_storage
-from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import content_disposition_header
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from exchange.choices import SandboxSessionStatus
 from exchange.forms import AccessRequestForm, BuyForm
 from exchange.gateways import GatewayError, get_gateway
 from exchange.gateways.sandbox import SandboxGateway
 from exchange.models import AccessRequest, SandboxCheckoutSession
-from exchange.selectors import buyer_library, buyer_orders, merchant_payouts, merchant_sales, order_visible
+from exchange.selectors import buyer_orders, merchant_payouts, merchant_sales, order_visible
 from exchange.services.access import access_request_create, access_request_decide
 from exchange.services.connect import merchant_connect_start
 from exchange.services.delivery import (
-    DownloadDenied,
-    delivery_confirm,
-    download_link_make,
-    download_log_finish,
-    download_log_start,
-    download_resolve,
+    delivery_receipt_for,
+    library_entries,
+    receipt_canonical_bytes,
 )
+from exchange.services.downloads import DownloadDenied, download_resolve
 from exchange.services.orders import order_cancel, order_checkout_start, order_confirm_receipt, order_create
 from exchange.services.payments import WebhookRejected, webhook_ingest
+from exchange.serving import download_response
 from exchange.tasks import sandbox_checkout_resolve
 from listings.selectors import listing_visible
 from merchants.selectors import merchant_for_user
 
-DOWNLOAD_CHUNK = 256 * 1024
+# Read size when a server iterates the download (gunicorn sends local files with sendfile instead).
+DOWNLOAD_CHUNK = 1024 * 1024
 
 
 @login_required
@@ -75,59 +74,60 @@ def order_detail(request, public_id):
 
 @login_required
 def library(request):
-    entitlements = list(buyer_library(user=request.user))
-    rows = []
-    for entitlement in entitlements:
-        for delivery in entitlement.deliveries.all():
-            files = [
-                (f, download_link_make(delivery=delivery, file=f, user=request.user))
-                for f in delivery.version.files.all()
-            ]
-            rows.append((entitlement, delivery, files))
+    """The buyer's purchases: each entitlement, its deliveries, files with fresh signed links, receipts."""
     return render(
         request,
         "exchange/library.html",
-        {"entitlements": entitlements, "rows": rows, "orders": buyer_orders(user=request.user)[:50]},
+        {"entries": library_entries(user=request.user), "orders": buyer_orders(user=request.user)[:50]},
     )
 
 
-def _client_ip(request) -> str | None:
-    return request.META.get("REMOTE_ADDR")
+def _receipt_or_404(request, pk: int):
+    # Anonymous visitors, other buyers and merchants get the same 404 as a missing receipt: nothing leaks.
+    delivery = delivery_receipt_for(pk=pk, user=request.user)
+    if delivery is None:
+        raise Http404("No such receipt.")
+    return delivery
+
+
+def receipt_json(request, pk):
+    """The delivery receipt exactly as issued (canonical JSON); its SHA-256 is in ``X-Receipt-SHA256``."""
+    delivery = _receipt_or_404(request, pk)
+    return HttpResponse(
+        receipt_canonical_bytes(delivery.receipt),
+        content_type="application/json",
+        headers={
+            "Content-Disposition": content_disposition_header(True, f"receipt-{delivery.pk}.json"),
+            "X-Receipt-SHA256": delivery.receipt_sha256,
+            "Cache-Control": "private, no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+def receipt_page(request, pk):
+    """The receipt's facts for people, with how to check them with sha256sum."""
+    delivery = _receipt_or_404(request, pk)
+    return render(
+        request,
+        "exchange/receipt.html",
+        {"delivery": delivery, "receipt": delivery.receipt, "filename": f"receipt-{delivery.pk}.json"},
+    )
 
 
 @login_required
+@require_http_methods(["GET", "HEAD"])
 def download(request, token):
-    """Stream a purchased file; the first complete download confirms delivery."""
+    """Serve a purchased file through its signed link (exchange.serving); the first complete download confirms it.
+
+    Every refusal (tampered, expired, another buyer's, access ended, unsafe path...) is a 403 with a
+    page saying why and a way back to the library; nothing is logged or confirmed then.
+    """
     try:
         delivery, data_file = download_resolve(token=token, user=request.user)
     except DownloadDenied as exc:
         return render(request, "exchange/download_denied.html", {"reason": str(exc)}, status=403)
-    headers = {
-        "Content-Disposition": content_disposition_header(True, data_file.original_name),
-        "Content-Length": str(data_file.size),
-        "X-Content-SHA256": data_file.sha256,
-        "Cache-Control": "private, no-store",
-        "X-Content-Type-Options": "nosniff",
-    }
-    if request.method == "HEAD":
-        return HttpResponse(content_type=data_file.content_type, headers=headers)
-    log = download_log_start(delivery=delivery, file=data_file, user=request.user, ip_address=_client_ip(request))
-
-    def stream():
-        sent = 0
-        completed = False
-        try:
-            with default_storage.open(data_file.file.name, "rb") as handle:
-                while chunk := handle.read(DOWNLOAD_CHUNK):
-                    sent += len(chunk)
-                    yield chunk
-            completed = sent == data_file.size
-            if completed:
-                delivery_confirm(delivery_pk=delivery.pk, reason="first complete download")
-        finally:
-            download_log_finish(log_pk=log.pk, bytes_sent=sent, completed=completed)
-
-    return StreamingHttpResponse(stream(), content_type=data_file.content_type, headers=headers)
+    return download_response(request, delivery=delivery, data_file=data_file, chunk=DOWNLOAD_CHUNK)
 
 
 @csrf_exempt

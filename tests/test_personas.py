@@ -7,7 +7,7 @@ import time_machine
 from django.urls import reverse
 
 from exchange.models import DownloadLog, Order
-from exchange.services.delivery import download_link_make
+from exchange.services.downloads import download_link_make
 from listings.models import DataFile, Listing, ListingVersion, PricingPlan
 from tests.exchange.helpers import approve_in_sandbox, buy, library_links, read_stream
 from tests.factories import SAMPLE_CSV, csv_upload

@@ -1,22 +1,65 @@
-"""Entitlements and delivery: who may have which data, and handing it over."""
+"""Delivery: handing a buyer the versions their entitlement covers, provably, or refunding them.
+
+A Delivery is one (entitlement, version) pair. It is created PENDING, its
+stored files are checked against what was recorded at upload (existence and
+size always, SHA-256 up to ``DELIVERY_VERIFY_SHA256_MAX_BYTES``), and only then
+does it become READY with a frozen receipt. A file that is missing or does not
+match counts as a failed attempt; after ``DELIVERY_MAX_ATTEMPTS`` of them the
+delivery is FAILED, and if the buyer was handed nothing else of the product
+the order is refunded in full and both sides are told why.
+
+Every status change goes through ``delivery_transition`` and its table.
+"""
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC
 
 from django.conf import settings
-from django.core import signing
+from django.core.exceptions import ValidationError
+from django.core.files.storage import default_storage
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from exchange.choices import DeliveryStatus, OrderStatus
-from exchange.models import Delivery, DownloadLog, Entitlement, Order
+from common.money import format_minor
+from exchange.choices import DeliveryStatus, NotificationKind, OrderStatus, RefundStatus
+from exchange.models import Delivery, DeliveryStatusHistory, Entitlement, Order, Refund
+from exchange.selectors import buyer_library
 from exchange.services.entitlements import entitlement_is_usable
+from exchange.services.notifications import notification_send
 from listings.choices import VersionAccess
-from listings.models import DataFile, ListingVersion
+from listings.models import ListingVersion
+from merchants.models import MerchantMember
 
-DOWNLOAD_SALT = "exchange.download.v1"
+log = logging.getLogger(__name__)
+
+_D = DeliveryStatus
+# The one table of allowed delivery moves (DESIGN.md §5.3). A withdrawn delivery (access ended)
+# comes back ready when access is restored; failed is final (the order was refunded).
+DELIVERY_TRANSITIONS: dict[str, set[str]] = {
+    _D.PENDING: {_D.READY, _D.FAILED, _D.WITHDRAWN},
+    _D.READY: {_D.CONFIRMED, _D.WITHDRAWN},
+    _D.CONFIRMED: {_D.WITHDRAWN},
+    _D.FAILED: set(),
+    _D.WITHDRAWN: {_D.READY},
+}
+# What a delivery can be confirmed by (stored in Delivery.confirmed_by).
+CONFIRMED_BY = {"download", "api_call", "buyer", "auto"}
+HASH_CHUNK = 1024 * 1024
+RECEIPT_FORMAT = 1
 
 
-class DownloadDenied(Exception):
-    """A download link that must be refused; the message is safe to show."""
+class DeliveryTransitionError(ValidationError):
+    """The delivery cannot move to the requested status from the one it is in."""
+
+
+class DeliveryFileError(Exception):
+    """A stored file is missing or differs from its record; the message says which and how (safe to show)."""
 
 
 def published_versions(listing_id: int):
@@ -55,78 +98,514 @@ def delivery_version_allowed(
     return current_at_grant is not None and current_at_grant.pk == version.pk
 
 
-def delivery_prepare(*, entitlement_pk: int) -> list[Delivery]:
-    """Prepare a delivery of the latest published version; safe to run twice."""
-    with transaction.atomic():
-        entitlement = Entitlement.objects.select_for_update().select_related("listing").get(pk=entitlement_pk)
-        if not entitlement_is_usable(entitlement):
-            return []
-        version = (
-            ListingVersion.objects.filter(listing_id=entitlement.listing_id, published_at__isnull=False)
-            .order_by("-published_at", "-pk")
-            .first()
-        )
-        if version is None:
-            return []
-        delivery, _ = Delivery.objects.get_or_create(entitlement=entitlement, version=version)
-    return [delivery]
+def versions_allowed(entitlement: Entitlement, published: Sequence[ListingVersion]) -> list[ListingVersion]:
+    """The versions among ``published`` that the entitlement's rule covers, without a query.
 
-
-def download_link_make(*, delivery: Delivery, file: DataFile, user) -> str:
-    """A signed link for ``user`` to fetch ``file`` of ``delivery``; expires after the configured TTL."""
-    token = signing.dumps({"d": delivery.pk, "f": file.pk, "u": user.pk}, salt=DOWNLOAD_SALT, compress=False)
-    return reverse("exchange:download", args=[token])
-
-
-def download_resolve(*, token: str, user) -> tuple[Delivery, DataFile]:
-    """Check a download token for ``user``; raise DownloadDenied unless it may be served now.
-
-    The entitlement is re-checked on every request, so revoked access stops
-    at the next download even with a fresh link.
+    ``published`` must be every published version of the entitlement's product, newest first
+    (``published_versions``). Same rule as ``delivery_version_allowed``, for callers that
+    look at many versions or entitlements at once (the library page, preparation).
     """
+    if not published:
+        return []
+    rule = entitlement.version_access
+    if rule == VersionAccess.ALL:
+        return list(published)
+    if rule == VersionAccess.LATEST:
+        return [published[0]]
+    current_at_grant = next((v for v in published if v.published_at <= entitlement.granted_at), None)
+    return [
+        v
+        for v in published
+        if v.published_at >= entitlement.granted_at or (current_at_grant is not None and v.pk == current_at_grant.pk)
+    ]
+
+
+def delivery_transition(delivery: Delivery, to_status: str, *, reason: str, fields: dict | None = None) -> Delivery:
+    """The one place a delivery's status changes: call inside a transaction with the row locked.
+
+    Checks DELIVERY_TRANSITIONS and saves ``fields`` with the status; moving to
+    the status it already has only saves ``fields``. Raises
+    DeliveryTransitionError (nothing saved) for a move the table does not allow.
+    """
+    fields = dict(fields or {})
+    if to_status != delivery.status:
+        if to_status not in DELIVERY_TRANSITIONS[delivery.status]:
+            raise DeliveryTransitionError(
+                f"Delivery {delivery.pk} is {delivery.get_status_display().lower()}; it cannot become {to_status}.",
+                code="delivery_transition",
+            )
+        DeliveryStatusHistory.objects.create(
+            delivery=delivery, from_status=delivery.status, to_status=to_status, reason=reason[:300]
+        )
+        fields["status"] = to_status
+    for name, value in fields.items():
+        setattr(delivery, name, value)
+    if fields:
+        delivery.save(update_fields=list(fields))
+    return delivery
+
+
+def _library_url() -> str:
+    return reverse("exchange:library")
+
+
+# --- preparation ---------------------------------------------------------------------------------
+
+
+def delivery_prepare(*, entitlement_pk: int) -> list[Delivery]:
+    """Create and try to make ready a delivery for every published version the entitlement covers.
+
+    Idempotent: the rows are inserted with ON CONFLICT DO NOTHING against the
+    (entitlement, version) unique constraint, and each pending delivery is
+    checked under its row lock, so running this twice (or concurrently) makes
+    the same rows and issues each receipt and notification once. Returns the
+    entitlement's deliveries of covered versions, oldest version first. A
+    delivery still PENDING afterwards had a failed attempt (see ``last_error``)
+    and should be retried; a FAILED one has been settled (refund, notices).
+    Nothing is done for an entitlement that no longer gives access.
+    """
+    entitlement = Entitlement.objects.select_related("listing").get(pk=entitlement_pk)
+    if not entitlement_is_usable(entitlement):
+        return []
+    published = list(published_versions(entitlement.listing_id))
+    allowed = versions_allowed(entitlement, published)
+    if not allowed:
+        return []
+    Delivery.objects.bulk_create(
+        [Delivery(entitlement=entitlement, version=v, status=DeliveryStatus.PENDING) for v in allowed],
+        ignore_conflicts=True,
+    )
+    pks = list(
+        Delivery.objects.filter(entitlement=entitlement, version__in=allowed)
+        .order_by("version__published_at", "version_id")
+        .values_list("pk", flat=True)
+    )
+    deliveries = [delivery_make_ready(delivery_pk=pk) for pk in pks]
+    if not any(d.status == DeliveryStatus.PENDING for d in deliveries):
+        # Failures are settled once nothing is left to try, so the refund decision sees every outcome.
+        for failed in (d for d in deliveries if d.status == DeliveryStatus.FAILED):
+            delivery_failure_settle(delivery_pk=failed.pk)
+    return deliveries
+
+
+def delivery_files_verify(version: ListingVersion) -> None:
+    """Check every stored file of ``version`` against its record; raise DeliveryFileError on the first mismatch.
+
+    Existence and size are always checked; the SHA-256 is recomputed (streamed,
+    constant memory) for files up to DELIVERY_VERIFY_SHA256_MAX_BYTES. Storage
+    errors other than "not there" propagate, so a storage outage is retried as
+    a transient error rather than counted against the delivery.
+    """
+    files = list(version.files.all())
+    if not files:
+        raise DeliveryFileError(f"Version {version.label} has no files to deliver.")
+    for data_file in files:
+        name = data_file.file.name
+        if not name or not default_storage.exists(name):
+            raise DeliveryFileError(f"{data_file.original_name}: the stored file is missing.")
+        size = default_storage.size(name)
+        if size != data_file.size:
+            raise DeliveryFileError(
+                f"{data_file.original_name}: the stored file has {size} bytes, the record says {data_file.size}."
+            )
+        if size > settings.DELIVERY_VERIFY_SHA256_MAX_BYTES:
+            continue
+        digest = hashlib.sha256()
+        with default_storage.open(name, "rb") as handle:
+            while chunk := handle.read(HASH_CHUNK):
+                digest.update(chunk)
+        if digest.hexdigest() != data_file.sha256:
+            raise DeliveryFileError(
+                f"{data_file.original_name}: the stored file's SHA-256 is {digest.hexdigest()}, "
+                f"the record says {data_file.sha256}."
+            )
+
+
+def delivery_make_ready(*, delivery_pk: int) -> Delivery:
+    """One attempt at a pending delivery: verify its files, then issue the receipt and mark it READY.
+
+    Runs under the delivery's row lock, so concurrent runs take turns and only
+    the first one issues the receipt. A delivery that is not PENDING is
+    returned unchanged. A file problem counts an attempt and stores the
+    reason; the attempt that reaches DELIVERY_MAX_ATTEMPTS marks it FAILED
+    (the caller settles it with ``delivery_failure_settle``).
+    """
+    with transaction.atomic():
+        delivery = (
+            Delivery.objects.select_for_update(of=("self",))
+            .select_related("entitlement__order", "entitlement__buyer", "entitlement__listing__merchant", "version")
+            .get(pk=delivery_pk)
+        )
+        if delivery.status != DeliveryStatus.PENDING:
+            return delivery
+        try:
+            delivery_files_verify(delivery.version)
+        except DeliveryFileError as exc:
+            attempts = delivery.attempts + 1
+            fields = {"attempts": attempts, "last_error": str(exc)}
+            if attempts >= settings.DELIVERY_MAX_ATTEMPTS:
+                fields["failed_at"] = timezone.now()
+                return delivery_transition(
+                    delivery, DeliveryStatus.FAILED, reason=f"attempt {attempts}: {exc}", fields=fields
+                )
+            return delivery_transition(delivery, DeliveryStatus.PENDING, reason="", fields=fields)
+        now = timezone.now()
+        receipt = receipt_build(delivery=delivery, ready_at=now)
+        delivery_transition(
+            delivery,
+            DeliveryStatus.READY,
+            reason="files verified",
+            fields={
+                "ready_at": now,
+                "receipt": receipt,
+                "receipt_sha256": hashlib.sha256(receipt_canonical_bytes(receipt)).hexdigest(),
+                "attempts": delivery.attempts + 1,
+                "last_error": "",
+            },
+        )
+        entitlement = delivery.entitlement
+        notification_send(
+            user=entitlement.buyer,
+            kind=NotificationKind.DELIVERY_READY,
+            title=f"{entitlement.listing.title} {delivery.version.label} is ready to download",
+            body=(
+                f"Your data is ready in your library. Order {entitlement.order.reference}; "
+                f"receipt SHA-256 {delivery.receipt_sha256}."
+            ),
+            url=_library_url(),
+            data={
+                "delivery": delivery.pk,
+                "order": str(entitlement.order.public_id),
+                "listing_slug": entitlement.listing.slug,
+                "version_label": delivery.version.label,
+                "receipt_sha256": delivery.receipt_sha256,
+            },
+            dedupe_key=f"delivery-ready:{delivery.pk}",
+        )
+    return delivery
+
+
+# --- receipts ------------------------------------------------------------------------------------
+
+
+def _iso(moment) -> str | None:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
+
+
+def receipt_build(*, delivery: Delivery, ready_at) -> dict:
+    """The facts of a hand-over, as plain JSON values (times in UTC, ISO 8601).
+
+    Needs ``delivery`` with entitlement, order, buyer, listing, merchant and
+    version loaded; reads the version's files.
+    """
+    entitlement = delivery.entitlement
+    listing, order, version = entitlement.listing, entitlement.order, delivery.version
+    return {
+        "receipt_format": RECEIPT_FORMAT,
+        "delivery_id": delivery.pk,
+        "order": {"reference": order.reference, "public_id": str(order.public_id)},
+        "product": {
+            "title": listing.title,
+            "slug": listing.slug,
+            "listing_id": listing.pk,
+            "registration_number": listing.registration_number or "",
+        },
+        "version": {"label": version.label, "published_at": _iso(version.published_at)},
+        "files": [
+            {
+                "name": f.original_name,
+                "size": f.size,
+                "sha256": f.sha256,
+                "format": f.format,
+                "content_type": f.content_type,
+            }
+            for f in version.files.order_by("pk")
+        ],
+        "licence": {"code": listing.licence, "name": listing.get_licence_display()},
+        "scenario": entitlement.scenario,
+        "buyer": {"email": entitlement.buyer.email},
+        "merchant": {"name": listing.merchant.name},
+        "granted_at": _iso(entitlement.granted_at),
+        "ready_at": _iso(ready_at),
+        "issued_at": _iso(ready_at),
+    }
+
+
+def receipt_canonical_bytes(receipt: dict) -> bytes:
+    """The receipt's one byte form: sorted keys, no spaces, UTF-8. Its SHA-256 is ``Delivery.receipt_sha256``.
+
+    The JSON column may reorder keys, so the bytes are always derived from the
+    stored value this way rather than kept separately.
+    """
+    return json.dumps(receipt, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# --- failure ---------------------------------------------------------------------------------------
+
+
+def _buyer_has_other_delivery(delivery: Delivery) -> bool:
+    """Whether the buyer can still download another version of this entitlement (then no refund is due)."""
+    entitlement = delivery.entitlement
+    allowed = {v.pk for v in versions_allowed(entitlement, list(published_versions(entitlement.listing_id)))}
+    return (
+        Delivery.objects.filter(
+            entitlement=entitlement,
+            status__in=[DeliveryStatus.READY, DeliveryStatus.CONFIRMED],
+            version_id__in=allowed,
+        )
+        .exclude(pk=delivery.pk)
+        .exists()
+    )
+
+
+def _refund_for_failure(order: Order, reason: str) -> Refund | None:
+    """Refund what is left of ``order``, once (the key is fixed per order); None when nothing can be refunded."""
+    from exchange.services.refunds import RefundConflict, order_refund, refund_execute
+
+    key = f"delivery-failure:{order.pk}"
+    existing = Refund.objects.filter(idempotency_key=key).first()
+    if existing is not None:
+        # A run that died after reserving the refund, or a transient gateway error: finish it.
+        return refund_execute(refund_pk=existing.pk) if existing.status == RefundStatus.PENDING else existing
+    remaining = order.amount - order.refunded_amount
+    if remaining <= 0:
+        return None
     try:
-        data = signing.loads(token, salt=DOWNLOAD_SALT, max_age=settings.DOWNLOAD_LINK_TTL_SECONDS)
-    except signing.SignatureExpired:
-        raise DownloadDenied("This download link has expired; open your library for a fresh one.") from None
-    except signing.BadSignature:
-        raise DownloadDenied("This download link is not valid.") from None
-    if not isinstance(data, dict) or not user.is_authenticated or data.get("u") != user.pk:
-        raise DownloadDenied("This download link is not valid.")
-    delivery = Delivery.objects.select_related("entitlement", "version").filter(pk=data.get("d")).first()
-    if delivery is None or delivery.entitlement.buyer_id != user.pk:
-        raise DownloadDenied("This download link is not valid.")
-    if not entitlement_is_usable(delivery.entitlement):
-        raise DownloadDenied("Your access to this data product has ended.")
-    file = DataFile.objects.filter(pk=data.get("f"), version_id=delivery.version_id).first()
-    if file is None:
-        raise DownloadDenied("This download link is not valid.")
-    return delivery, file
+        return order_refund(
+            order=order, amount=remaining, reason=reason, idempotency_key=key, source="delivery_failure"
+        )
+    except RefundConflict as exc:  # already refunded or disputed meanwhile: nothing more to give back
+        log.warning("delivery failure refund of order %s refused: %s", order.reference, exc.messages[0])
+        return None
 
 
-def download_log_start(*, delivery: Delivery, file: DataFile, user, ip_address: str | None) -> DownloadLog:
-    return DownloadLog.objects.create(delivery=delivery, file=file, user=user, ip_address=ip_address)
+def delivery_failure_settle(*, delivery_pk: int) -> Refund | None:
+    """Close a FAILED delivery: refund the order unless the buyer has another usable delivery, tell both sides.
+
+    Safe to run again: the refund has a fixed idempotency key and every
+    notification a dedupe key. Returns the refund, or None when none was made.
+    """
+    delivery = Delivery.objects.select_related(
+        "entitlement__order", "entitlement__buyer", "entitlement__listing__merchant", "version"
+    ).get(pk=delivery_pk)
+    if delivery.status != DeliveryStatus.FAILED:
+        raise DeliveryTransitionError(f"Delivery {delivery.pk} has not failed.", code="not_failed")
+    entitlement = delivery.entitlement
+    order, listing = entitlement.order, entitlement.listing
+    what = f"{listing.title} {delivery.version.label}"
+    refund_due = not _buyer_has_other_delivery(delivery)
+    refund = _refund_for_failure(order, reason=f"delivery failed: {delivery.last_error}"[:300]) if refund_due else None
+    if not refund_due:
+        outcome = f"Order {order.reference} stays as it is: the buyer keeps their other deliveries of this product."
+    elif refund is None:
+        outcome = f"Nothing was left to refund on order {order.reference}."
+    elif refund.status == RefundStatus.SUCCEEDED:
+        outcome = f"Order {order.reference} was refunded in full ({format_minor(refund.amount, refund.currency)})."
+    else:
+        outcome = f"A refund of order {order.reference} has been requested."
+    attempts = f"after {delivery.attempts} attempts"
+    notification_send(
+        user=entitlement.buyer,
+        kind=NotificationKind.DELIVERY_FAILED,
+        title=f"We could not deliver {what}",
+        body=f"The data could not be handed over {attempts}: {delivery.last_error} {outcome}",
+        url=_library_url(),
+        data={"delivery": delivery.pk, "order": str(order.public_id)},
+        dedupe_key=f"delivery-failed:{delivery.pk}:buyer",
+    )
+    members = MerchantMember.objects.filter(merchant_id=listing.merchant_id).select_related("user")
+    for member in members:
+        notification_send(
+            user=member.user,
+            kind=NotificationKind.DELIVERY_FAILED,
+            title=f"Delivery of {what} failed",
+            body=(
+                f"Order {order.reference} could not be delivered {attempts}: {delivery.last_error} "
+                f"Upload the file again as a new version. {outcome}"
+            ),
+            url=reverse("exchange:sales"),
+            data={"delivery": delivery.pk, "order": str(order.public_id)},
+            dedupe_key=f"delivery-failed:{delivery.pk}:member:{member.user_id}",
+        )
+    return refund
 
 
-def download_log_finish(*, log_pk: int, bytes_sent: int, completed: bool) -> None:
-    DownloadLog.objects.filter(pk=log_pk).update(bytes_sent=bytes_sent, completed=completed, finished_at=timezone.now())
+def delivery_retry_countdown(attempts: int) -> int:
+    """Seconds before the next attempt: DELIVERY_RETRY_BACKOFF_SECONDS doubled per failed attempt, capped."""
+    base = settings.DELIVERY_RETRY_BACKOFF_SECONDS
+    return min(base * 2 ** max(attempts - 1, 0), settings.DELIVERY_RETRY_BACKOFF_MAX_SECONDS)
 
 
-def delivery_confirm(*, delivery_pk: int, reason: str) -> Delivery:
-    """Record a completed hand-over; the first one releases the order from escrow."""
+# --- new versions --------------------------------------------------------------------------------
+
+
+def schema_diff_summary(diff: dict) -> str:
+    """One line per kind of change in a version's ``schema_diff`` (see listings.profiling.schema_diff)."""
+    lines = []
+    if diff.get("added"):
+        lines.append("Added columns: " + ", ".join(diff["added"]) + ".")
+    if diff.get("removed"):
+        lines.append("Removed columns: " + ", ".join(diff["removed"]) + ".")
+    if diff.get("retyped"):
+        changes = ", ".join(f"{c['name']} ({c['from']} → {c['to']})" for c in diff["retyped"])
+        lines.append(f"Retyped columns: {changes}.")
+    return "\n".join(lines) or "The columns are unchanged."
+
+
+def delivery_version_published(*, version_pk: int, batch: int = 500) -> list[int]:
+    """Find every usable entitlement whose rule covers a newly published version; notify each buyer once.
+
+    Walks the product's usable entitlements by pk in batches of ``batch``.
+    Returns the pks of the entitlements to prepare (the task hands each to its
+    own ``delivery_prepare`` so a failure retries per buyer). Safe to run twice
+    (notifications carry a dedupe key; preparation is idempotent).
+    """
+    from exchange.services.entitlements import usable_q
+
+    version = ListingVersion.objects.select_related("listing").get(pk=version_pk)
+    if version.published_at is None:
+        return []
+    latest = published_versions(version.listing_id).first()
+    diff = schema_diff_summary(version.schema_diff or {})
+    changelog = f"\n\n{version.changelog}" if version.changelog else ""
+    chosen: list[int] = []
+    cursor = 0
+    while True:
+        entitlements = list(
+            Entitlement.objects.filter(usable_q(), listing_id=version.listing_id, pk__gt=cursor)
+            .select_related("buyer")
+            .order_by("pk")[:batch]
+        )
+        if not entitlements:
+            return chosen
+        for entitlement in entitlements:
+            if not delivery_version_allowed(entitlement, version, latest=latest):
+                continue
+            chosen.append(entitlement.pk)
+            notification_send(
+                user=entitlement.buyer,
+                kind=NotificationKind.NEW_VERSION,
+                title=f"{version.listing.title}: version {version.label} is available",
+                body=f"{diff}{changelog}",
+                url=_library_url(),
+                data={
+                    "version": version.pk,
+                    "version_label": version.label,
+                    "listing_slug": version.listing.slug,
+                    "schema_diff": version.schema_diff or {},
+                },
+                dedupe_key=f"new-version:{version.pk}:{entitlement.pk}",
+            )
+        cursor = entitlements[-1].pk
+
+
+# --- confirmation --------------------------------------------------------------------------------
+
+
+def delivery_confirm(*, delivery_pk: int, reason: str, by: str = "download") -> Delivery:
+    """Record a completed hand-over; the first one confirms the delivery and releases the order from escrow.
+
+    ``by`` says what confirmed it: "download" (all bytes sent; counted in
+    ``download_count``), "api_call" (a successful data API call), "buyer" or
+    "auto". Only a READY or CONFIRMED delivery can be confirmed; anything else
+    raises DeliveryTransitionError and changes nothing. Later confirmations
+    keep the first one's time and kind.
+    """
     from exchange.services.orders import order_transition
 
+    if by not in CONFIRMED_BY:
+        raise ValueError(f"Unknown confirmation kind {by!r}; expected one of {sorted(CONFIRMED_BY)}.")
     with transaction.atomic():
         delivery = Delivery.objects.select_for_update().select_related("entitlement").get(pk=delivery_pk)
-        delivery.download_count += 1
-        fields = ["download_count"]
+        if delivery.status not in (DeliveryStatus.READY, DeliveryStatus.CONFIRMED):
+            raise DeliveryTransitionError(
+                f"Delivery {delivery.pk} is {delivery.get_status_display().lower()}; it cannot be confirmed.",
+                code="not_confirmable",
+            )
+        fields = {"download_count": delivery.download_count + 1} if by == "download" else {}
         if delivery.status != DeliveryStatus.CONFIRMED:
-            delivery.status, delivery.confirmed_at = DeliveryStatus.CONFIRMED, timezone.now()
-            fields += ["status", "confirmed_at"]
-        delivery.save(update_fields=fields)
+            fields.update(confirmed_at=timezone.now(), confirmed_by=by)
+        delivery_transition(delivery, DeliveryStatus.CONFIRMED, reason=reason, fields=fields)
         order = Order.objects.select_for_update().get(pk=delivery.entitlement.order_id)
         if order.status == OrderStatus.PAID:
             order_transition(order_pk=order.pk, to_status=OrderStatus.DELIVERED, reason=reason)
         elif order.delivered_at is None and order.status == OrderStatus.PARTIALLY_REFUNDED:
             # Delivered after a partial refund: the rest becomes eligible for settlement.
             Order.objects.filter(pk=order.pk).update(delivered_at=timezone.now())
+    return delivery
+
+
+# --- reads for the buyer's pages -------------------------------------------------------------------
+
+
+@dataclass
+class LibraryDelivery:
+    """A delivery as the library shows it: ``files`` pairs each file with a fresh link, or None when not offered."""
+
+    delivery: Delivery
+    allowed: bool
+    files: list = field(default_factory=list)
+
+
+@dataclass
+class LibraryEntry:
+    entitlement: Entitlement
+    usable: bool
+    deliveries: list[LibraryDelivery] = field(default_factory=list)
+
+
+def library_entries(*, user) -> list[LibraryEntry]:
+    """The buyer's entitlements with their deliveries, newest version first, and signed links where offered.
+
+    A link is offered only while the entitlement gives access, the version is
+    one its rule covers now (a ``latest`` buyer loses the older ones), and the
+    delivery is READY or CONFIRMED. A fixed number of queries, however many
+    entitlements, deliveries and files.
+    """
+    from exchange.services.downloads import download_link_make  # downloads imports this module
+
+    entitlements = list(buyer_library(user=user))
+    published: dict[int, list[ListingVersion]] = defaultdict(list)
+    for version in ListingVersion.objects.filter(
+        listing_id__in={e.listing_id for e in entitlements}, published_at__isnull=False
+    ).order_by("-published_at", "-pk"):
+        published[version.listing_id].append(version)
+    now = timezone.now()
+    entries = []
+    for entitlement in entitlements:
+        usable = entitlement_is_usable(entitlement, now=now)
+        allowed = {v.pk for v in versions_allowed(entitlement, published[entitlement.listing_id])}
+        entry = LibraryEntry(entitlement=entitlement, usable=usable)
+        deliveries = sorted(
+            entitlement.deliveries.all(), key=lambda d: (d.version.published_at or d.prepared_at, d.pk), reverse=True
+        )
+        for delivery in deliveries:
+            offered = (
+                usable
+                and delivery.version_id in allowed
+                and delivery.status in (DeliveryStatus.READY, DeliveryStatus.CONFIRMED)
+            )
+            entry.deliveries.append(
+                LibraryDelivery(
+                    delivery=delivery,
+                    allowed=delivery.version_id in allowed,
+                    files=[
+                        (f, download_link_make(delivery=delivery, file=f, user=user) if offered else None)
+                        for f in delivery.version.files.all()
+                    ],
+                )
+            )
+        entries.append(entry)
+    return entries
+
+
+def delivery_receipt_for(*, pk: int, user) -> Delivery | None:
+    """The delivery ``pk`` if ``user`` may read its receipt (its buyer, or staff) and it has one; else None."""
+    if not user.is_authenticated:
+        return None
+    delivery = (
+        Delivery.objects.select_related("entitlement", "version__listing").filter(pk=pk).exclude(receipt_sha256="")
+    ).first()
+    if delivery is None or not (delivery.entitlement.buyer_id == user.pk or user.is_staff):
+        return None
     return delivery

@@ -8,7 +8,7 @@ from django.db import IntegrityError, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from exchange.choices import ORDER_TRANSITIONS, AccessRequestStatus, OrderStatus
+from exchange.choices import ORDER_TRANSITIONS, AccessRequestStatus, DeliveryStatus, OrderStatus
 from exchange.gateways import get_gateway
 from exchange.models import AccessRequest, Entitlement, Order, OrderStatusHistory
 from exchange.services.entitlements import usable_q
@@ -155,11 +155,13 @@ def _open_checkout(*, buyer, listing: Listing, plan: PricingPlan) -> Order | Non
 
 def _free_order_complete(*, order: Order) -> None:
     from exchange.services.entitlements import entitlement_grant
+    from exchange.services.notifications import order_paid_notify
     from exchange.tasks import delivery_prepare
 
     order_transition(order_pk=order.pk, to_status=OrderStatus.PAID, reason="free plan: nothing to pay")
     order.refresh_from_db()
     entitlement = entitlement_grant(order=order)
+    order_paid_notify(order=order)
     transaction.on_commit(lambda: delivery_prepare.delay(entitlement.pk))
 
 
@@ -219,7 +221,11 @@ def orders_auto_confirm(*, now=None) -> int:
     now = now or timezone.now()
     cutoff = now - timedelta(days=settings.ESCROW_AUTO_CONFIRM_DAYS)
     pks = (
-        Order.objects.filter(status=OrderStatus.PAID, paid_at__lte=cutoff, entitlement__deliveries__isnull=False)
+        Order.objects.filter(
+            status=OrderStatus.PAID,
+            paid_at__lte=cutoff,
+            entitlement__deliveries__status__in=[DeliveryStatus.READY, DeliveryStatus.CONFIRMED],
+        )
         .values_list("pk", flat=True)
         .distinct()
     )

@@ -20,6 +20,7 @@ from listings.choices import REVIEW_CHECKLIST, ListingStatus, ProfileStatus, Rev
 from listings.models import DataFile, Listing, ListingReview, ListingVersion
 from listings.search import listing_refresh_catalog_fields
 from listings.services.products import listing_transition, require_staff
+from listings.services.versions import version_published_hooks_schedule
 
 
 def review_open(*, listing: Listing, submitted_by) -> ListingReview:
@@ -98,7 +99,8 @@ def listing_approve(*, listing: Listing, reviewer, checklist: dict | None = None
             listing_transition(listing_pk=current.pk, to_status=ListingStatus.IN_REVIEW, actor=reviewer)
         listing_transition(listing_pk=current.pk, to_status=ListingStatus.APPROVED, actor=reviewer, reason=notes)
         now = timezone.now()
-        ListingVersion.objects.filter(pk=version.pk, published_at__isnull=True).update(published_at=now)
+        if ListingVersion.objects.filter(pk=version.pk, published_at__isnull=True).update(published_at=now):
+            version_published_hooks_schedule(version_pk=version.pk)
         for field, value in answers.items():
             setattr(review, field, value)
         review.reviewer, review.decision, review.decided_at = reviewer, ReviewDecision.APPROVED, now

@@ -2,10 +2,12 @@
 
 from functools import partial
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from listings.choices import EDITABLE_STATUSES, ListingStatus, ProfileStatus
 from listings.models import DataFile, Listing, ListingVersion
@@ -109,4 +111,20 @@ def version_publish(*, version: ListingVersion, actor) -> ListingVersion:
         locked.published_at = timezone.now()
         locked.save(update_fields=["published_at"])
         listing_refresh_catalog_fields(listing_pk=listing.pk)
+        version_published_hooks_schedule(version_pk=locked.pk)
     return locked
+
+
+def version_published_hooks_schedule(*, version_pk: int) -> None:
+    """Once the transaction commits, hand a newly published version's pk to each task in VERSION_PUBLISHED_TASKS.
+
+    Call inside the transaction that publishes the version, once per
+    publication. The tasks are named in settings (not imported) because
+    listings never imports the exchange; a name that does not resolve raises
+    here, so the publication fails loudly rather than delivering nothing.
+    The tasks are queued with ``robust`` on-commit callbacks: a broker outage
+    does not undo a committed publication.
+    """
+    for name in settings.VERSION_PUBLISHED_TASKS:
+        task = import_string(name)
+        transaction.on_commit(partial(task.delay, version_pk), robust=True)

@@ -20,7 +20,7 @@ from exchange.choices import (
 )
 from exchange.gateways.sandbox import SandboxGateway
 from exchange.models import Delivery, Dispute, Entitlement, JournalEntry, Order, Posting, Refund, Subscription
-from exchange.services.delivery import download_link_make
+from exchange.services.downloads import download_link_make
 from exchange.services.entitlements import entitlements_expire
 from exchange.services.ledger import ledger_verify
 from exchange.services.orders import order_checkout_start, order_create, orders_auto_confirm

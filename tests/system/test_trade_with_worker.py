@@ -6,7 +6,7 @@ from collections import defaultdict
 import pytest
 from django.urls import reverse
 
-from exchange.choices import OrderStatus, PaymentEventStatus, PayoutStatus, SettlementRunStatus
+from exchange.choices import DeliveryStatus, OrderStatus, PaymentEventStatus, PayoutStatus, SettlementRunStatus
 from exchange.models import Delivery, Entitlement, JournalEntry, Order, PaymentEvent, Payout, Posting, SettlementRun
 from exchange.services.ledger import ledger_verify
 from exchange.services.settlement import settlement_run_start
@@ -36,7 +36,10 @@ def test_worker_delivers_paid_order_and_settles_it(celery_worker_process, client
         lambda: PaymentEvent.objects.get(pk=event.pk).status == PaymentEventStatus.PROCESSED,
         message="the worker to process the paid event",
     )
-    wait_for(lambda: Delivery.objects.exists(), message="the worker to prepare the delivery")
+    wait_for(
+        lambda: Delivery.objects.filter(status=DeliveryStatus.READY).exists(),
+        message="the worker to prepare the delivery",
+    )
     order.refresh_from_db()
     assert order.status == OrderStatus.PAID
     assert Entitlement.objects.get().buyer == buyer
