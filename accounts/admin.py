@@ -1,7 +1,8 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.utils import timezone
 
-from accounts.models import User
+from accounts.models import ApiKey, User
 
 
 @admin.register(User)
@@ -16,3 +17,32 @@ class UserAdmin(BaseUserAdmin):
         ("Dates", {"fields": ("last_login", "date_joined")}),
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
+
+
+@admin.action(description="Revoke the selected API keys")
+def revoke_keys(modeladmin, request, queryset):
+    # One UPDATE; keys already revoked keep their first revocation time.
+    count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+    messages.success(request, f"{count} API key(s) revoked; they fail from the next request.")
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys are created by their owners only (the secret is shown to them once); admins see and revoke.
+
+    The hash is not shown at all: it is of no use to an admin and must never be edited.
+    """
+
+    list_display = ("prefix", "name", "user", "scopes", "created_at", "last_used_at", "expires_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    list_select_related = ("user",)
+    search_fields = ("prefix", "name", "user__email")
+    fields = ("prefix", "name", "user", "scopes", "created_at", "last_used_at", "expires_at", "revoked_at")
+    readonly_fields = fields
+    actions = [revoke_keys]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
