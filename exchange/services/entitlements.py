@@ -7,12 +7,15 @@ re-checks it on every request); a dispute won restores it; a beat task expires
 what has lapsed.
 """
 
+from datetime import timedelta
+
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from exchange.choices import ENTITLEMENT_TRANSITIONS, EntitlementStatus
-from exchange.models import Entitlement, EntitlementStatusHistory, Order
+from exchange.models import Entitlement, EntitlementStatusHistory, Notification, Order
+from exchange.services.notifications import entitlement_expiring_dedupe_key, entitlement_expiring_notify
 
 
 def entitlement_grant(*, order: Order, valid_until=None, scenario: str = "") -> Entitlement:
@@ -110,6 +113,28 @@ def entitlements_expire(*, now=None, batch: int = 1000) -> int:
                 _transition(entitlement, EntitlementStatus.EXPIRED, reason="paid period ended")
                 done += 1
     return done
+
+
+def entitlements_expiring_notify(*, within_days: int, now=None, chunk: int = 500) -> int:
+    """Tell buyers whose usable access ends within ``within_days`` days; return how many new notices were sent.
+
+    One notice per entitlement and period (the dedupe key includes
+    ``valid_until``), so running it every hour notifies once, and a renewed
+    subscription is told again near the end of its next period.
+    """
+    now = now or timezone.now()
+    ending = Entitlement.objects.filter(usable_q(now=now), valid_until__lte=now + timedelta(days=within_days))
+    pks = list(ending.order_by("valid_until", "pk").values_list("pk", flat=True))
+    sent = 0
+    for start in range(0, len(pks), chunk):
+        batch = list(
+            Entitlement.objects.filter(pk__in=pks[start : start + chunk]).select_related("buyer", "listing", "order")
+        )
+        # One query finds the entitlements already told this period, so an hourly run costs little.
+        keys = {entitlement.pk: entitlement_expiring_dedupe_key(entitlement) for entitlement in batch}
+        told = set(Notification.objects.filter(dedupe_key__in=keys.values()).values_list("dedupe_key", flat=True))
+        sent += sum(entitlement_expiring_notify(entitlement=e) for e in batch if keys[e.pk] not in told)
+    return sent
 
 
 def usable_q(*, now=None) -> Q:

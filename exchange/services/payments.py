@@ -33,6 +33,7 @@ from exchange.gateways import SignatureError, get_gateway
 from exchange.models import Dispute, Order, OrderStatusHistory, PaymentEvent, Subscription
 from exchange.services.entitlements import entitlement_extend, entitlement_grant
 from exchange.services.ledger import account_get, journal_post
+from exchange.services.notifications import order_paid_notify
 from exchange.services.orders import order_transition
 from exchange.services.refunds import (
     dispute_close,
@@ -366,6 +367,7 @@ def _on_checkout_completed(event: PaymentEvent) -> str:
         )
     entitlement = entitlement_grant(order=order, valid_until=valid_until)
     _post_payment_held(order=order, memo=f"payment for order {order.reference} held until delivery")
+    order_paid_notify(order=order)
     early_refunds_and_disputes_apply(order=order)
     entitlement.refresh_from_db()
     if entitlement.status == EntitlementStatus.ACTIVE:
@@ -468,6 +470,7 @@ def _on_invoice_paid(event: PaymentEvent) -> str:
         )
         order_transition(order_pk=renewal.pk, to_status=OrderStatus.PAID, reason=f"invoice {obj.get('id')} paid")
         _post_payment_held(order=renewal, memo=f"subscription renewal {renewal.reference}")
+        order_paid_notify(order=renewal)
         # Access simply continues: the renewal is delivered the moment it is paid.
         order_transition(order_pk=renewal.pk, to_status=OrderStatus.DELIVERED, reason="access renewed")
     entitlement_extend(entitlement_pk=entitlement.pk, valid_until=period_end, reason=f"invoice {obj.get('id')} paid")

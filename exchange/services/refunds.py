@@ -27,6 +27,7 @@ from exchange.gateways import GatewayError, get_gateway
 from exchange.models import Dispute, JournalEntry, Order, Refund
 from exchange.services.entitlements import entitlement_restore, entitlement_revoke
 from exchange.services.ledger import account_get, journal_post
+from exchange.services.notifications import refund_notify
 from exchange.services.orders import order_transition
 
 REFUNDABLE = {OrderStatus.PAID, OrderStatus.DELIVERED, OrderStatus.SETTLED, OrderStatus.PARTIALLY_REFUNDED}
@@ -73,6 +74,7 @@ def _apply_refund(*, refund: Refund, order: Order) -> None:
     order_transition(order_pk=order.pk, to_status=target, reason=f"refund {refund.pk}: {refund.reason}")
     if full and hasattr(order, "entitlement"):
         entitlement_revoke(entitlement_pk=order.entitlement.pk, reason="order fully refunded")
+    refund_notify(refund=refund)
 
 
 def order_refund(
