@@ -8,7 +8,7 @@ export TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/exchange
 export TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run migrate demo test lint format check clean bench bench-search bench-webhooks
+.PHONY: help venv run migrate demo test lint format check clean bench bench-search bench-webhooks bench-download bench-pipeline
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -49,7 +49,13 @@ bench-search: venv ## catalog search at 100k listings vs raw SQL, trivial endpoi
 bench-webhooks: venv ## 3 bursts of 1,000 signed webhooks on gunicorn vs a trivial endpoint, then processed exactly once (WEBHOOKS_ARGS=--worker-during-burst)
 	$(PY) -m bench.webhooks $(WEBHOOKS_ARGS)
 
-bench: bench-search bench-webhooks ## run every benchmark (each prints one JSON line)
+bench-download: venv ## a 1 GiB purchased file: gunicorn streaming, X-Accel-Redirect behind nginx, nginx direct (DOWNLOAD_ARGS=--rounds 5)
+	$(PY) -m bench.download $(DOWNLOAD_ARGS)
+
+bench-pipeline: venv ## sandbox trades through the webhook to a ready download: 50/s for 20 s (p50/p99), a burst of 1,000 (trades/s)
+	$(PY) -m bench.pipeline $(PIPELINE_ARGS)
+
+bench: bench-search bench-webhooks bench-download bench-pipeline ## run every benchmark (each prints one JSON line)
 
 clean: ## remove the virtualenv and local state (var/)
 	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache
