@@ -147,6 +147,10 @@ else:
 # Reliability from day one: acknowledge after the work is done, requeue the
 # task when its worker dies, and never let one worker hoard queued tasks.
 CELERY_TASK_ACKS_LATE = True
+# Celery's Django fixup closes the database connections before and after every task unless told to
+# reuse them: each task would open a new PostgreSQL connection (most of a short task's time). Reuse
+# them for this many tasks; Django's own CONN_MAX_AGE and health checks still retire old or broken ones.
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, minimum=0)
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
