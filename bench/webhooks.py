@@ -432,7 +432,7 @@ def run(
             worker = celery_worker(
                 env=env,
                 log_path=scratch / "worker.log",
-                queues="default,delivery,settlement",
+                queues="default,delivery,settlement,notifications",
                 concurrency=2,
                 name=f"bench-webhooks-{secrets.token_hex(3)}",
             )

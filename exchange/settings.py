@@ -159,6 +159,10 @@ CELERY_TASK_ROUTES = {
     "exchange.tasks.delivery_*": {"queue": "delivery"},
     "exchange.tasks.settlement_*": {"queue": "settlement"},
     "exchange.tasks.payout_*": {"queue": "settlement"},
+    # Emails and webhook sends wait on other servers: their own queue keeps them from the payment drains.
+    "exchange.tasks.notification_*": {"queue": "notifications"},
+    "exchange.tasks.notifications_*": {"queue": "notifications"},
+    "exchange.tasks.outbound_*": {"queue": "notifications"},
 }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_EAGER_PROPAGATES = True

@@ -19,7 +19,7 @@ PROCESSES = {
         "exchange",
         "worker",
         "-Q",
-        "default,delivery,settlement",
+        "default,delivery,settlement,notifications",
         "-c",
         "2",
         "-l",
@@ -38,7 +38,7 @@ BANNER = f"""
     merchants       merchant1@demo.exchange, merchant2@demo.exchange
     buyers          buyer1@demo.exchange, buyer2@demo.exchange
 
-  Processes: web (runserver), Celery worker (default, delivery, settlement queues), Celery beat.
+  Processes: web (runserver), Celery worker (default, delivery, settlement, notifications queues), Celery beat.
   Press Ctrl-C to stop all three.
 """
 

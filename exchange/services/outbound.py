@@ -63,7 +63,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
@@ -285,16 +285,117 @@ def outbound_events_fan_out(*, user_id: int, type: str, data: dict, dedupe_key: 
     ``data`` must already be plain JSON. Once per endpoint and ``dedupe_key``:
     calling again queues nothing. Events are sent after the caller's commit.
     """
-    new = 0
-    for endpoint in WebhookEndpoint.objects.filter(user_id=user_id, is_active=True):
-        # Filtered here rather than in SQL: JSON containment is not portable to SQLite (the embedded default).
-        if endpoint.event_types and type not in endpoint.event_types:
-            continue
-        _, created = _event_create(
-            endpoint=endpoint, type=type, data=data, dedupe_key=dedupe_key, created_at=created_at
-        )
-        new += created
-    return new
+    item = FanOut(user_id=user_id, type=type, data=data, dedupe_key=dedupe_key, created_at=created_at)
+    return len(outbound_events_fan_out_many([item]))
+
+
+@dataclass(frozen=True)
+class FanOut:
+    """One event to fan out to a user's endpoints (the arguments of ``outbound_events_fan_out``)."""
+
+    user_id: int
+    type: str
+    data: dict
+    dedupe_key: str
+    created_at: datetime
+
+
+def outbound_events_fan_out_many(items: list[FanOut], *, schedule: bool = True) -> list[int]:
+    """``outbound_events_fan_out`` for several events at once; return the pks of the events this call created.
+
+    Two queries whatever the number of items (up to ``INSERT_CHUNK`` events):
+    the active endpoints of every user involved, then one INSERT that skips the
+    (endpoint, dedupe key) pairs already queued. With ``schedule`` the new
+    events are sent after the caller's commit; without it the caller passes the
+    returned pks to :func:`outbound_events_schedule` once it has committed.
+    """
+    if not items:
+        return []
+    endpoints: dict[int, list[WebhookEndpoint]] = {}
+    for endpoint in WebhookEndpoint.objects.filter(user_id__in={i.user_id for i in items}, is_active=True).order_by(
+        "pk"
+    ):
+        endpoints.setdefault(endpoint.user_id, []).append(endpoint)
+    events = []
+    for item in items:
+        for endpoint in endpoints.get(item.user_id, ()):
+            # Filtered here rather than in SQL: JSON containment is not portable to SQLite (the embedded default).
+            if endpoint.event_types and item.type not in endpoint.event_types:
+                continue
+            event = OutboundEvent(endpoint=endpoint, type=item.type, dedupe_key=item.dedupe_key[:150])
+            event.payload = {
+                "id": str(event.public_id),
+                "type": item.type,
+                "created_at": item.created_at.isoformat(),
+                "data": item.data,
+            }
+            events.append(event)
+    # One order for every writer, so two batches sharing keys never wait on each other in a cycle.
+    events.sort(key=lambda e: (e.endpoint_id, e.dedupe_key))
+    pks = [event.pk for event in insert_skipping_conflicts(events, unique_fields=("endpoint", "dedupe_key"))]
+    if schedule and pks:
+        transaction.on_commit(lambda: outbound_events_schedule(pks))
+    return pks
+
+
+def outbound_events_schedule(event_pks: list[int]) -> None:
+    """Hand new events to workers (after the commit that created them); a broker outage is left to the sweeper."""
+    for pk in event_pks:
+        _schedule(pk)
+
+
+# Rows per INSERT statement: far below the parameter limits (PostgreSQL 65,535; SQLite 32,766) for these tables.
+INSERT_CHUNK = 1000
+
+
+def insert_skipping_conflicts(objs: list, *, unique_fields: tuple[str, ...]) -> list:
+    """INSERT unsaved instances of one model, skipping those that collide on ``unique_fields``; return the inserted.
+
+    The returned instances (in the order given) have their pk set; the others
+    are left unsaved: an existing row, or a row that a concurrent transaction
+    inserted first (the statement waits for that one to commit or roll back).
+    Unlike ``bulk_create(ignore_conflicts=True)``, the caller learns which rows
+    are its own. ``unique_fields`` must be exactly a unique constraint's fields,
+    integers or strings (rows are matched to instances by them); NULL never
+    collides, and an instance with a NULL key is an error here (use
+    ``bulk_create``). One statement per ``INSERT_CHUNK`` instances, written in
+    the order given: sort them by key so concurrent writers lock keys in one
+    order. Field defaults and ``auto_now_add`` are applied as ``save()`` does.
+    PostgreSQL, and SQLite 3.35 or later.
+    """
+    if not objs:
+        return []
+    model = type(objs[0])
+    meta = model._meta
+    connection = connections[router.db_for_write(model)]
+    quote = connection.ops.quote_name
+    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    key_fields = [meta.get_field(name) for name in unique_fields]
+    by_key = {}
+    for obj in objs:
+        key = tuple(getattr(obj, f.attname) for f in key_fields)
+        if None in key:
+            raise ValueError(f"insert_skipping_conflicts needs a value for each of {unique_fields}; got {key}.")
+        by_key.setdefault(key, obj)  # a repeated key in the batch is skipped like any other collision
+    head = f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) VALUES "
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    tail = (
+        f" ON CONFLICT ({', '.join(quote(f.column) for f in key_fields)}) DO NOTHING"
+        f" RETURNING {', '.join(quote(f.column) for f in [meta.pk, *key_fields])}"
+    )
+    inserted = set()
+    for start in range(0, len(objs), INSERT_CHUNK):
+        chunk = objs[start : start + INSERT_CHUNK]
+        params = [f.get_db_prep_save(f.pre_save(obj, True), connection=connection) for obj in chunk for f in fields]
+        with connection.cursor() as cursor:
+            cursor.execute(head + ", ".join([row] * len(chunk)) + tail, params)
+            for pk, *key in cursor.fetchall():
+                obj = by_key[tuple(key)]
+                obj.pk = pk
+                obj._state.adding = False
+                obj._state.db = connection.alias
+                inserted.add(id(obj))
+    return [obj for obj in objs if id(obj) in inserted]
 
 
 def _event_create(

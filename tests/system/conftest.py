@@ -89,7 +89,9 @@ def broker():
 @pytest.fixture
 def celery_worker_process(transactional_db, broker, _private_storage, tmp_path):
     worker = WorkerProcess(
-        queues="default,delivery,settlement", storage_root=_private_storage, log_path=tmp_path / "worker.log"
+        queues="default,delivery,settlement,notifications",
+        storage_root=_private_storage,
+        log_path=tmp_path / "worker.log",
     )
     yield worker
     worker.stop()
