@@ -8,7 +8,7 @@ match counts as a failed attempt; after ``DELIVERY_MAX_ATTEMPTS`` of them the
 delivery is FAILED, and if the buyer was handed nothing else of the product
 the order is refunded in full and both sides are told why.
 
-Every status change goes through ``delivery_transition`` and its table.
+Every status change goes through ``delivery_transitions_apply`` (``delivery_transition`` for one) and its table.
 """
 
 import hashlib
@@ -23,6 +23,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.db.models import Prefetch, prefetch_related_objects
 from django.urls import reverse
 from django.utils import timezone
 
@@ -31,9 +32,9 @@ from exchange.choices import DeliveryStatus, NotificationKind, OrderStatus, Refu
 from exchange.models import Delivery, DeliveryStatusHistory, Entitlement, Order, Refund
 from exchange.selectors import buyer_library
 from exchange.services.entitlements import entitlement_is_usable
-from exchange.services.notifications import notification_send
+from exchange.services.notifications import NotificationSpec, notification_send, notifications_send_many
 from listings.choices import VersionAccess
-from listings.models import ListingVersion
+from listings.models import DataFile, ListingVersion
 from merchants.models import MerchantMember
 
 log = logging.getLogger(__name__)
@@ -120,28 +121,63 @@ def versions_allowed(entitlement: Entitlement, published: Sequence[ListingVersio
     ]
 
 
-def delivery_transition(delivery: Delivery, to_status: str, *, reason: str, fields: dict | None = None) -> Delivery:
-    """The one place a delivery's status changes: call inside a transaction with the row locked.
+@dataclass
+class DeliveryMove:
+    """One requested status change for ``delivery_transitions_apply``; ``fields`` are saved with it."""
 
-    Checks DELIVERY_TRANSITIONS and saves ``fields`` with the status; moving to
-    the status it already has only saves ``fields``. Raises
-    DeliveryTransitionError (nothing saved) for a move the table does not allow.
+    delivery: Delivery
+    to_status: str
+    reason: str
+    fields: dict = field(default_factory=dict)
+
+
+def delivery_transitions_apply(moves: Sequence[DeliveryMove]) -> None:
+    """The one place delivery statuses change: call inside a transaction with every moved row locked.
+
+    Each move is checked against DELIVERY_TRANSITIONS before anything is
+    saved, so one refused move raises DeliveryTransitionError and changes
+    nothing. A move to the status a delivery already has only saves its
+    ``fields``; every real move gets a history row. The writes are one history
+    INSERT and one UPDATE per distinct set of saved fields, however many moves.
     """
-    fields = dict(fields or {})
-    if to_status != delivery.status:
-        if to_status not in DELIVERY_TRANSITIONS[delivery.status]:
+    for move in moves:
+        delivery = move.delivery
+        if move.to_status != delivery.status and move.to_status not in DELIVERY_TRANSITIONS[delivery.status]:
             raise DeliveryTransitionError(
-                f"Delivery {delivery.pk} is {delivery.get_status_display().lower()}; it cannot become {to_status}.",
+                f"Delivery {delivery.pk} is {delivery.get_status_display().lower()}; "
+                f"it cannot become {move.to_status}.",
                 code="delivery_transition",
             )
-        DeliveryStatusHistory.objects.create(
-            delivery=delivery, from_status=delivery.status, to_status=to_status, reason=reason[:300]
-        )
-        fields["status"] = to_status
-    for name, value in fields.items():
-        setattr(delivery, name, value)
-    if fields:
-        delivery.save(update_fields=list(fields))
+    history = []
+    by_fields: dict[tuple[str, ...], list[Delivery]] = defaultdict(list)
+    for move in moves:
+        delivery, fields = move.delivery, dict(move.fields)
+        if move.to_status != delivery.status:
+            history.append(
+                DeliveryStatusHistory(
+                    delivery=delivery, from_status=delivery.status, to_status=move.to_status, reason=move.reason[:300]
+                )
+            )
+            fields["status"] = move.to_status
+        for name, value in fields.items():
+            setattr(delivery, name, value)
+        if fields:
+            by_fields[tuple(fields)].append(delivery)
+    if history:
+        DeliveryStatusHistory.objects.bulk_create(history)
+    for names, deliveries in by_fields.items():
+        if len(deliveries) == 1:
+            deliveries[0].save(update_fields=list(names))
+        else:
+            Delivery.objects.bulk_update(deliveries, fields=list(names))
+
+
+def delivery_transition(delivery: Delivery, to_status: str, *, reason: str, fields: dict | None = None) -> Delivery:
+    """Move one delivery (``delivery_transitions_apply`` for a single move); call with the row locked.
+
+    Raises DeliveryTransitionError (nothing saved) for a move the table does not allow.
+    """
+    delivery_transitions_apply([DeliveryMove(delivery, to_status, reason, dict(fields or {}))])
     return delivery
 
 
@@ -162,63 +198,226 @@ def delivery_prepare(*, entitlement_pk: int) -> list[Delivery]:
     entitlement's deliveries of covered versions, oldest version first. A
     delivery still PENDING afterwards had a failed attempt (see ``last_error``)
     and should be retried; a FAILED one has been settled (refund, notices).
-    Nothing is done for an entitlement that no longer gives access.
+    Nothing is done for an entitlement that no longer gives access. Raises
+    Entitlement.DoesNotExist for an unknown pk. A batch of one of
+    ``delivery_prepare_many``.
     """
-    entitlement = Entitlement.objects.select_related("listing").get(pk=entitlement_pk)
-    if not entitlement_is_usable(entitlement):
-        return []
-    published = list(published_versions(entitlement.listing_id))
-    allowed = versions_allowed(entitlement, published)
-    if not allowed:
-        return []
+    prepared = _prepare(_pks_clean([entitlement_pk]))
+    if entitlement_pk not in prepared:
+        raise Entitlement.DoesNotExist(f"Entitlement {entitlement_pk} does not exist.")
+    return prepared[entitlement_pk]
+
+
+def delivery_prepare_many(*, entitlement_pks: Sequence[int]) -> dict[int, list[Delivery]]:
+    """``delivery_prepare`` for several entitlements at once (a batch of paid orders); same guarantees.
+
+    Returns each entitlement's deliveries by entitlement pk (an unknown or
+    unusable entitlement maps to ``[]``); an entitlement whose deliveries are
+    still PENDING afterwards had a failed attempt and must be retried
+    individually (``delivery_prepare``). When every file checks out, the
+    number of queries does not depend on the batch's size, and each distinct
+    stored file is checked once per call however many buyers receive it.
+    Raises ValueError, doing nothing, when a pk is not an integer.
+    """
+    pks = _pks_clean(entitlement_pks)
+    prepared = _prepare(pks)
+    return {pk: prepared.get(pk, []) for pk in pks}
+
+
+def _pks_clean(entitlement_pks: Sequence[int]) -> list[int]:
+    """The pks in their first-seen order without repeats; ValueError for anything that is not an integer."""
+    bad = [pk for pk in entitlement_pks if not isinstance(pk, int) or isinstance(pk, bool)]
+    if bad:
+        raise ValueError(f"Entitlement pks must be integers; got {bad[:5]!r}.")
+    return list(dict.fromkeys(entitlement_pks))
+
+
+def _version_order(delivery: Delivery):
+    return (delivery.version.published_at, delivery.version_id)
+
+
+def _prepare(pks: list[int]) -> dict[int, list[Delivery]]:
+    """Prepare the given entitlements; returns the deliveries of each entitlement found (usable or not)."""
+    now = timezone.now()
+    entitlements = {
+        e.pk: e for e in Entitlement.objects.select_related("order", "buyer", "listing__merchant").filter(pk__in=pks)
+    }
+    prepared: dict[int, list[Delivery]] = {pk: [] for pk in entitlements}
+    usable = [e for e in entitlements.values() if entitlement_is_usable(e, now=now)]
+    if not usable:
+        return prepared
+    published: dict[int, list[ListingVersion]] = defaultdict(list)
+    for version in ListingVersion.objects.filter(
+        listing_id__in={e.listing_id for e in usable}, published_at__isnull=False
+    ).order_by("-published_at", "-pk"):
+        published[version.listing_id].append(version)
+    versions: dict[int, ListingVersion] = {}
+    wanted: set[tuple[int, int]] = set()
+    for entitlement in usable:
+        for version in versions_allowed(entitlement, published[entitlement.listing_id]):
+            versions[version.pk] = version
+            wanted.add((entitlement.pk, version.pk))
+    if not wanted:
+        return prepared
+    # The files of the covered versions only, in one query; verification and receipts read these.
+    prefetch_related_objects(list(versions.values()), Prefetch("files", queryset=DataFile.objects.order_by("pk")))
+    # Sorted, so concurrent batches insert overlapping rows in the same order and wait for each other
+    # instead of deadlocking; committed at once (autocommit), so the insert holds no lock for long.
     Delivery.objects.bulk_create(
-        [Delivery(entitlement=entitlement, version=v, status=DeliveryStatus.PENDING) for v in allowed],
+        [Delivery(entitlement_id=e, version_id=v, status=DeliveryStatus.PENDING) for e, v in sorted(wanted)],
         ignore_conflicts=True,
     )
-    pks = list(
-        Delivery.objects.filter(entitlement=entitlement, version__in=allowed)
-        .order_by("version__published_at", "version_id")
-        .values_list("pk", flat=True)
-    )
-    deliveries = [delivery_make_ready(delivery_pk=pk) for pk in pks]
-    if not any(d.status == DeliveryStatus.PENDING for d in deliveries):
-        # Failures are settled once nothing is left to try, so the refund decision sees every outcome.
-        for failed in (d for d in deliveries if d.status == DeliveryStatus.FAILED):
-            delivery_failure_settle(delivery_pk=failed.pk)
-    return deliveries
+    found: list[Delivery] = []
+    with transaction.atomic():
+        # Locked in pk order (ORDER BY below the lock), for the same reason. A row another worker made
+        # READY while we waited no longer matches the status filter and is read below instead.
+        locked = (
+            Delivery.objects.select_for_update()
+            .filter(
+                entitlement_id__in={e for e, _ in wanted},
+                version_id__in=list(versions),
+                status=DeliveryStatus.PENDING,
+            )
+            .order_by("pk")
+        )
+        pending = [d for d in locked if (d.entitlement_id, d.version_id) in wanted]
+        for delivery in pending:
+            delivery.entitlement, delivery.version = (
+                entitlements[delivery.entitlement_id],
+                versions[delivery.version_id],
+            )
+        _attempt(pending, checked={})
+        found.extend(pending)
+    missing = wanted - {(d.entitlement_id, d.version_id) for d in found}
+    if missing:  # deliveries past PENDING (a re-run), read without a lock
+        for delivery in Delivery.objects.filter(
+            entitlement_id__in={e for e, _ in missing}, version_id__in={v for _, v in missing}
+        ):
+            if (delivery.entitlement_id, delivery.version_id) in missing:
+                delivery.entitlement, delivery.version = (
+                    entitlements[delivery.entitlement_id],
+                    versions[delivery.version_id],
+                )
+                found.append(delivery)
+    for delivery in sorted(found, key=_version_order):
+        prepared[delivery.entitlement_id].append(delivery)
+    for deliveries in prepared.values():
+        if not any(d.status == DeliveryStatus.PENDING for d in deliveries):
+            # Failures are settled once nothing is left to try, so the refund decision sees every outcome.
+            for failed in (d for d in deliveries if d.status == DeliveryStatus.FAILED):
+                delivery_failure_settle(delivery_pk=failed.pk)
+    return prepared
 
 
-def delivery_files_verify(version: ListingVersion) -> None:
+def _file_problem(data_file: DataFile) -> str | None:
+    """What is wrong with one stored file (a message safe to show), or None when it matches its record.
+
+    One storage stat gives existence and size. Storage errors other than "not
+    there" propagate, so an outage is retried rather than counted against the delivery.
+    """
+    name = data_file.file.name
+    if not name:
+        return f"{data_file.original_name}: the stored file is missing."
+    try:
+        size = default_storage.size(name)
+    except FileNotFoundError:
+        return f"{data_file.original_name}: the stored file is missing."
+    if size != data_file.size:
+        return f"{data_file.original_name}: the stored file has {size} bytes, the record says {data_file.size}."
+    if size > settings.DELIVERY_VERIFY_SHA256_MAX_BYTES:
+        return None
+    digest = hashlib.sha256()
+    with default_storage.open(name, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    if digest.hexdigest() != data_file.sha256:
+        return (
+            f"{data_file.original_name}: the stored file's SHA-256 is {digest.hexdigest()}, "
+            f"the record says {data_file.sha256}."
+        )
+    return None
+
+
+def delivery_files_verify(version: ListingVersion, *, checked: dict[int, str | None] | None = None) -> None:
     """Check every stored file of ``version`` against its record; raise DeliveryFileError on the first mismatch.
 
     Existence and size are always checked; the SHA-256 is recomputed (streamed,
     constant memory) for files up to DELIVERY_VERIFY_SHA256_MAX_BYTES. Storage
     errors other than "not there" propagate, so a storage outage is retried as
-    a transient error rather than counted against the delivery.
+    a transient error rather than counted against the delivery. ``checked``
+    (DataFile pk → problem or None) remembers results across calls, so a batch
+    reads each file once; the version's files are read from its prefetch if loaded.
     """
+    checked = {} if checked is None else checked
     files = list(version.files.all())
     if not files:
         raise DeliveryFileError(f"Version {version.label} has no files to deliver.")
     for data_file in files:
-        name = data_file.file.name
-        if not name or not default_storage.exists(name):
-            raise DeliveryFileError(f"{data_file.original_name}: the stored file is missing.")
-        size = default_storage.size(name)
-        if size != data_file.size:
-            raise DeliveryFileError(
-                f"{data_file.original_name}: the stored file has {size} bytes, the record says {data_file.size}."
-            )
-        if size > settings.DELIVERY_VERIFY_SHA256_MAX_BYTES:
+        if data_file.pk not in checked:
+            checked[data_file.pk] = _file_problem(data_file)
+        if checked[data_file.pk] is not None:
+            raise DeliveryFileError(checked[data_file.pk])
+
+
+def _attempt(pending: list[Delivery], *, checked: dict[int, str | None]) -> None:
+    """One attempt at each of these PENDING deliveries, locked by the caller, in a fixed number of writes.
+
+    Each needs its entitlement (with order, buyer, listing and merchant) and
+    version loaded. Verified ones become READY with a frozen receipt and one
+    notice each (dedupe key ``delivery-ready:<pk>``); a file problem counts an
+    attempt and stores the reason, and the attempt that reaches
+    DELIVERY_MAX_ATTEMPTS marks the delivery FAILED (the caller settles it).
+    """
+    now = timezone.now()
+    moves, ready = [], []
+    for delivery in pending:
+        attempts = delivery.attempts + 1
+        try:
+            delivery_files_verify(delivery.version, checked=checked)
+        except DeliveryFileError as exc:
+            fields = {"attempts": attempts, "last_error": str(exc)}
+            if attempts >= settings.DELIVERY_MAX_ATTEMPTS:
+                fields["failed_at"] = now
+                moves.append(DeliveryMove(delivery, DeliveryStatus.FAILED, f"attempt {attempts}: {exc}", fields))
+            else:
+                moves.append(DeliveryMove(delivery, DeliveryStatus.PENDING, "", fields))
             continue
-        digest = hashlib.sha256()
-        with default_storage.open(name, "rb") as handle:
-            while chunk := handle.read(HASH_CHUNK):
-                digest.update(chunk)
-        if digest.hexdigest() != data_file.sha256:
-            raise DeliveryFileError(
-                f"{data_file.original_name}: the stored file's SHA-256 is {digest.hexdigest()}, "
-                f"the record says {data_file.sha256}."
-            )
+        receipt = receipt_build(delivery=delivery, ready_at=now)
+        fields = {
+            "ready_at": now,
+            "receipt": receipt,
+            "receipt_sha256": hashlib.sha256(receipt_canonical_bytes(receipt)).hexdigest(),
+            "attempts": attempts,
+            "last_error": "",
+        }
+        moves.append(DeliveryMove(delivery, DeliveryStatus.READY, "files verified", fields))
+        ready.append(delivery)
+    delivery_transitions_apply(moves)
+    if ready:
+        url = _library_url()
+        notifications_send_many([_ready_notice(delivery, url=url) for delivery in ready])
+
+
+def _ready_notice(delivery: Delivery, *, url: str) -> NotificationSpec:
+    entitlement = delivery.entitlement
+    return NotificationSpec(
+        user=entitlement.buyer,
+        kind=NotificationKind.DELIVERY_READY,
+        title=f"{entitlement.listing.title} {delivery.version.label} is ready to download",
+        body=(
+            f"Your data is ready in your library. Order {entitlement.order.reference}; "
+            f"receipt SHA-256 {delivery.receipt_sha256}."
+        ),
+        url=url,
+        data={
+            "delivery": delivery.pk,
+            "order": str(entitlement.order.public_id),
+            "listing_slug": entitlement.listing.slug,
+            "version_label": delivery.version.label,
+            "receipt_sha256": delivery.receipt_sha256,
+        },
+        dedupe_key=f"delivery-ready:{delivery.pk}",
+    )
 
 
 def delivery_make_ready(*, delivery_pk: int) -> Delivery:
@@ -236,52 +435,9 @@ def delivery_make_ready(*, delivery_pk: int) -> Delivery:
             .select_related("entitlement__order", "entitlement__buyer", "entitlement__listing__merchant", "version")
             .get(pk=delivery_pk)
         )
-        if delivery.status != DeliveryStatus.PENDING:
-            return delivery
-        try:
-            delivery_files_verify(delivery.version)
-        except DeliveryFileError as exc:
-            attempts = delivery.attempts + 1
-            fields = {"attempts": attempts, "last_error": str(exc)}
-            if attempts >= settings.DELIVERY_MAX_ATTEMPTS:
-                fields["failed_at"] = timezone.now()
-                return delivery_transition(
-                    delivery, DeliveryStatus.FAILED, reason=f"attempt {attempts}: {exc}", fields=fields
-                )
-            return delivery_transition(delivery, DeliveryStatus.PENDING, reason="", fields=fields)
-        now = timezone.now()
-        receipt = receipt_build(delivery=delivery, ready_at=now)
-        delivery_transition(
-            delivery,
-            DeliveryStatus.READY,
-            reason="files verified",
-            fields={
-                "ready_at": now,
-                "receipt": receipt,
-                "receipt_sha256": hashlib.sha256(receipt_canonical_bytes(receipt)).hexdigest(),
-                "attempts": delivery.attempts + 1,
-                "last_error": "",
-            },
-        )
-        entitlement = delivery.entitlement
-        notification_send(
-            user=entitlement.buyer,
-            kind=NotificationKind.DELIVERY_READY,
-            title=f"{entitlement.listing.title} {delivery.version.label} is ready to download",
-            body=(
-                f"Your data is ready in your library. Order {entitlement.order.reference}; "
-                f"receipt SHA-256 {delivery.receipt_sha256}."
-            ),
-            url=_library_url(),
-            data={
-                "delivery": delivery.pk,
-                "order": str(entitlement.order.public_id),
-                "listing_slug": entitlement.listing.slug,
-                "version_label": delivery.version.label,
-                "receipt_sha256": delivery.receipt_sha256,
-            },
-            dedupe_key=f"delivery-ready:{delivery.pk}",
-        )
+        if delivery.status == DeliveryStatus.PENDING:
+            prefetch_related_objects([delivery.version], Prefetch("files", queryset=DataFile.objects.order_by("pk")))
+            _attempt([delivery], checked={})
     return delivery
 
 
@@ -296,7 +452,7 @@ def receipt_build(*, delivery: Delivery, ready_at) -> dict:
     """The facts of a hand-over, as plain JSON values (times in UTC, ISO 8601).
 
     Needs ``delivery`` with entitlement, order, buyer, listing, merchant and
-    version loaded; reads the version's files.
+    version loaded; reads the version's files (from its prefetch when loaded), in pk order.
     """
     entitlement = delivery.entitlement
     listing, order, version = entitlement.listing, entitlement.order, delivery.version
@@ -319,7 +475,7 @@ def receipt_build(*, delivery: Delivery, ready_at) -> dict:
                 "format": f.format,
                 "content_type": f.content_type,
             }
-            for f in version.files.order_by("pk")
+            for f in sorted(version.files.all(), key=lambda f: f.pk)
         ],
         "licence": {"code": listing.licence, "name": listing.get_licence_display()},
         "scenario": entitlement.scenario,
