@@ -52,6 +52,22 @@ def delivery_prepare(entitlement_pk: int) -> list[int]:
     return [d.pk for d in deliveries]
 
 
+@shared_task(**{**RETRY, "autoretry_for": (*TRANSIENT, GatewayError)})
+def delivery_prepare_batch(entitlement_pks: list[int]) -> int:
+    """``delivery_prepare`` for a batch of entitlements (one per drain batch of paid orders).
+
+    An entitlement whose delivery is still PENDING (a failed file check) goes on
+    alone: a fresh ``delivery_prepare`` message with the backoff countdown.
+    """
+    results = delivery.delivery_prepare_many(entitlement_pks=list(entitlement_pks))
+    for entitlement_pk, deliveries in results.items():
+        pending = [d for d in deliveries if d.status == DeliveryStatus.PENDING]
+        if pending:
+            countdown = delivery.delivery_retry_countdown(max(d.attempts for d in pending))
+            delivery_prepare.apply_async((entitlement_pk,), countdown=countdown)
+    return len(results)
+
+
 @shared_task(**RETRY)
 def delivery_version_published(version_pk: int) -> int:
     """A version was published (listings' VERSION_PUBLISHED_TASKS hook): deliver it to every buyer it is for."""
@@ -153,6 +169,14 @@ def notification_email_send(notification_pk: int) -> bool:
     from exchange.services.notifications import notification_email_send as send
 
     return send(notification_pk=notification_pk)
+
+
+@shared_task(**RETRY)
+def notification_emails_send(notification_pks: list[int]) -> int:
+    """Email a batch of notifications over one connection (each once: a re-run skips those emailed); how many sent."""
+    from exchange.services.notifications import notification_emails_send as send
+
+    return send(notification_pks=list(notification_pks))
 
 
 @shared_task(**RETRY)

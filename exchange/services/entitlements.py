@@ -39,6 +39,41 @@ def entitlement_grant(*, order: Order, valid_until=None, scenario: str = "") -> 
     return entitlement
 
 
+def entitlements_grant_new(*, orders: list[Order]) -> list[Entitlement]:
+    """Grant perpetual access for several paid orders that have no entitlement yet, in two statements.
+
+    For the payment drain's batches: the caller holds the orders locked and
+    has checked that none has an entitlement (one per order is also a unique
+    constraint, so a mistake fails loudly instead of granting twice). Load
+    ``plan`` and ``access_request`` with the orders.
+    """
+    if not orders:
+        return []
+    entitlements = Entitlement.objects.bulk_create(
+        [
+            Entitlement(
+                order=order,
+                buyer_id=order.buyer_id,
+                listing_id=order.listing_id,
+                plan=order.plan,
+                valid_until=None,
+                version_access=order.plan.version_access,
+                scenario=order.access_request.use_scenario if order.access_request_id else "",
+            )
+            for order in orders
+        ]
+    )
+    EntitlementStatusHistory.objects.bulk_create(
+        [
+            EntitlementStatusHistory(
+                entitlement=entitlement, from_status="", to_status=entitlement.status, reason=f"order {order.reference}"
+            )
+            for entitlement, order in zip(entitlements, orders, strict=True)
+        ]
+    )
+    return entitlements
+
+
 def _transition(entitlement: Entitlement, to_status: str, *, reason: str, fields: dict | None = None) -> None:
     """The one place an entitlement's status changes: call with the row locked.
 

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from exchange.choices import (
@@ -30,11 +31,11 @@ from exchange.choices import (
     SubscriptionStatus,
 )
 from exchange.gateways import SignatureError, get_gateway
-from exchange.models import Dispute, Order, OrderStatusHistory, PaymentEvent, Subscription
-from exchange.services.entitlements import entitlement_extend, entitlement_grant
-from exchange.services.ledger import account_get, journal_post
-from exchange.services.notifications import order_paid_notify
-from exchange.services.orders import order_transition
+from exchange.models import Dispute, Entitlement, Order, OrderStatusHistory, PaymentEvent, Refund, Subscription
+from exchange.services.entitlements import entitlement_extend, entitlement_grant, entitlements_grant_new
+from exchange.services.ledger import EntrySpec, account_get, journal_post, journal_post_many
+from exchange.services.notifications import order_paid_notify, orders_paid_notify_many
+from exchange.services.orders import order_transition, orders_transition_locked
 from exchange.services.refunds import (
     dispute_close,
     dispute_open,
@@ -260,8 +261,16 @@ def payment_events_drain(*, max_events: int = 10_000, helper: bool = False) -> i
         ):
             for _ in range(settings.PAYMENT_EVENT_DRAIN_HELPERS):
                 drain_task.delay(helper=True)
+        try:
+            applied, passed_over = payment_events_apply_batch(event_pks=pks)
+        except Exception:  # the batch rolled back as a whole; each event gets its own try below
+            log.exception("batch of %d payment events failed; applying them one by one", len(pks))
+            applied, passed_over = set(), set()
+        done += len(applied)
         for pk in pks:
             after, attempted = pk, attempted + 1
+            if pk in applied or pk in passed_over:
+                continue
             try:
                 outcome = payment_event_process(event_pk=pk, skip_locked=True)
             except Exception:  # recorded on the event by payment_event_process; the sweep retries it
@@ -272,6 +281,104 @@ def payment_events_drain(*, max_events: int = 10_000, helper: bool = False) -> i
     if helper:
         cache.delete(DRAIN_HELPERS_KEY)  # the next backlog may ask for help again
     return done
+
+
+def payment_events_apply_batch(*, event_pks: list[int]) -> tuple[set[int], set[int]]:
+    """Apply the plain paid checkouts among ``event_pks`` together, in one transaction.
+
+    Returns (applied, passed over): the pks applied here, and those another
+    drain holds locked or that are no longer waiting, which the caller skips.
+
+    The common case of a busy exchange: a ``checkout.session.completed`` that
+    pays a pending one-time order in full. For those, the per-event handler's
+    work is done for the whole batch at once (orders moved to paid, their
+    entitlements, the escrow entries, the notices), in a fixed number of
+    statements, with the same row locks (events SKIP LOCKED, then their
+    orders) and the same result as applying them one by one. Everything
+    unusual (another event type, a session not yet paid, an amount that does
+    not match, an order already moved on, a subscription, a refund or dispute
+    that arrived first, two events for one order) is left untouched for
+    ``payment_event_process``. The ledger's chain head is locked last, so
+    batches of two drains overlap until their escrow entries.
+    """
+    if not event_pks:
+        return set(), set()
+    with transaction.atomic():
+        events = list(
+            PaymentEvent.objects.select_for_update(skip_locked=True)
+            .filter(pk__in=event_pks, status=PaymentEventStatus.RECEIVED)
+            .order_by("pk")
+        )
+        passed_over = set(event_pks) - {event.pk for event in events}
+        by_order: dict[str, PaymentEvent] = {}
+        for event in events:
+            if event.type != "checkout.session.completed":
+                continue
+            obj = _object(event)
+            order_id = str((obj.get("metadata") or {}).get("order_id") or "")
+            if obj.get("payment_status") == "paid" and order_id and order_id not in by_order:
+                by_order[order_id] = event
+        if not by_order:
+            return set(), passed_over
+        early = Exists(Refund.objects.filter(order=OuterRef("pk"))) | Exists(
+            Dispute.objects.filter(order=OuterRef("pk"))
+        )
+        orders = list(
+            Order.objects.select_for_update(of=("self",))
+            .select_related("listing", "plan", "access_request")
+            .filter(public_id__in=list(by_order), status=OrderStatus.PENDING_PAYMENT, plan_kind=PlanKind.ONE_TIME)
+            .exclude(Exists(Entitlement.objects.filter(order=OuterRef("pk"))))
+            .annotate(arrived_early=early)
+            .order_by("pk")
+        )
+        paid: list[tuple[Order, PaymentEvent, dict]] = []
+        for order in orders:
+            event = by_order[str(order.public_id)]
+            obj = _object(event)
+            if (
+                order.arrived_early
+                or order.amount == 0
+                or (obj.get("id") and order.gateway_session_id and obj["id"] != order.gateway_session_id)
+                or obj.get("amount_total") != order.amount
+                or str(obj.get("currency", "")).upper() != order.currency
+            ):
+                continue  # the per-event handler gives each of these its exact outcome
+            paid.append((order, event, obj))
+        if not paid:
+            return set(), passed_over
+        batch = [order for order, _, _ in paid]
+        orders_transition_locked(
+            orders=batch,
+            to_status=OrderStatus.PAID,
+            reasons={order.pk: f"payment confirmed ({event.event_id})" for order, event, _ in paid},
+            fields={
+                order.pk: {"gateway_payment_id": str(obj.get("payment_intent") or "")[:120]} for order, _, obj in paid
+            },
+        )
+        entitlements = entitlements_grant_new(orders=batch)
+        orders_paid_notify_many(orders=batch)
+        clearing, held = account_get(kind=AccountKind.GATEWAY_CLEARING), account_get(kind=AccountKind.ESCROW_HELD)
+        journal_post_many(
+            [
+                EntrySpec(
+                    idempotency_key=f"payment:{order.pk}",
+                    kind=JournalKind.PAYMENT,
+                    postings=[(clearing, order.amount, order.currency), (held, -order.amount, order.currency)],
+                    order=order,
+                    memo=f"payment for order {order.reference} held until delivery",
+                )
+                for order in batch
+            ]
+        )
+        applied = [event.pk for _, event, _ in paid]
+        PaymentEvent.objects.filter(pk__in=applied).update(
+            status=PaymentEventStatus.PROCESSED, error="", processed_at=timezone.now(), attempts=F("attempts") + 1
+        )
+        from exchange.tasks import delivery_prepare_batch
+
+        entitlement_pks = [entitlement.pk for entitlement in entitlements]
+        transaction.on_commit(lambda: delivery_prepare_batch.delay(entitlement_pks))
+    return set(applied), passed_over
 
 
 class EventNotReady(Exception):

@@ -68,7 +68,8 @@ CONTENT = "station,date,passengers\n贵阳北站,2025-01-01,51234\n上海虹桥,
 # handed out again. These tests shorten it (and the sweep for such tasks) so a recovery takes seconds.
 VISIBILITY_TIMEOUT = 4
 # The worker's log line for a delivery task it received (its banner lists the task's name too).
-RECEIVED = "Task exchange.tasks.delivery_prepare["
+# A paid order's deliveries are prepared by the batch task its drain batch schedules.
+RECEIVED = "Task exchange.tasks.delivery_prepare_batch["
 FAILURE_MARKERS = ("DoesNotExist", "Traceback", "Retry in", "WorkerLostError")
 
 
@@ -109,7 +110,7 @@ def start_worker(
     worker = celery_worker(
         env=env,
         log_path=tmp_path / f"worker-{label}.log",
-        queues="default,delivery",
+        queues="default,delivery,notifications",
         concurrency=concurrency,
         name=f"faults-{label}-{os.getpid()}",
     )
@@ -199,7 +200,7 @@ def _paid_in_process(
 ) -> Order:
     """Buy ``listing`` as ``buyer`` and apply the signed paid event in this process, in one transaction.
 
-    The tasks the payment schedules (the event drain, ``delivery_prepare``) are
+    The tasks the payment schedules (the event drain, ``delivery_prepare_batch``) are
     sent to the broker when that transaction commits. ``hold_commit_seconds``
     keeps it open that long after the entitlement's rows are written, then
     ``before_commit()`` is called; ``roll_back`` ends it with a rollback
@@ -277,7 +278,7 @@ def test_worker_killed_mid_delivery_is_redelivered_and_completes_exactly_once(
 ):
     listing = _listing()
     buyer = UserFactory(email="buyer@example.com")
-    # The payment is applied here; its delivery_prepare waits in Redis, with no worker running yet.
+    # The payment is applied here; its delivery_prepare_batch waits in Redis, with no worker running yet.
     order = _paid_in_process(client, listing, buyer)
     entitlement = Entitlement.objects.get(order=order)
     assert order.status == OrderStatus.PAID and entitlement.status == EntitlementStatus.ACTIVE
@@ -303,7 +304,7 @@ def test_worker_killed_mid_delivery_is_redelivered_and_completes_exactly_once(
             locker.execute("SELECT pg_terminate_backend(%s)", [pid])
         locker.rollback()
 
-    assert not re.search(r"delivery_prepare\[[^\]]+\] succeeded", first.log())  # killed before it finished
+    assert not re.search(r"delivery_prepare_batch\[[^\]]+\] succeeded", first.log())  # killed before it finished
     assert not _ready(entitlement)
     assert not Notification.objects.filter(kind=NotificationKind.DELIVERY_READY).exists()
     # The task was never acknowledged: Redis holds it aside until the visibility timeout runs out.
@@ -316,7 +317,7 @@ def test_worker_killed_mid_delivery_is_redelivered_and_completes_exactly_once(
     wait_delivered(entitlement, second.log, timeout=40, message="the redelivered task to complete the delivery")
     # The task is acknowledged once it has returned, a moment after its commit.
     wait_for(lambda: broker.hlen("unacked") == 0, timeout=10, message="the redelivered task to be acknowledged")
-    assert re.search(r"Task exchange\.tasks\.delivery_prepare\[[^\]]+\] succeeded", second.log()), second.log()
+    assert re.search(r"Task exchange\.tasks\.delivery_prepare_batch\[[^\]]+\] succeeded", second.log()), second.log()
 
     delivery = Delivery.objects.get(entitlement=entitlement)  # exactly one
     assert delivery.version == listing.versions.get()
@@ -446,7 +447,7 @@ def test_rolled_back_payment_never_runs_its_delivery_and_a_slow_commit_is_never_
     assert PaymentEvent.objects.get().status == PaymentEventStatus.PROCESSED
     rolled_back.refresh_from_db()
     assert rolled_back.status == OrderStatus.PENDING_PAYMENT
-    succeeded = re.compile(r"Task exchange\.tasks\.delivery_prepare\[[^\]]+\] succeeded")
+    succeeded = re.compile(r"Task exchange\.tasks\.delivery_prepare_batch\[[^\]]+\] succeeded")
     # The READY row is committed a moment before the task returns and its success is logged.
     wait_for(lambda: succeeded.search(celery_worker_process.log()), timeout=10, message="the task's success line")
     log = celery_worker_process.log()

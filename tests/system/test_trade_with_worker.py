@@ -45,7 +45,7 @@ def test_worker_delivers_paid_order_and_settles_it(celery_worker_process, client
     assert Entitlement.objects.get().buyer == buyer
     log = celery_worker_process.log()
     assert re.search(r"Task exchange\.tasks\.payment_events_drain\[[^\]]+\] succeeded", log), log
-    assert re.search(r"Task exchange\.tasks\.delivery_prepare\[[^\]]+\] succeeded", log), log
+    assert re.search(r"Task exchange\.tasks\.delivery_prepare(?:_batch)?\[[^\]]+\] succeeded", log), log
 
     links = library_links(client.get(reverse("exchange:library")).content.decode())
     assert len(links) == 1
