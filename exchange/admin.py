@@ -9,6 +9,7 @@ from exchange.gateways.sandbox import SandboxGateway
 from exchange.models import (
     AccessRequest,
     Delivery,
+    DeliveryStatusHistory,
     Dispute,
     DownloadLog,
     Entitlement,
@@ -239,6 +240,16 @@ class EntitlementAdmin(ReadOnlyAdmin):
     inlines = [EntitlementStatusHistoryInline]
 
 
+class DeliveryStatusHistoryInline(admin.TabularInline):
+    model = DeliveryStatusHistory
+    extra = 0
+    can_delete = False
+    readonly_fields = ("created_at", "from_status", "to_status", "reason")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Delivery)
 class DeliveryAdmin(ReadOnlyAdmin):
     list_display = (
@@ -257,12 +268,31 @@ class DeliveryAdmin(ReadOnlyAdmin):
     list_filter = ("status", "confirmed_by")
     search_fields = ("entitlement__buyer__email", "entitlement__listing__title", "receipt_sha256")
     list_select_related = ("entitlement__buyer", "entitlement__listing", "version__listing")
+    inlines = [DeliveryStatusHistoryInline]
 
 
 @admin.register(DownloadLog)
 class DownloadLogAdmin(ReadOnlyAdmin):
-    list_display = ("pk", "delivery", "file", "user", "bytes_sent", "completed", "ip_address", "started_at")
-    list_filter = ("completed",)
+    """The full access log of downloads (merchants see aggregates only, under their usage page)."""
+
+    list_display = (
+        "pk",
+        "delivery",
+        "file",
+        "user",
+        "bytes_sent",
+        "range_start",
+        "range_end",
+        "mode",
+        "completed",
+        "ip_address",
+        "user_agent",
+        "started_at",
+        "finished_at",
+    )
+    list_filter = ("completed", "mode")
+    search_fields = ("user__email", "ip_address", "file__original_name")
+    list_select_related = ("delivery", "file", "user")
 
 
 @admin.register(LedgerAccount)

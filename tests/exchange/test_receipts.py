@@ -151,3 +151,15 @@ def test_library_query_count_does_not_grow_with_purchases(
     with django_assert_max_num_queries(9):
         page = client.get(reverse("exchange:library")).content.decode()
     assert len(library_links(page)) == 4
+
+
+def test_staff_see_a_deliverys_history_and_the_full_download_log_in_the_admin(client, staff, buyer, delivered):
+    client.force_login(buyer)
+    link = library_links(client.get(reverse("exchange:library")).content.decode())[0]
+    b"".join(client.get(link, HTTP_USER_AGENT="curl/8.0").streaming_content)
+    client.force_login(staff)
+    page = client.get(reverse("admin:exchange_delivery_change", args=[delivered.pk])).content.decode()
+    assert "pending" in page.lower() and "files verified" in page
+    log_page = client.get(reverse("admin:exchange_downloadlog_changelist")).content.decode()
+    assert "curl/8.0" in log_page and buyer.email in log_page
+    assert DownloadLog.objects.get().completed
