@@ -50,19 +50,10 @@ ERROR_MAX_CHARS = 1000
 
 # Column types whose values may hold PII as text: strings, and integers
 # (a column of phone or card numbers is sniffed as BIGINT or HUGEINT).
-_PII_TYPES = {
-    "VARCHAR",
-    "TINYINT",
-    "SMALLINT",
-    "INTEGER",
-    "BIGINT",
-    "HUGEINT",
-    "UTINYINT",
-    "USMALLINT",
-    "UINTEGER",
-    "UBIGINT",
-    "UHUGEINT",
-}
+INTEGER_TYPES = frozenset(
+    {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"}
+)
+_PII_TYPES = {"VARCHAR", *INTEGER_TYPES}
 
 
 class ProfileError(Exception):
@@ -100,7 +91,7 @@ def duckdb_error_message(exc: Exception, *, replace: dict[str, str] | None = Non
     return text[:ERROR_MAX_CHARS] or exc.__class__.__name__
 
 
-def _quote_identifier(name: str) -> str:
+def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -131,7 +122,7 @@ def _local_path(name: str, directory: str) -> Iterator[str]:
         os.unlink(path)
 
 
-def _transcode_to_utf8(name: str, directory: str, encoding: str) -> str:
+def transcode_to_utf8(name: str, directory: str, encoding: str) -> str:
     """Stream a stored text file into a UTF-8 temporary copy; return its path."""
     path = os.path.join(directory, f"utf8-{uuid.uuid4().hex}")
     decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
@@ -152,7 +143,7 @@ def _transcode_to_utf8(name: str, directory: str, encoding: str) -> str:
     return path
 
 
-def _source_sql(data_file: DataFile, path: str, *, full_sniff: bool = False) -> str:
+def source_sql(data_file: DataFile, path: str, *, full_sniff: bool = False) -> str:
     """The DuckDB table function reading ``path`` in the file's format."""
     literal = _quote_literal(path)
     sample = ", sample_size = -1" if full_sniff else ""
@@ -171,13 +162,20 @@ def _source_sql(data_file: DataFile, path: str, *, full_sniff: bool = False) -> 
     raise ProfileError(f"Files in the format {data_file.format!r} cannot be profiled.")
 
 
-def _clip(text: str, limit: int) -> str:
+def _clip(text: str, limit: int | None) -> str:
+    if limit is None:
+        return text
     text = text.replace("\x00", "\ufffd")  # PostgreSQL's jsonb refuses NUL characters
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def json_safe(value, *, limit: int = SAMPLE_VALUE_MAX_CHARS):
-    """A value DuckDB returned, as JSON can store it (lossless where JSON has the type)."""
+def json_safe(value, *, limit: int | None = SAMPLE_VALUE_MAX_CHARS):
+    """A value DuckDB returned, as JSON can hold it (lossless where JSON has the type).
+
+    With a ``limit`` (samples stored in jsonb) long texts are clipped, NULs
+    replaced and nested values cut to SAMPLE_NESTED_MAX_ITEMS items; with
+    ``limit=None`` (rows served by the data API) nothing is cut.
+    """
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, str):
@@ -190,11 +188,12 @@ def json_safe(value, *, limit: int = SAMPLE_VALUE_MAX_CHARS):
         return value.isoformat()
     if isinstance(value, bytes | bytearray | memoryview):
         return _clip(bytes(value).hex(), limit)
+    nested = None if limit is None else SAMPLE_NESTED_MAX_ITEMS
     if isinstance(value, dict):
-        items = list(value.items())[:SAMPLE_NESTED_MAX_ITEMS]
+        items = list(value.items())[:nested]
         return {_clip(str(key), limit): json_safe(item, limit=limit) for key, item in items}
     if isinstance(value, list | tuple):
-        return [json_safe(item, limit=limit) for item in value[:SAMPLE_NESTED_MAX_ITEMS]]
+        return [json_safe(item, limit=limit) for item in value[:nested]]
     return _clip(str(value), limit)  # UUID, timedelta and the like
 
 
@@ -207,7 +206,7 @@ def _profile(connection: duckdb.DuckDBPyConnection, source: str, sample_rows: in
     # One streamed pass for the row count and every column's nulls, min and max.
     aggregates = ["count(*)"]
     for name, type_ in zip(names, types, strict=True):
-        column = _quote_identifier(name)
+        column = quote_identifier(name)
         aggregates.append(f"count({column})")
         if _is_nested(type_):
             aggregates.extend(["NULL", "NULL"])  # ordering lists and structs says nothing useful
@@ -220,7 +219,7 @@ def _profile(connection: duckdb.DuckDBPyConnection, source: str, sample_rows: in
         non_null, minimum, maximum = totals[1 + 3 * index : 4 + 3 * index]
         pii = []
         if non_null and type_ in _PII_TYPES:
-            column = _quote_identifier(name)
+            column = quote_identifier(name)
             values = connection.execute(
                 # One character past the PII checks' limit keeps an over-long value over it.
                 f"SELECT left(CAST({column} AS VARCHAR), {MAX_VALUE_CHARS + 1}) FROM {source}"
@@ -259,19 +258,19 @@ def datafile_profile_compute(data_file: DataFile) -> dict:
     with tempfile.TemporaryDirectory(prefix="profile-") as directory:
         try:
             if data_file.encoding and data_file.encoding.lower() not in ("utf-8", "utf8", "ascii"):
-                files = contextlib.nullcontext(_transcode_to_utf8(name, directory, data_file.encoding))
+                files = contextlib.nullcontext(transcode_to_utf8(name, directory, data_file.encoding))
             else:
                 files = _local_path(name, directory)
             with files as path:
                 replace[path] = data_file.original_name
                 with duckdb_connect(temp_directory=directory) as connection:
                     try:
-                        return _profile(connection, _source_sql(data_file, path), settings.PROFILE_SAMPLE_ROWS)
+                        return _profile(connection, source_sql(data_file, path), settings.PROFILE_SAMPLE_ROWS)
                     except duckdb.ConversionException:
                         # A value past DuckDB's type-sniffing sample did not fit the
                         # type sniffed; sniff over the whole file instead.
                         pass
-                    source = _source_sql(data_file, path, full_sniff=True)
+                    source = source_sql(data_file, path, full_sniff=True)
                     return _profile(connection, source, settings.PROFILE_SAMPLE_ROWS)
         except FileNotFoundError as exc:
             raise ProfileError("The stored file is missing.") from exc

@@ -34,7 +34,7 @@ from django.core.files.storage import default_storage
 
 from listings.choices import FileFormat
 from listings.models import DataFile
-from listings.profiling import CHUNK, _quote_identifier, _source_sql, _transcode_to_utf8
+from listings.profiling import CHUNK, INTEGER_TYPES, quote_identifier, source_sql, transcode_to_utf8
 
 CURSOR_SALT = "exchange.data_api.cursor.v1"
 RESERVED_PARAMS = {"columns", "limit", "cursor", "format"}
@@ -42,18 +42,6 @@ FORMATS = ("json", "csv", "ndjson")
 OPERATORS = {"gte": ">=", "gt": ">", "lte": "<=", "lt": "<"}
 FETCH_CHUNK = 1000
 
-_INTEGER = {
-    "TINYINT",
-    "SMALLINT",
-    "INTEGER",
-    "BIGINT",
-    "HUGEINT",
-    "UTINYINT",
-    "USMALLINT",
-    "UINTEGER",
-    "UBIGINT",
-    "UHUGEINT",
-}
 _FLOAT = {"FLOAT", "DOUBLE", "REAL"}
 _TIMESTAMP = re.compile(r"^TIMESTAMP(_S|_MS|_NS| WITH TIME ZONE)?$")
 _INTEGER_TEXT = re.compile(r"^[+-]?\d{1,40}$")
@@ -153,7 +141,7 @@ def _cast(raw: str, type_: str, *, param: str):
     try:
         if base == "VARCHAR":
             return raw
-        if base in _INTEGER:
+        if base in INTEGER_TYPES:
             if not _INTEGER_TEXT.match(raw):
                 raise ValueError
             return int(raw)
@@ -221,7 +209,7 @@ def _cached_copy(data_file: DataFile, *, utf8_from: str | None) -> str:
         return str(final)
     with tempfile.TemporaryDirectory(dir=directory, prefix="fill-") as scratch:
         if utf8_from:
-            made = _transcode_to_utf8(data_file.file.name, scratch, utf8_from)
+            made = transcode_to_utf8(data_file.file.name, scratch, utf8_from)
         else:
             made = os.path.join(scratch, f"copy-{uuid.uuid4().hex}")
             with default_storage.open(data_file.file.name, "rb") as source, open(made, "wb") as copy:
@@ -251,7 +239,7 @@ def local_path(data_file: DataFile) -> str:
 
 def _typed_source(data_file: DataFile, path: str) -> str:
     """The profiler's table function for the file, with the profiled column types pinned."""
-    source = _source_sql(data_file, path)
+    source = source_sql(data_file, path)
     if data_file.format == FileFormat.PARQUET:
         return source  # Parquet carries its own types
     entries = ", ".join(f"{_literal(column['name'])}: {_literal(column['type'])}" for column in data_file.columns)
@@ -297,10 +285,10 @@ def rows_fetch(data_file: DataFile, query: RowQuery, *, limit: int | None = None
     """
     limit = query.limit if limit is None else limit
     path = local_path(data_file)
-    select = ", ".join(_quote_identifier(name) for name in query.columns)
+    select = ", ".join(quote_identifier(name) for name in query.columns)
     where, params = [], []
     for item in query.filters:
-        where.append(f"{_quote_identifier(item.column)} {item.op} ?")
+        where.append(f"{quote_identifier(item.column)} {item.op} ?")
         params.append(item.value)
     sql = f"SELECT {select} FROM {_typed_source(data_file, path)}"
     if where:

@@ -5,11 +5,10 @@ ISO 8601, binary as hex, nested values as JSON (CSV cells hold their JSON).
 """
 
 import csv
-import datetime
-import decimal
 import io
 import json
-import math
+
+from listings.profiling import json_safe
 
 RENDER_CHUNK_ROWS = 500
 CONTENT_TYPES = {
@@ -20,22 +19,8 @@ CONTENT_TYPES = {
 
 
 def json_value(value):
-    """A DuckDB value as JSON holds it, without loss."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
-        return value.isoformat()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).hex()
-    if isinstance(value, dict):
-        return {str(key): json_value(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_value(item) for item in value]
-    return str(value)  # UUID, timedelta and the like
+    """A DuckDB value as JSON holds it, without loss (nothing clipped, unlike the stored samples)."""
+    return json_safe(value, limit=None)
 
 
 def _csv_cell(value) -> str:

@@ -5,17 +5,12 @@ the test database, and on the tests' Redis. The bench itself checks that each wa
 exact bytes (sha256), keeps the download headers through nginx, and answers a resume with If-Range.
 """
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from django.conf import settings
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.smoke import run_smoke
+
 NGINX = Path("/usr/sbin/nginx")
 KEYS = {
     "bench",
@@ -37,30 +32,8 @@ pytestmark = [
 ]
 
 
-def _bench_database_url() -> str:
-    parts = urlsplit(os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/exchange"))
-    return urlunsplit(parts._replace(path=f"/{parts.path.lstrip('/') or 'exchange'}_bench_download"))
-
-
 def test_bench_download_smoke_serves_the_file_three_ways_and_prints_one_json_line():
-    env = {
-        **os.environ,
-        "BENCH_DOWNLOAD_DATABASE_URL": _bench_database_url(),
-        "BENCH_DOWNLOAD_REDIS_URL": settings.REDIS_URL,
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.download", "--smoke"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    lines = done.stdout.strip().splitlines()
-    assert len(lines) == 1, done.stdout
-    result = json.loads(lines[0])
+    result = run_smoke("download")
 
     assert set(result) >= KEYS
     assert (result["bench"], result["size_mb"], result["rounds"], result["smoke"]) == ("download", 4.0, 1, True)

@@ -4,17 +4,10 @@ It runs as a subprocess with real gunicorn and Celery worker processes, on a
 database of its own named after the test database, and on the tests' Redis.
 """
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
-
 import pytest
-from django.conf import settings
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.smoke import run_smoke
+
 KEYS = {
     "bench",
     "steady_trades",
@@ -32,30 +25,8 @@ KEYS = {
 pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 
-def _bench_database_url() -> str:
-    parts = urlsplit(os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/exchange"))
-    return urlunsplit(parts._replace(path=f"/{parts.path.lstrip('/') or 'exchange'}_bench_pipeline"))
-
-
 def test_bench_pipeline_smoke_prints_one_json_line_and_delivers_every_trade_once():
-    env = {
-        **os.environ,
-        "BENCH_PIPELINE_DATABASE_URL": _bench_database_url(),
-        "BENCH_PIPELINE_REDIS_URL": settings.REDIS_URL,
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.pipeline", "--smoke"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    lines = done.stdout.strip().splitlines()
-    assert len(lines) == 1, done.stdout
-    result = json.loads(lines[0])
+    result = run_smoke("pipeline")
 
     assert set(result) >= KEYS
     assert (result["bench"], result["steady_trades"], result["burst_trades"], result["smoke"]) == (
