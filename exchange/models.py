@@ -629,3 +629,44 @@ class OutboundAttempt(models.Model):
 
     def __str__(self):
         return f"attempt on {self.event_id}: {self.status_code or self.error}"
+
+
+class LedgerVerification(models.Model):
+    """One run of ``ledger_verify`` (command, admin or beat): the chain and every balance recomputed."""
+
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    ok = models.BooleanField(default=False)
+    entries_checked = models.BigIntegerField(default=0)
+    first_break_sequence = models.BigIntegerField(null=True, blank=True)
+    message = models.TextField(blank=True)
+    trigger = models.CharField(max_length=20, default="command")  # command, admin, schedule
+
+    class Meta:
+        ordering = ["-started_at", "-pk"]
+
+    def __str__(self):
+        return f"Verification {self.pk}: {'ok' if self.ok else 'BROKEN'} ({self.entries_checked} entries)"
+
+
+class TransactionCertificate(models.Model):
+    """A settled trade's certificate (交易凭证): canonical JSON signed with the exchange's Ed25519 key.
+
+    ``document`` holds the exact canonical bytes (as text) that were signed;
+    ``signature`` is their Ed25519 signature (base64); ``key_id`` names the
+    public key (sha256 of its raw bytes, hex, first 16 characters).
+    """
+
+    number = models.CharField(max_length=40, unique=True)
+    order = models.OneToOneField(Order, on_delete=models.PROTECT, related_name="certificate")
+    journal_entry = models.ForeignKey(JournalEntry, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    document = models.TextField()
+    signature = models.CharField(max_length=120)
+    key_id = models.CharField(max_length=32)
+    issued_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-issued_at", "-pk"]
+
+    def __str__(self):
+        return self.number
