@@ -13,6 +13,7 @@ job (DESIGN.md §5.5).
 
 import hashlib
 import json
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -21,9 +22,13 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from exchange.choices import AccountKind
-from exchange.models import JournalEntry, LedgerAccount, LedgerChainHead, Posting
+from exchange.models import JournalEntry, LedgerAccount, LedgerChainHead, LedgerVerification, Posting
+
+logger = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
+# Who may ask for a stored verification (LedgerVerification.trigger).
+VERIFICATION_TRIGGERS = ("command", "admin", "schedule")
 
 
 class UnbalancedEntry(ValueError):
@@ -193,37 +198,116 @@ class VerifyResult:
 
 
 def ledger_verify(*, chunk_size: int = 2000) -> VerifyResult:
-    """Recompute the hash chain and every entry's balance; report the first break."""
+    """Recompute the hash chain and every balance; report the first break.
+
+    Walks the entries in sequence order up to the chain head as it stood when
+    the check began (entries appended meanwhile are left for the next run),
+    in keyset-paged chunks of ``chunk_size`` entries with their postings, so
+    memory stays bounded by the chunk whatever the ledger's size. For each
+    entry, in this order: its sequence follows the previous one, it has at
+    least two postings summing to zero per currency, its ``prev_hash`` is the
+    previous entry's hash, and its stored hash matches its recomputed content.
+    The first entry failing any of these is ``first_break``. Afterwards the
+    last entry must be the chain head, and the whole ledger (one aggregate over
+    every posting up to the head) must sum to zero per currency.
+    """
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+    head = LedgerChainHead.objects.filter(pk=1).values("sequence", "entry_hash").first()
+    limit = head["sequence"] if head else None
     prev = GENESIS_HASH
     checked = 0
-    expected_sequence = 1
-    entries = JournalEntry.objects.order_by("sequence").prefetch_related("postings__account")
-    for entry in entries.iterator(chunk_size=chunk_size):
-        legs = [(p.account.code, p.amount, p.currency) for p in entry.postings.all()]
-        totals: dict[str, int] = defaultdict(int)
-        for _, amount, currency in legs:
-            totals[currency] += amount
-        if entry.sequence != expected_sequence:
-            return VerifyResult(False, checked, entry.sequence, f"sequence gap: expected {expected_sequence}")
-        if any(totals.values()) or len(legs) < 2:
-            return VerifyResult(False, checked, entry.sequence, f"entry does not balance: {dict(totals)}")
-        if entry.prev_hash != prev:
-            return VerifyResult(False, checked, entry.sequence, "previous-hash link is broken")
-        canonical = _canonical(
-            sequence=entry.sequence,
-            idempotency_key=entry.idempotency_key,
-            kind=entry.kind,
-            order_id=entry.order_id,
-            payout_id=entry.payout_id,
-            created_at=entry.created_at,
-            legs=legs,
+    last_sequence = 0
+    totals: dict[str, int] = defaultdict(int)
+    fields = ("id", "sequence", "idempotency_key", "kind", "order_id", "payout_id", "created_at", "prev_hash")
+    while True:
+        page = JournalEntry.objects.filter(sequence__gt=last_sequence).order_by("sequence")
+        if limit is not None:
+            page = page.filter(sequence__lte=limit)
+        entries = list(page.values_list(*fields, "entry_hash")[:chunk_size])
+        if not entries:
+            break
+        legs_by_entry: dict[int, list[tuple[str, int, str]]] = defaultdict(list)
+        # The chunk's postings by sequence range (a join) rather than an IN list of thousands of entry ids.
+        postings = Posting.objects.filter(
+            entry__sequence__gt=last_sequence, entry__sequence__lte=entries[-1][1]
+        ).order_by("pk")
+        for entry_id, code, amount, currency in postings.values_list("entry_id", "account__code", "amount", "currency"):
+            legs_by_entry[entry_id].append((code, amount, currency))
+        for entry_id, sequence, key, kind, order_id, payout_id, created_at, prev_hash, stored_hash in entries:
+            legs = legs_by_entry.get(entry_id, [])
+            entry_totals: dict[str, int] = defaultdict(int)
+            for _, amount, currency in legs:
+                entry_totals[currency] += amount
+            if sequence != checked + 1:
+                # The break is the missing entry, not the one found after the gap.
+                return VerifyResult(
+                    False, checked, checked + 1, f"entry #{checked + 1} is missing (next is #{sequence})"
+                )
+            if len(legs) < 2 or any(entry_totals.values()):
+                imbalance = {currency: total for currency, total in entry_totals.items() if total}
+                return VerifyResult(
+                    False, checked, sequence, f"entry does not balance: {len(legs)} postings, off by {imbalance}"
+                )
+            if prev_hash != prev:
+                return VerifyResult(False, checked, sequence, "previous-hash link is broken")
+            canonical = _canonical(
+                sequence=sequence,
+                idempotency_key=key,
+                kind=kind,
+                order_id=order_id,
+                payout_id=payout_id,
+                created_at=created_at,
+                legs=legs,
+            )
+            if entry_hash(prev_hash=prev, canonical=canonical) != stored_hash:
+                return VerifyResult(False, checked, sequence, "content does not match its hash")
+            for currency, total in entry_totals.items():
+                totals[currency] += total
+            prev = stored_hash
+            checked += 1
+        last_sequence = entries[-1][1]
+    if head is None:
+        if checked:
+            return VerifyResult(False, checked, None, "entries exist but the chain head is missing")
+        return VerifyResult(True, 0, None, "0 entries verified (the ledger is empty)")
+    if head["sequence"] != checked or (checked and head["entry_hash"] != prev):
+        return VerifyResult(
+            False, checked, checked + 1, f"the chain head is #{head['sequence']} but the entries end at #{checked}"
         )
-        if entry_hash(prev_hash=prev, canonical=canonical) != entry.entry_hash:
-            return VerifyResult(False, checked, entry.sequence, "content does not match its hash")
-        prev = entry.entry_hash
-        checked += 1
-        expected_sequence += 1
-    head = LedgerChainHead.objects.filter(pk=1).first()
-    if head and (head.sequence != checked or (checked and head.entry_hash != prev)):
-        return VerifyResult(False, checked, checked + 1, "entries are missing after the last verified one")
-    return VerifyResult(True, checked, None, f"{checked} entries verified")
+    # Independent of the per-entry walk: the database's own sum over every posting up to the head.
+    ledger_sums = (
+        Posting.objects.filter(entry__sequence__lte=head["sequence"])
+        .values("currency")
+        .annotate(total=Sum("amount"))
+        .exclude(total=0)
+    )
+    off = {row["currency"]: row["total"] for row in ledger_sums}
+    if off or any(totals.values()):
+        return VerifyResult(False, checked, None, f"the ledger does not sum to zero per currency: {off}")
+    return VerifyResult(True, checked, None, f"{checked} entries verified, balanced in {len(totals)} currencies")
+
+
+def ledger_verify_record(*, trigger: str) -> LedgerVerification:
+    """Run ``ledger_verify`` and store its outcome as a LedgerVerification; return the row.
+
+    ``trigger`` says who asked: one of VERIFICATION_TRIGGERS (ValueError
+    otherwise, nothing stored). The row is created before the walk starts, so a
+    run that dies midway leaves a row with ``finished_at`` empty and ``ok``
+    False. A break is logged at ERROR level (the exchange's alerting).
+    """
+    if trigger not in VERIFICATION_TRIGGERS:
+        raise ValueError(f"trigger must be one of {', '.join(VERIFICATION_TRIGGERS)}, not {trigger!r}")
+    record = LedgerVerification.objects.create(trigger=trigger, ok=False, message="running")
+    result = ledger_verify()
+    record.ok = result.ok
+    record.entries_checked = result.entries_checked
+    record.first_break_sequence = result.first_break
+    record.message = result.message
+    record.finished_at = timezone.now()
+    record.save(update_fields=["ok", "entries_checked", "first_break_sequence", "message", "finished_at"])
+    if not result.ok:
+        logger.error(
+            "ledger verification %s found a break at entry #%s: %s", record.pk, result.first_break, result.message
+        )
+    return record

@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -44,11 +46,26 @@ def test_unbalanced_entry_is_refused_and_writes_nothing():
     assert JournalEntry.objects.count() == 0 and Posting.objects.count() == 0
 
 
+@contextlib.contextmanager
+def _append_only_disabled(table):
+    """Tamper as the database owner could: the append-only trigger (migration 0009) off for one statement."""
+    with connection.cursor() as cursor:
+        # ALTER TABLE refuses while deferred checks are pending on the table: run them now (they pass).
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE; SET CONSTRAINTS ALL DEFERRED")
+        cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER {table}_append_only")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE; SET CONSTRAINTS ALL DEFERRED")
+            cursor.execute(f"ALTER TABLE {table} ENABLE TRIGGER {table}_append_only")
+
+
 def test_tampering_is_reported_at_that_entry():
     for n in range(1, 6):
         _post(n, amount=100 + n)
     target = JournalEntry.objects.get(sequence=3)
-    with connection.cursor() as cursor:
+    with _append_only_disabled("exchange_posting"), connection.cursor() as cursor:
         cursor.execute("UPDATE exchange_posting SET amount = amount * 2 WHERE entry_id = %s", [target.pk])
     result = ledger_verify()
     assert not result.ok and result.first_break == 3
@@ -59,7 +76,7 @@ def test_tampering_is_reported_at_that_entry():
 def test_rewritten_memo_and_hash_still_breaks_the_chain_after_it():
     for n in range(1, 4):
         _post(n)
-    with connection.cursor() as cursor:
+    with _append_only_disabled("exchange_journalentry"), connection.cursor() as cursor:
         cursor.execute("UPDATE exchange_journalentry SET entry_hash = %s WHERE sequence = 2", ["f" * 64])
     result = ledger_verify()
     assert not result.ok and result.first_break == 2

@@ -1,13 +1,21 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from exchange.services.ledger import ledger_verify
+from exchange.services.ledger import ledger_verify_record
 
 
 class Command(BaseCommand):
-    help = "Recompute the ledger's hash chain and every entry's balance; report the first break."
+    help = (
+        "Recompute the ledger's hash chain and every balance, store the outcome as a LedgerVerification, "
+        "print a one-line summary; exit 1 naming the first broken entry."
+    )
 
     def handle(self, *args, **options):
-        result = ledger_verify()
-        if not result.ok:
-            raise CommandError(f"Ledger broken at entry #{result.first_break}: {result.message}")
-        self.stdout.write(self.style.SUCCESS(f"Ledger OK: {result.message}."))
+        record = ledger_verify_record(trigger="command")
+        took = (record.finished_at - record.started_at).total_seconds()
+        if not record.ok:
+            where = f"entry #{record.first_break_sequence}" if record.first_break_sequence else "the ledger as a whole"
+            raise CommandError(
+                f"Ledger BROKEN at {where}: {record.message} "
+                f"({record.entries_checked} entries verified before it; verification {record.pk})."
+            )
+        self.stdout.write(self.style.SUCCESS(f"Ledger OK: {record.message} in {took:.2f}s (verification {record.pk})."))
