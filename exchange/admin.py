@@ -1,7 +1,10 @@
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpResponseNotAllowed
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
+from django.urls import path
 
 from common.money import MoneyError, to_minor
 from exchange.gateways import GatewayError
@@ -16,6 +19,7 @@ from exchange.models import (
     EntitlementStatusHistory,
     JournalEntry,
     LedgerAccount,
+    LedgerVerification,
     Notification,
     Order,
     OrderStatusHistory,
@@ -31,7 +35,7 @@ from exchange.models import (
     UsageRecord,
     WebhookEndpoint,
 )
-from exchange.services.ledger import ledger_verify
+from exchange.services.ledger import ledger_verify_record
 from exchange.services.orders import order_cancel
 from exchange.services.outbound import outbound_event_retry, webhook_endpoint_set_active
 from exchange.services.refunds import order_refund
@@ -313,10 +317,7 @@ class PostingInline(admin.TabularInline):
 
 @admin.action(description="Verify the whole ledger (hash chain and balances)")
 def verify_ledger(modeladmin, request, queryset):
-    result = ledger_verify()
-    level = messages.SUCCESS if result.ok else messages.ERROR
-    text = result.message if result.ok else f"Ledger broken at entry #{result.first_break}: {result.message}"
-    messages.add_message(request, level, text)
+    _verify_ledger_now(request)
 
 
 @admin.register(JournalEntry)
@@ -480,3 +481,87 @@ class OutboundEventAdmin(ReadOnlyAdmin):
     list_select_related = ("endpoint",)
     inlines = [OutboundAttemptInline]
     actions = [retry_failed_events]
+
+
+def _verify_ledger_now(request) -> LedgerVerification:
+    """Run and store a verification for a staff request; tell them the outcome as a message."""
+    record = ledger_verify_record(trigger="admin")
+    if record.ok:
+        messages.success(request, f"Ledger OK: {record.message}.")
+    else:
+        where = f"entry #{record.first_break_sequence}" if record.first_break_sequence else "the ledger as a whole"
+        messages.error(request, f"Ledger BROKEN at {where}: {record.message}")
+    return record
+
+
+@admin.register(LedgerVerification)
+class LedgerVerificationAdmin(ReadOnlyAdmin):
+    """Past verifications, the latest first and summarised above the list, and a button to run one now."""
+
+    change_list_template = "admin/exchange/ledgerverification/change_list.html"
+    list_display = ("pk", "result", "entries_checked", "first_break_sequence", "trigger", "started_at", "finished_at")
+    list_filter = ("ok", "trigger")
+    readonly_fields = (
+        "ok",
+        "entries_checked",
+        "first_break_sequence",
+        "message",
+        "trigger",
+        "started_at",
+        "finished_at",
+    )
+
+    @admin.display(description="result")
+    def result(self, obj):
+        if obj.finished_at is None:
+            return "unfinished"
+        return "ok" if obj.ok else "BROKEN"
+
+    def get_urls(self):
+        verify = self.admin_site.admin_view(self.verify_view)
+        return [path("verify/", verify, name="exchange_ledgerverification_verify"), *super().get_urls()]
+
+    def verify_view(self, request):
+        """POST: run a verification now (staff who may view verifications); GET is refused."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        _verify_ledger_now(request)
+        return redirect("admin:exchange_ledgerverification_changelist")
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "latest_verification": LedgerVerification.objects.first()}
+        return super().changelist_view(request, extra_context)
+
+
+# --- transaction certificates (exchange/services/certificates.py) ------------
+# Imported here rather than in the block above so this section stays self-contained.
+from exchange.models import TransactionCertificate  # noqa: E402
+from exchange.services.certificates import certificate_verify  # noqa: E402
+
+
+@admin.register(TransactionCertificate)
+class TransactionCertificateAdmin(admin.ModelAdmin):
+    """Certificates are issued by settlement and never edited: read-only, with their verification shown live."""
+
+    list_display = ("number", "order", "key_id", "issued_at")
+    search_fields = ("number", "order__public_id")
+    list_select_related = ("order",)
+    readonly_fields = ("number", "order", "journal_entry", "key_id", "issued_at", "signature", "document")
+    readonly_fields += ("verification",)
+    fields = readonly_fields
+
+    @admin.display(description="Verification (now)")
+    def verification(self, obj):
+        result = certificate_verify(document=obj.document, signature=obj.signature)
+        return "valid" if result.valid else "NOT VALID: " + "; ".join(result.reasons)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

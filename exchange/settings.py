@@ -187,6 +187,13 @@ CELERY_BEAT_SCHEDULE = {
     "expiry-notices": {"task": "exchange.tasks.entitlements_expiring_notify", "schedule": crontab(minute=45)},
 }
 
+# The daily ledger check (hash chain and balances), stored as a LedgerVerification; 0-23, UTC.
+LEDGER_VERIFY_HOUR_UTC = env_int("LEDGER_VERIFY_HOUR_UTC", 3, minimum=0, maximum=23)
+CELERY_BEAT_SCHEDULE["ledger-verify-daily"] = {
+    "task": "exchange.tasks.ledger_verify_scheduled",
+    "schedule": crontab(minute=30, hour=LEDGER_VERIFY_HOUR_UTC),
+}
+
 # --- auth -----------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = [
@@ -277,6 +284,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DOWNLOAD_LINK_TTL_SECONDS = env_int("DOWNLOAD_LINK_TTL_SECONDS", 900, minimum=10)
 PLATFORM_FEE_BPS = env_int("PLATFORM_FEE_BPS", 1000, minimum=0, maximum=10000)  # 1000 bps = 10 %
 DISPUTE_HOLD_DAYS = env_int("DISPUTE_HOLD_DAYS", 0, minimum=0)
+# Transaction certificates are signed with this Ed25519 key (PEM, PKCS#8; exchange/signing_key.py). Generated
+# on first use outside production; production refuses to start without it (a new key orphans old certificates).
+EXCHANGE_SIGNING_KEY_FILE = Path(env_str("EXCHANGE_SIGNING_KEY_FILE", str(VAR_DIR / "signing_key.pem"))).resolve()
+if DEPLOY_ENV == "production" and not EXCHANGE_SIGNING_KEY_FILE.is_file():
+    raise ImproperlyConfigured(f"EXCHANGE_SIGNING_KEY_FILE {EXCHANGE_SIGNING_KEY_FILE} is required in production")
 # Escrow: a paid, delivered order is confirmed automatically after this many days.
 ESCROW_AUTO_CONFIRM_DAYS = env_int("ESCROW_AUTO_CONFIRM_DAYS", 7, minimum=0)
 CHECKOUT_EXPIRY_HOURS = env_int("CHECKOUT_EXPIRY_HOURS", 24, minimum=1)

@@ -211,3 +211,20 @@ def usage_aggregate() -> dict:
     from exchange.services.usage import usage_aggregate as aggregate
 
     return aggregate()
+
+
+@shared_task
+def ledger_verify_scheduled() -> dict:
+    """Beat (daily): verify the ledger and store a LedgerVerification (trigger "schedule"); return its summary.
+
+    Read-only apart from its own row, so a second run only adds a second row.
+    """
+    from exchange.services.ledger import ledger_verify_record
+
+    record = ledger_verify_record(trigger="schedule")
+    return {
+        "verification": record.pk,
+        "ok": record.ok,
+        "entries_checked": record.entries_checked,
+        "first_break_sequence": record.first_break_sequence,
+    }
