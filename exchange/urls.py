@@ -36,6 +36,7 @@ urlpatterns = [
     path("", include("exchange.notify_urls")),
     path("", include("accounts.urls")),
     path("", include("exchange.usage_urls")),
+    path("", include("exchange.certificate_urls")),
     path("", include(exchange_patterns)),
     path("", include("listings.urls")),
 ]

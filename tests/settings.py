@@ -16,6 +16,7 @@ os.environ.setdefault(
 os.environ.setdefault("REDIS_URL", os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
 os.environ.setdefault("PRIVATE_STORAGE_ROOT", str(_BASE / "var" / "test-private"))
 os.environ.setdefault("UPLOAD_MAX_BYTES", str(1024 * 1024))
+os.environ.setdefault("EXCHANGE_SIGNING_KEY_FILE", str(_BASE / "var" / "test-signing-key.pem"))
 
 from exchange.env import env_bool  # noqa: E402
 from exchange.settings import *  # noqa: E402,F403

@@ -21,6 +21,7 @@ from common.money import percentage_of
 from exchange.choices import AccountKind, JournalKind, OrderStatus, PayoutStatus, RefundStatus, SettlementRunStatus
 from exchange.gateways import GatewayError, get_gateway
 from exchange.models import LedgerAccount, Order, Payout, Posting, SettlementRun
+from exchange.services.certificates import certificate_issue
 from exchange.services.ledger import account_get, journal_post
 from exchange.services.orders import order_transition
 
@@ -64,8 +65,9 @@ def _settle_order(*, order_pk: int, run: SettlementRun) -> bool:
             return False  # settle once the refund in flight has its outcome
         gross = order.amount - order.refunded_amount  # what is still held in escrow
         fee = platform_fee(amount=gross)
+        sale = None
         if gross:  # free orders and fully refunded remainders move no money
-            journal_post(
+            sale, _ = journal_post(
                 idempotency_key=f"sale:{order.pk}",
                 kind=JournalKind.SALE,
                 postings=[
@@ -80,9 +82,11 @@ def _settle_order(*, order_pk: int, run: SettlementRun) -> bool:
                 order=order,
                 memo=f"order {order.reference} settled in run {run.pk}",
             )
-        order_transition(
+        settled = order_transition(
             order_pk=order.pk, to_status=OrderStatus.SETTLED, reason=f"settlement run {run.pk}", settlement_run=run
         )
+        # In the same transaction: a settled trade always has its certificate (a free one names no ledger entry).
+        certificate_issue(order=settled, journal_entry=sale)
     return True
 
 

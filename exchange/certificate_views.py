@@ -1,0 +1,250 @@
+"""Transaction certificates: the printable page and bundle download (buyer, merchant, staff), the public
+verification pages and the public key, and their API (``/api/v1/certificates/``).
+
+Errors of the API answer ``{"error": {"code", "message"}}`` like the data API.
+"""
+
+import json
+
+from django import forms
+from django.http import Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils.http import content_disposition_header
+from django.views.decorators.http import require_http_methods
+from rest_framework import exceptions
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.parsers import BaseParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.authentication import ApiKeyAuthentication, request_scopes
+from common.money import format_minor
+from exchange.data_api.views import api_exception_handler, error_body
+from exchange.models import TransactionCertificate
+from exchange.selectors import order_visible
+from exchange.services.certificates import (
+    MAX_BUNDLE_BYTES,
+    CertificateInputError,
+    certificate_bundle,
+    certificate_bundle_bytes,
+    certificate_bundle_parse,
+    certificate_verify,
+    certificate_visible,
+)
+from exchange.signing_key import signing_key
+
+
+class VerifyForm(forms.Form):
+    bundle = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 10, "placeholder": '{"document": "…", "signature": "…", "key_id": "…"}'}),
+        label="Certificate bundle (JSON)",
+    )
+    upload = forms.FileField(required=False, label="…or upload the bundle file")
+
+    def clean(self):
+        cleaned = super().clean()
+        upload = cleaned.get("upload")
+        if upload is not None:
+            if upload.size > MAX_BUNDLE_BYTES:
+                raise forms.ValidationError(
+                    f"The file is {upload.size} bytes; certificate bundles are at most {MAX_BUNDLE_BYTES} bytes."
+                )
+            cleaned["raw"] = upload.read()
+        else:
+            cleaned["raw"] = cleaned.get("bundle", "")
+        return cleaned
+
+
+def _certificate_or_404(request, number: str) -> TransactionCertificate:
+    # Anonymous visitors, other buyers and other merchants get the same 404 as an unknown number.
+    certificate = certificate_visible(number=number, user=request.user)
+    if certificate is None:
+        raise Http404("No such certificate.")
+    return certificate
+
+
+def _document(certificate: TransactionCertificate) -> dict:
+    return json.loads(certificate.document)
+
+
+def _amounts(doc: dict | None) -> dict[str, str]:
+    """The document's amounts for people (``12.34 CNY``); anything malformed is shown as a dash."""
+    amounts = {}
+    for name in ("price", "refunded", "platform_fee", "merchant_proceeds"):
+        value = (doc or {}).get(name)
+        try:
+            amounts[name] = format_minor(value["amount"], value["currency"])
+        except (TypeError, KeyError, ValueError, ArithmeticError):
+            amounts[name] = "—"
+    return amounts
+
+
+def _certificate_context(certificate: TransactionCertificate, result) -> dict:
+    doc = _document(certificate)
+    return {"certificate": certificate, "doc": doc, "amounts": _amounts(doc), "result": result, "key": signing_key()}
+
+
+def certificate_page(request, number):
+    """The printable certificate, with its bundle to download and a link to check it publicly."""
+    certificate = _certificate_or_404(request, number)
+    result = certificate_verify(document=certificate.document, signature=certificate.signature)
+    return render(
+        request,
+        "exchange/certificate.html",
+        _certificate_context(certificate, result),
+    )
+
+
+def certificate_bundle_download(request, number):
+    """The bundle as a JSON file (``<number>.json``): what the verification page and API accept."""
+    certificate = _certificate_or_404(request, number)
+    return HttpResponse(
+        certificate_bundle_bytes(certificate),
+        content_type="application/json; charset=utf-8",
+        headers={
+            "Content-Disposition": content_disposition_header(True, f"{certificate.number}.json"),
+            "Cache-Control": "private, no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+def certificate_for_order(request, public_id):
+    """From an order to its certificate (404 until the order is settled, and for anyone who may not see it)."""
+    order = order_visible(public_id=public_id, user=request.user)
+    number = TransactionCertificate.objects.filter(order=order).values_list("number", flat=True).first()
+    if number is None:
+        raise Http404("This order has no certificate yet: certificates are issued when a trade is settled.")
+    return redirect("certificates:detail", number=number)
+
+
+@require_http_methods(["GET", "POST"])
+def verify(request):
+    """Paste or upload a certificate bundle; see whether its signature, ledger entry and number check out."""
+    result, error, status = None, None, 200
+    form = VerifyForm()
+    if request.method == "POST":
+        form = VerifyForm(request.POST, request.FILES)
+        if form.is_valid():
+            try:
+                document, signature = certificate_bundle_parse(form.cleaned_data["raw"])
+                result = certificate_verify(document=document, signature=signature)
+            except CertificateInputError as exc:
+                error, status = exc.messages[0], 400
+        else:
+            status = 400
+    context = {"form": form, "result": result, "error": error, "key": signing_key()}
+    context["amounts"] = _amounts(result.document if result else None)
+    return render(request, "exchange/verify.html", context, status=status)
+
+
+def verify_number(request, number):
+    """The stored certificate ``number`` and the outcome of verifying it now; public."""
+    certificate = TransactionCertificate.objects.filter(number=number).first()
+    if certificate is None:
+        raise Http404("No such certificate.")
+    result = certificate_verify(document=certificate.document, signature=certificate.signature)
+    return render(
+        request,
+        "exchange/verify_number.html",
+        _certificate_context(certificate, result),
+    )
+
+
+def public_key_pem(request):
+    """The exchange's Ed25519 public key (SubjectPublicKeyInfo PEM); its key id in ``X-Key-Id``."""
+    key = signing_key()
+    return HttpResponse(
+        key.public_key_pem,
+        content_type="application/x-pem-file",
+        headers={
+            "Content-Disposition": content_disposition_header(False, "exchange-public-key.pem"),
+            "X-Key-Id": key.key_id,
+        },
+    )
+
+
+# --- API -------------------------------------------------------------------
+
+
+class _RawBodyParser(BaseParser):
+    """Hands the view the body's exact bytes: the signed document must not pass through any re-encoding."""
+
+    media_type = "*/*"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        return stream.read(MAX_BUNDLE_BYTES + 1) if stream is not None else b""
+
+
+class _CertificateApiView(APIView):
+    authentication_classes = [ApiKeyAuthentication, SessionAuthentication]
+    permission_classes = []
+
+    def get_exception_handler(self):
+        return api_exception_handler
+
+
+def public_key_as_dict() -> dict:
+    key = signing_key()
+    return {"algorithm": "Ed25519", "key_id": key.key_id, "public_key_pem": key.public_key_pem}
+
+
+class CertificateDetailApi(_CertificateApiView):
+    """``GET /api/v1/certificates/<number>/``: the certificate's bundle, its parsed document and its verification.
+
+    For its buyer, a member of its merchant, or staff (scope ``read`` for an API key); 404 for
+    anyone else, signed in or not, exactly as for an unknown number.
+    """
+
+    def get(self, request, number):
+        if request.user.is_authenticated and "read" not in request_scopes(request):
+            raise exceptions.PermissionDenied("This API key lacks the scope this needs: read.")
+        certificate = certificate_visible(number=number, user=request.user)
+        if certificate is None:
+            return Response(error_body("not_found", "No such certificate."), status=404)
+        result = certificate_verify(document=certificate.document, signature=certificate.signature)
+        return Response(
+            {
+                "number": certificate.number,
+                "order": str(certificate.order.public_id),
+                "issued_at": certificate.issued_at.isoformat(),
+                "key_id": certificate.key_id,
+                "bundle": certificate_bundle(certificate),
+                "document": _document(certificate),
+                "verification": result.as_dict(),
+            }
+        )
+
+
+class CertificateVerifyApi(_CertificateApiView):
+    """``POST /api/v1/certificates/verify/`` with a certificate bundle as the JSON body; public.
+
+    Answers 200 ``{"valid", "signature_ok", "ledger_ok", "known", "reasons", "number", "key_id"}``
+    whatever the outcome, or 400 ``{"error": {"code", "message"}}`` when the body is not a bundle
+    (not JSON, no document or signature, wrong types, larger than the limit). Reads only.
+    """
+
+    # Nobody acts as anyone here: without authentication there is no session to forge a request for,
+    # so no CSRF check is needed, and a stale API key cannot turn a public check into a 401.
+    authentication_classes = []
+    parser_classes = [_RawBodyParser]
+
+    def post(self, request):
+        try:
+            # An empty body never reaches the parser; DRF then gives an empty dict instead of bytes.
+            raw = request.data if isinstance(request.data, bytes) else b""
+            document, signature = certificate_bundle_parse(raw)
+            result = certificate_verify(document=document, signature=signature)
+        except CertificateInputError as exc:
+            return Response(error_body(exc.code or "invalid", exc.messages[0]), status=400)
+        return Response(result.as_dict())
+
+
+class PublicKeyApi(_CertificateApiView):
+    """``GET /api/v1/certificates/public-key/``: ``{"algorithm": "Ed25519", "key_id", "public_key_pem"}``; public."""
+
+    authentication_classes = []
+
+    def get(self, request):
+        return Response(public_key_as_dict())

@@ -1,0 +1,404 @@
+"""Transaction certificates (交易凭证): what a settled trade was, signed with the exchange's Ed25519 key.
+
+A certificate is a canonical JSON document (keys sorted, no whitespace,
+UTF-8, non-ASCII kept as is) and the Ed25519 signature of exactly those
+bytes. Settlement issues one per settled order, in the transaction that
+settles it (``_settle_order``); orders that moved no money (free plans) get
+one too, naming no ledger entry (``"ledger_entry": null``), because the
+trade itself (a licence granted, data delivered) still happened.
+
+The bundle is how a certificate travels (download, verification page, API)::
+
+    {"format": "dx-certificate-bundle", "version": "1", "number": "DX-2026-00000042",
+     "key_id": "<16 hex>", "document": "<the canonical JSON, as a string>", "signature": "<base64>"}
+
+Anyone can check the signature with the public key alone
+(``/verify/public-key.pem``); the exchange can also check the ledger entry the
+document names against its hash chain, and that it issued the number with
+exactly that document.
+"""
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from datetime import UTC
+
+from cryptography.exceptions import InvalidSignature
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from exchange.choices import AccountKind, DeliveryStatus
+from exchange.models import Delivery, JournalEntry, Order, Posting, TransactionCertificate
+
+# Not a copy: the ledger's own canonical form, so a certificate's ledger check can never disagree with
+# ledger_verify about what an entry's hash covers.
+from exchange.services.ledger import _canonical as ledger_entry_canonical
+from exchange.services.ledger import entry_hash as ledger_entry_hash
+from exchange.signing_key import signing_key
+from listings.services.review import version_manifest
+from merchants.selectors import merchant_is_member
+
+CERTIFICATE_VERSION = "1"
+DOCUMENT_TYPE = "dx.transaction_certificate"
+BUNDLE_FORMAT = "dx-certificate-bundle"
+# Far above a real certificate (~2 KiB plus ~150 bytes per delivered file), far below anything costly to parse.
+MAX_DOCUMENT_BYTES = 64 * 1024
+# A bundle holds the document as an escaped JSON string; escaping at most doubles the quotes and backslashes.
+MAX_BUNDLE_BYTES = 2 * MAX_DOCUMENT_BYTES + 4096
+_SIGNATURE_BYTES = 64
+
+
+class CertificateInputError(ValidationError):
+    """What was submitted for verification is not a certificate; ``message`` says why, for people."""
+
+
+def canonical_bytes(document: dict) -> bytes:
+    """The exact bytes a certificate's signature covers."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def certificate_number(*, order: Order, issued_at) -> str:
+    """``DX-<year issued>-<order pk, 8 digits or more>``: unique (one certificate per order) and stable."""
+    return f"DX-{issued_at.year}-{order.pk:08d}"
+
+
+def buyer_public_name(user) -> str:
+    """How a buyer is named on certificates: their chosen display name, else ``Buyer #<pk>``; never the email."""
+    name = (getattr(user, "display_name", "") or "").strip()
+    return name or f"Buyer #{user.pk}"
+
+
+def _iso(value) -> str | None:
+    return value.astimezone(UTC).isoformat() if value else None
+
+
+def _delivered_versions(order: Order) -> list[dict]:
+    # What the buyer actually got: every delivery that became ready (a later withdrawal ends access,
+    # it does not undo the delivery). Failed and still-pending deliveries were never received.
+    deliveries = (
+        Delivery.objects.filter(entitlement__order=order, ready_at__isnull=False)
+        .exclude(status__in=[DeliveryStatus.FAILED, DeliveryStatus.PENDING])
+        .select_related("version")
+        .order_by("pk")
+    )
+    return [
+        {"label": d.version.label, "delivered_at": _iso(d.ready_at), "manifest": version_manifest(version=d.version)}
+        for d in deliveries
+    ]
+
+
+def _sale_split(entry: JournalEntry | None, order: Order) -> tuple[int, int]:
+    """(platform fee, merchant proceeds) as booked by the SALE entry; (0, 0) when no money moved."""
+    if entry is None:
+        return 0, 0
+    fee = proceeds = 0
+    for kind, amount in Posting.objects.filter(entry=entry, currency=order.currency).values_list(
+        "account__kind", "amount"
+    ):
+        if kind == AccountKind.PLATFORM_REVENUE:
+            fee -= amount  # credits are negative
+        elif kind == AccountKind.MERCHANT_PAYABLE:
+            proceeds -= amount
+    return fee, proceeds
+
+
+def certificate_document(*, order: Order, journal_entry: JournalEntry | None, number: str, issued_at) -> dict:
+    """The certificate's content for ``order`` (settled) and its SALE entry (None if no money moved)."""
+    fee, proceeds = _sale_split(journal_entry, order)
+    listing = order.listing
+    return {
+        "type": DOCUMENT_TYPE,
+        "version": CERTIFICATE_VERSION,
+        "number": number,
+        "issued_at": _iso(issued_at),
+        "issuer": settings.SITE_URL,
+        "key_id": signing_key().key_id,
+        "order": {"reference": order.reference, "public_id": str(order.public_id)},
+        "product": {
+            "title": listing.title,
+            "registration_number": listing.registration_number,
+            "slug": listing.slug,
+        },
+        "versions": _delivered_versions(order),
+        "buyer": {"name": buyer_public_name(order.buyer)},
+        "merchant": {"name": order.merchant.name},
+        "price": {"amount": order.amount, "currency": order.currency},
+        "refunded": {"amount": order.refunded_amount, "currency": order.currency},
+        "platform_fee": {"amount": fee, "currency": order.currency},
+        "merchant_proceeds": {"amount": proceeds, "currency": order.currency},
+        "paid_at": _iso(order.paid_at),
+        "delivered_at": _iso(order.delivered_at),
+        "settled_at": _iso(order.settled_at),
+        "ledger_entry": (
+            {"sequence": journal_entry.sequence, "entry_hash": journal_entry.entry_hash} if journal_entry else None
+        ),
+    }
+
+
+def certificate_sign(*, document_bytes: bytes) -> str:
+    """The base64 Ed25519 signature of ``document_bytes`` with the exchange's key."""
+    return base64.b64encode(signing_key().private_key.sign(document_bytes)).decode("ascii")
+
+
+def certificate_issue(*, order: Order, journal_entry: JournalEntry | None) -> TransactionCertificate:
+    """Issue ``order``'s certificate once; a repeat returns the first and writes nothing.
+
+    Call it inside the transaction that settles the order, after
+    ``settled_at`` is stamped, with the order's SALE entry (None when the
+    trade moved no money). Raises ValueError for an order that is not settled.
+    """
+    existing = TransactionCertificate.objects.filter(order=order).first()
+    if existing is not None:
+        return existing
+    if order.settled_at is None:
+        raise ValueError(f"Order {order.reference} is not settled; only settled trades get a certificate.")
+    issued_at = timezone.now()
+    number = certificate_number(order=order, issued_at=issued_at)
+    document = canonical_bytes(
+        certificate_document(order=order, journal_entry=journal_entry, number=number, issued_at=issued_at)
+    )
+    key = signing_key()
+    try:
+        with transaction.atomic():
+            certificate = TransactionCertificate.objects.create(
+                number=number,
+                order=order,
+                journal_entry=journal_entry,
+                document=document.decode("utf-8"),
+                signature=certificate_sign(document_bytes=document),
+                key_id=key.key_id,
+            )
+    except IntegrityError:
+        # Another transaction issued it between our check and insert: theirs is the certificate.
+        return TransactionCertificate.objects.get(order=order)
+    # issued_at is auto_now_add; keep the stored time identical to the signed one.
+    TransactionCertificate.objects.filter(pk=certificate.pk).update(issued_at=issued_at)
+    certificate.issued_at = issued_at
+    return certificate
+
+
+def certificate_bundle(certificate: TransactionCertificate) -> dict:
+    """The portable form of a certificate (see the module docstring)."""
+    return {
+        "format": BUNDLE_FORMAT,
+        "version": CERTIFICATE_VERSION,
+        "number": certificate.number,
+        "key_id": certificate.key_id,
+        "document": certificate.document,
+        "signature": certificate.signature,
+    }
+
+
+def certificate_bundle_bytes(certificate: TransactionCertificate) -> bytes:
+    return json.dumps(certificate_bundle(certificate), indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+@dataclass
+class VerificationResult:
+    """The outcome of ``certificate_verify``; ``valid`` only when every check passed."""
+
+    signature_ok: bool
+    ledger_ok: bool
+    known: bool
+    reasons: list[str] = field(default_factory=list)
+    number: str | None = None
+    key_id: str = ""
+    document: dict | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.signature_ok and self.ledger_ok and self.known
+
+    def as_dict(self) -> dict:
+        return {
+            "valid": self.valid,
+            "signature_ok": self.signature_ok,
+            "ledger_ok": self.ledger_ok,
+            "known": self.known,
+            "reasons": list(self.reasons),
+            "number": self.number,
+            "key_id": self.key_id,
+        }
+
+
+def _decode_signature(signature) -> bytes:
+    if not isinstance(signature, str) or not signature.strip():
+        raise CertificateInputError(
+            "The signature is missing: give the base64 signature that came with the document.", code="missing_signature"
+        )
+    try:
+        raw = base64.b64decode(signature.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise CertificateInputError("The signature is not valid base64.", code="bad_signature_encoding") from None
+    if len(raw) != _SIGNATURE_BYTES:
+        raise CertificateInputError(
+            f"The signature must be {_SIGNATURE_BYTES} bytes (Ed25519), this one is {len(raw)}.",
+            code="bad_signature_length",
+        )
+    return raw
+
+
+def _document_bytes(document) -> bytes:
+    if isinstance(document, str):
+        document = document.encode("utf-8")
+    if not isinstance(document, bytes):
+        raise CertificateInputError("The document must be the certificate's JSON text.", code="bad_document_type")
+    if not document.strip():
+        raise CertificateInputError("The document is empty.", code="missing_document")
+    if len(document) > MAX_DOCUMENT_BYTES:
+        raise CertificateInputError(
+            f"The document is {len(document)} bytes; certificates are at most {MAX_DOCUMENT_BYTES} bytes.",
+            code="too_large",
+        )
+    return document
+
+
+def _check_ledger(parsed: dict, reasons: list[str]) -> bool:
+    named = parsed.get("ledger_entry")
+    order = parsed.get("order") if isinstance(parsed.get("order"), dict) else {}
+    if named is None:
+        price, refunded = parsed.get("price"), parsed.get("refunded")
+        moved = isinstance(price, dict) and isinstance(refunded, dict) and price.get("amount") != refunded.get("amount")
+        if "ledger_entry" not in parsed or moved:
+            reasons.append("The document names no ledger entry although the trade moved money.")
+            return False
+        return True  # nothing was booked, nothing to check
+    sequence, claimed = (named.get("sequence"), named.get("entry_hash")) if isinstance(named, dict) else (None, None)
+    if type(sequence) is not int or not isinstance(claimed, str):
+        reasons.append("The document's ledger entry is malformed (needs an integer sequence and an entry_hash).")
+        return False
+    entry = JournalEntry.objects.filter(sequence=sequence).select_related("order").first()
+    if entry is None:
+        reasons.append(f"The ledger has no entry #{sequence}.")
+        return False
+    if entry.entry_hash != claimed:
+        reasons.append(f"Ledger entry #{sequence} has a different hash than the document states.")
+        return False
+    if entry.order is None or str(entry.order.public_id) != order.get("public_id"):
+        reasons.append(f"Ledger entry #{sequence} does not belong to the order the document names.")
+        return False
+    legs = list(Posting.objects.filter(entry=entry).values_list("account__code", "amount", "currency"))
+    canonical = ledger_entry_canonical(
+        sequence=entry.sequence,
+        idempotency_key=entry.idempotency_key,
+        kind=entry.kind,
+        order_id=entry.order_id,
+        payout_id=entry.payout_id,
+        created_at=entry.created_at,
+        legs=legs,
+    )
+    if ledger_entry_hash(prev_hash=entry.prev_hash, canonical=canonical) != entry.entry_hash:
+        reasons.append(f"Ledger entry #{sequence} no longer matches its own hash: the ledger was altered.")
+        return False
+    return True
+
+
+def certificate_verify(*, document: str | bytes, signature: str) -> VerificationResult:
+    """Check a certificate: its signature, the ledger entry it names, and that we issued it as it is.
+
+    ``signature_ok``: the Ed25519 signature over the exact document bytes
+    verifies with the exchange's public key. ``ledger_ok``: the entry the
+    document names exists, belongs to the order it names, has the stated hash,
+    and its content still recomputes to that hash (or the document names none
+    and no money moved). ``known``: the number is one we issued, with exactly
+    this document. ``reasons`` lists every failed check, in words.
+
+    Raises CertificateInputError (nothing read or written) when the input is
+    not a certificate at all: a missing or malformed signature, a document
+    that is not a JSON object, or larger than MAX_DOCUMENT_BYTES. Read-only.
+    """
+    raw_signature = _decode_signature(signature)
+    data = _document_bytes(document)
+    try:
+        parsed = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise CertificateInputError("The document is not valid UTF-8 JSON.", code="not_json") from None
+    if not isinstance(parsed, dict):
+        raise CertificateInputError("The document must be a JSON object.", code="not_object")
+
+    key = signing_key()
+    reasons: list[str] = []
+    try:
+        key.public_key.verify(raw_signature, data)
+        signature_ok = True
+    except InvalidSignature:
+        signature_ok = False
+        reasons.append("The signature does not match the document (it was altered, or not signed by this exchange).")
+    if parsed.get("key_id") != key.key_id:
+        reasons.append(f"The document names key {parsed.get('key_id')!r}; this exchange signs with {key.key_id}.")
+
+    ledger_ok = _check_ledger(parsed, reasons)
+
+    number = parsed.get("number") if isinstance(parsed.get("number"), str) else None
+    known = False
+    if number is None:
+        reasons.append("The document has no certificate number.")
+    else:
+        stored = TransactionCertificate.objects.filter(number=number).values_list("document", flat=True).first()
+        if stored is None:
+            reasons.append(f"This exchange issued no certificate {number}.")
+        elif stored.encode("utf-8") != data:
+            reasons.append(f"Certificate {number} was issued with a different document.")
+        else:
+            known = True
+    return VerificationResult(signature_ok, ledger_ok, known, reasons, number, key.key_id, parsed)
+
+
+def certificate_bundle_parse(raw: bytes | str) -> tuple[str, str]:
+    """(document, signature) from a bundle's JSON text; CertificateInputError, saying why, for anything else."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8")
+    if not raw.strip():
+        raise CertificateInputError(
+            "Paste or upload a certificate bundle (the JSON file downloaded from the certificate page).",
+            code="missing_bundle",
+        )
+    if len(raw) > MAX_BUNDLE_BYTES:
+        raise CertificateInputError(
+            f"The bundle is {len(raw)} bytes; certificate bundles are at most {MAX_BUNDLE_BYTES} bytes.",
+            code="too_large",
+        )
+    try:
+        bundle = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise CertificateInputError("The bundle is not valid UTF-8 JSON.", code="not_json") from None
+    if not isinstance(bundle, dict):
+        raise CertificateInputError(
+            'The bundle must be a JSON object with "document" and "signature".', code="not_object"
+        )
+    document, signature = bundle.get("document"), bundle.get("signature")
+    if document is None:
+        raise CertificateInputError('The bundle has no "document".', code="missing_document")
+    if not isinstance(document, str):
+        raise CertificateInputError(
+            "The bundle's \"document\" must be a string: the certificate's JSON text exactly as signed.",
+            code="bad_document_type",
+        )
+    if signature is None:
+        raise CertificateInputError('The bundle has no "signature".', code="missing_signature")
+    if not isinstance(signature, str):
+        raise CertificateInputError('The bundle\'s "signature" must be a base64 string.', code="bad_signature_type")
+    key_id = bundle.get("key_id")
+    if key_id is not None and not isinstance(key_id, str):
+        raise CertificateInputError('The bundle\'s "key_id" must be a string.', code="bad_key_id_type")
+    return document, signature
+
+
+def certificate_visible(*, number: str, user) -> TransactionCertificate | None:
+    """The certificate if ``user`` is its buyer, a member of its merchant, or staff; else None."""
+    if not user.is_authenticated:
+        return None
+    certificate = (
+        TransactionCertificate.objects.select_related("order", "order__merchant", "order__listing")
+        .filter(number=number)
+        .first()
+    )
+    if certificate is None:
+        return None
+    order = certificate.order
+    if order.buyer_id == user.pk or user.is_staff or merchant_is_member(merchant=order.merchant, user=user):
+        return certificate
+    return None

@@ -1,0 +1,99 @@
+"""The exchange's Ed25519 signing key for transaction certificates.
+
+The private key lives in a PEM file (PKCS#8, unencrypted) named by
+``settings.EXCHANGE_SIGNING_KEY_FILE``. Outside production a missing file is
+generated on first use with mode 0600, like ``var/secret_key``; in production
+a missing or unreadable file raises ImproperlyConfigured instead, because a
+silently new key would make every certificate issued before it unverifiable.
+
+The key is loaded once per process (per file path, so tests may point the
+setting elsewhere). ``key_id`` is the first 16 hex characters of the sha256 of
+the raw 32-byte public key: short enough to print, long enough to tell keys apart.
+"""
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    private_key: Ed25519PrivateKey
+    public_key: Ed25519PublicKey
+    public_key_pem: str
+    key_id: str
+    path: Path
+
+
+_lock = threading.Lock()
+_loaded: dict[Path, SigningKey] = {}
+
+
+def key_id_for(public_key: Ed25519PublicKey) -> str:
+    """The first 16 hex characters of sha256(raw public key bytes)."""
+    raw = public_key.public_bytes(encoding=serialization.Encoding.Raw, format=serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _generate(path: Path) -> None:
+    """Write a new key to ``path`` with mode 0600; if another process won the race, keep its key."""
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        encoding=serialization.Encoding.PEM,
+        format=serialization.PrivateFormat.PKCS8,
+        encryption_algorithm=serialization.NoEncryption(),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # O_EXCL: two processes starting together must not both write (the second would replace
+    # the key the first may already have signed with). The mode is set at creation, so the
+    # key is never readable by others, not even for an instant.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    os.chmod(path, 0o600)  # the umask may have masked bits off os.open's mode, never added any
+
+
+def _load(path: Path) -> SigningKey:
+    if not path.exists():
+        if settings.DEPLOY_ENV == "production":
+            raise ImproperlyConfigured(
+                f"EXCHANGE_SIGNING_KEY_FILE {path} does not exist; in production the certificate signing key "
+                "must be provided (a new key would make earlier certificates unverifiable)."
+            )
+        _generate(path)
+    try:
+        private_key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ImproperlyConfigured(
+            f"EXCHANGE_SIGNING_KEY_FILE {path} is not a readable PEM private key: {exc}"
+        ) from exc
+    if not isinstance(private_key, Ed25519PrivateKey):
+        raise ImproperlyConfigured(
+            f"EXCHANGE_SIGNING_KEY_FILE {path} holds a {type(private_key).__name__}, not Ed25519"
+        )
+    public_key = private_key.public_key()
+    pem = public_key.public_bytes(
+        encoding=serialization.Encoding.PEM, format=serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode("ascii")
+    return SigningKey(private_key, public_key, pem, key_id_for(public_key), path)
+
+
+def signing_key() -> SigningKey:
+    """The configured key, loaded (or, outside production, generated) on first use in this process."""
+    path = Path(settings.EXCHANGE_SIGNING_KEY_FILE).resolve()
+    key = _loaded.get(path)
+    if key is None:
+        with _lock:
+            key = _loaded.get(path)
+            if key is None:
+                key = _loaded[path] = _load(path)
+    return key

@@ -1,0 +1,454 @@
+"""Transaction certificates: issued once by settlement, signed with Ed25519, verifiable by anyone with the public key,
+checked against the ledger by the exchange; the printable page only for the trade's parties."""
+
+import base64
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from django.core.exceptions import ImproperlyConfigured
+from django.urls import reverse
+
+from exchange.choices import AccountKind, JournalKind, OrderStatus
+from exchange.models import JournalEntry, Order, TransactionCertificate
+from exchange.services import certificates as certs
+from exchange.services.certificates import (
+    MAX_DOCUMENT_BYTES,
+    canonical_bytes,
+    certificate_bundle,
+    certificate_issue,
+    certificate_sign,
+    certificate_verify,
+)
+from exchange.services.settlement import settlement_run_execute, settlement_run_start
+from exchange.signing_key import _loaded, signing_key
+from listings.services.review import version_manifest
+from tests.exchange.helpers import approve_in_sandbox, library_links, read_stream
+from tests.factories import make_listing
+
+pytestmark = pytest.mark.django_db
+
+FREE_PLAN = ({"kind": "free", "amount": 0, "name": "Sample"},)
+
+
+@pytest.fixture(autouse=True)
+def _own_signing_key(settings, tmp_path):
+    """Each test signs with a key of its own, generated on first use in its tmp folder."""
+    settings.EXCHANGE_SIGNING_KEY_FILE = tmp_path / "keys" / "signing_key.pem"
+    yield settings.EXCHANGE_SIGNING_KEY_FILE
+    _loaded.pop(settings.EXCHANGE_SIGNING_KEY_FILE.resolve(), None)
+
+
+@pytest.fixture
+def listing(merchant, merchant_user, staff, categories):
+    return make_listing(merchant=merchant, owner=merchant_user, reviewer=staff, extra_plans=FREE_PLAN)
+
+
+def _buy_and_settle(client, buyer, listing, capture, kind="one_time") -> Order:
+    """Buy through the sandbox, download (which delivers the order), then run settlement: the real pipeline."""
+    client.force_login(buyer)
+    plan = listing.plans.get(kind=kind, is_active=True)
+    with capture(execute=True):
+        client.post(
+            reverse("exchange:order_buy", args=[listing.slug]),
+            {"token": "5c1d5d9e-7b86-4a57-8f4d-5b0f6a2a4c11", "plan": plan.pk},
+        )
+        order = Order.objects.get(plan=plan)
+        if order.status == OrderStatus.PENDING_PAYMENT:
+            approve_in_sandbox(client, order.checkout_url)
+    link = library_links(client.get(reverse("exchange:library")).content.decode())[0]
+    read_stream(client.get(link))
+    with capture(execute=True):
+        settlement_run_start(trigger="test")
+    order.refresh_from_db()
+    assert order.status == OrderStatus.SETTLED
+    client.logout()
+    return order
+
+
+@pytest.fixture
+def settled(client, buyer, listing, django_capture_on_commit_callbacks, settings):
+    settings.PLATFORM_FEE_BPS = 1000
+    return _buy_and_settle(client, buyer, listing, django_capture_on_commit_callbacks)
+
+
+def _bundle_post(client, body, content_type="application/json"):
+    return client.post(reverse("certificates:api_verify"), body, content_type=content_type)
+
+
+def _snapshot():
+    return list(TransactionCertificate.objects.order_by("pk").values_list("pk", "number", "document", "signature"))
+
+
+def test_a_settled_trade_gets_exactly_one_certificate_with_these_facts(settled, buyer, listing, settings):
+    certificate = TransactionCertificate.objects.get()
+    sale = JournalEntry.objects.get(kind=JournalKind.SALE, order=settled)
+    delivery = settled.entitlement.deliveries.get()
+    assert (certificate.order_id, certificate.journal_entry_id) == (settled.pk, sale.pk)
+    assert certificate.number == f"DX-{certificate.issued_at.year}-{settled.pk:08d}"
+    assert certificate.key_id == signing_key().key_id and len(certificate.key_id) == 16
+    document = json.loads(certificate.document)
+    assert document == {
+        "type": "dx.transaction_certificate",
+        "version": "1",
+        "number": certificate.number,
+        "issued_at": certificate.issued_at.isoformat(),
+        "issuer": settings.SITE_URL,
+        "key_id": certificate.key_id,
+        "order": {"reference": settled.reference, "public_id": str(settled.public_id)},
+        "product": {
+            "title": "City populations",
+            "registration_number": listing.registration_number,
+            "slug": listing.slug,
+        },
+        "versions": [
+            {
+                "label": delivery.version.label,
+                "delivered_at": delivery.ready_at.isoformat(),
+                "manifest": version_manifest(version=delivery.version),
+            }
+        ],
+        "buyer": {"name": f"Buyer #{buyer.pk}"},
+        "merchant": {"name": "Guiyang Data"},
+        "price": {"amount": 1234, "currency": "CNY"},
+        "refunded": {"amount": 0, "currency": "CNY"},
+        "platform_fee": {"amount": 123, "currency": "CNY"},
+        "merchant_proceeds": {"amount": 1111, "currency": "CNY"},
+        "paid_at": settled.paid_at.isoformat(),
+        "delivered_at": settled.delivered_at.isoformat(),
+        "settled_at": settled.settled_at.isoformat(),
+        "ledger_entry": {"sequence": sale.sequence, "entry_hash": sale.entry_hash},
+    }
+    assert listing.registration_number and document["versions"][0]["manifest"][0]["sha256"]
+    assert buyer.email not in certificate.document
+    # Stored exactly as signed: the canonical form of its own content.
+    assert canonical_bytes(document) == certificate.document.encode("utf-8")
+
+    # Settling again (a new run, or the same order handed to the hook twice) issues nothing more.
+    settlement_run_execute(run_pk=settlement_run_start(trigger="test").pk)
+    again = certificate_issue(order=settled, journal_entry=sale)
+    assert again.pk == certificate.pk and _snapshot() == [
+        (certificate.pk, certificate.number, certificate.document, certificate.signature)
+    ]
+
+
+def test_the_buyer_is_named_as_they_chose(client, buyer, listing, django_capture_on_commit_callbacks):
+    buyer.display_name = "贵阳交通研究院"
+    buyer.save(update_fields=["display_name"])
+    order = _buy_and_settle(client, buyer, listing, django_capture_on_commit_callbacks)
+    document = json.loads(TransactionCertificate.objects.get(order=order).document)
+    assert document["buyer"] == {"name": "贵阳交通研究院"}
+    assert "贵阳交通研究院" in TransactionCertificate.objects.get().document  # UTF-8 as is, not \u escapes
+
+
+def test_a_free_trade_gets_a_certificate_naming_no_ledger_entry(
+    client, buyer, listing, django_capture_on_commit_callbacks
+):
+    order = _buy_and_settle(client, buyer, listing, django_capture_on_commit_callbacks, kind="free")
+    certificate = TransactionCertificate.objects.get(order=order)
+    document = json.loads(certificate.document)
+    assert certificate.journal_entry is None and JournalEntry.objects.count() == 0
+    assert (document["ledger_entry"], document["price"], document["platform_fee"], document["paid_at"]) == (
+        None,
+        {"amount": 0, "currency": "CNY"},
+        {"amount": 0, "currency": "CNY"},
+        order.paid_at.isoformat(),
+    )
+    result = certificate_verify(document=certificate.document, signature=certificate.signature)
+    assert (result.valid, result.reasons) == (True, [])
+
+
+def test_the_signature_verifies_with_the_public_key_alone(client, settled):
+    certificate = TransactionCertificate.objects.get()
+    pem = client.get(reverse("certificates:public_key"))
+    assert pem.status_code == 200 and pem["X-Key-Id"] == certificate.key_id
+    public_key = load_pem_public_key(pem.content)
+    assert isinstance(public_key, Ed25519PublicKey)
+    public_key.verify(base64.b64decode(certificate.signature), certificate.document.encode("utf-8"))
+    api = client.get(reverse("certificates:api_public_key")).json()
+    assert api == {"algorithm": "Ed25519", "key_id": certificate.key_id, "public_key_pem": pem.content.decode()}
+
+
+def test_the_genuine_bundle_checks_out_everywhere(client, settled, buyer):
+    certificate = TransactionCertificate.objects.get()
+    client.force_login(buyer)
+    download = client.get(reverse("certificates:bundle", args=[certificate.number]))
+    assert download.status_code == 200
+    assert download["Content-Disposition"] == f'attachment; filename="{certificate.number}.json"'
+    bundle = json.loads(download.content)
+    assert bundle == {
+        "format": "dx-certificate-bundle",
+        "version": "1",
+        "number": certificate.number,
+        "key_id": certificate.key_id,
+        "document": certificate.document,
+        "signature": certificate.signature,
+    }
+    client.logout()
+    answer = _bundle_post(client, download.content)
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "valid": True,
+        "signature_ok": True,
+        "ledger_ok": True,
+        "known": True,
+        "reasons": [],
+        "number": certificate.number,
+        "key_id": certificate.key_id,
+    }
+    page = client.post(reverse("certificates:verify"), {"bundle": download.content.decode()})
+    assert page.status_code == 200 and "Verified: this certificate is genuine" in page.content.decode()
+    public = client.get(reverse("certificates:verify_number", args=[certificate.number]))
+    assert public.status_code == 200 and "Verified: this certificate is genuine" in public.content.decode()
+    # Anyone may open it by number, so it names no buyer, order or amount.
+    document = json.loads(certificate.document)
+    shown = public.content.decode()
+    assert document["buyer"]["name"] not in shown and document["order"]["reference"] not in shown
+    assert "Platform fee" not in shown and "Price" not in shown
+    assert document["product"]["title"] in shown and document["ledger_entry"]["entry_hash"] in shown
+
+
+def test_one_byte_changed_fails_the_signature(client, settled):
+    certificate = TransactionCertificate.objects.get()
+    tampered = certificate.document.replace('"name":"Guiyang Data"', '"name":"Guiyang Dbta"')
+    assert len(tampered) == len(certificate.document) and tampered != certificate.document
+    result = certificate_verify(document=tampered, signature=certificate.signature)
+    assert (result.signature_ok, result.ledger_ok, result.known, result.valid) == (False, True, False, False)
+    assert result.reasons == [
+        "The signature does not match the document (it was altered, or not signed by this exchange).",
+        f"Certificate {certificate.number} was issued with a different document.",
+    ]
+    bundle = {**certificate_bundle(certificate), "document": tampered}
+    answer = _bundle_post(client, json.dumps(bundle))
+    assert answer.status_code == 200 and answer.json()["valid"] is False and answer.json()["signature_ok"] is False
+    page = client.post(reverse("certificates:verify"), {"bundle": json.dumps(bundle)})
+    html = page.content.decode()
+    assert page.status_code == 200 and "NOT verified" in html and "Signature: <strong>invalid</strong>" in html
+    assert '<div class="card certificate">' not in html  # a document failing its signature is not shown as facts
+
+
+def test_a_signature_by_another_key_fails(settled):
+    certificate = TransactionCertificate.objects.get()
+    foreign = base64.b64encode(Ed25519PrivateKey.generate().sign(certificate.document.encode())).decode()
+    result = certificate_verify(document=certificate.document, signature=foreign)
+    assert (result.signature_ok, result.ledger_ok, result.known) == (False, True, True)
+    assert not result.valid
+
+
+def test_a_document_naming_a_ledger_entry_with_another_hash_fails_the_ledger_check(settled):
+    certificate = TransactionCertificate.objects.get()
+    document = json.loads(certificate.document)
+    sequence = document["ledger_entry"]["sequence"]
+    document["ledger_entry"]["entry_hash"] = "ab" * 32
+    forged = canonical_bytes(document)
+    # Signed with the exchange's own key: the signature holds, only the ledger (and the register) can tell.
+    result = certificate_verify(document=forged, signature=certificate_sign(document_bytes=forged))
+    assert (result.signature_ok, result.ledger_ok, result.known) == (True, False, False)
+    assert result.reasons == [
+        f"Ledger entry #{sequence} has a different hash than the document states.",
+        f"Certificate {certificate.number} was issued with a different document.",
+    ]
+    # Another order's entry, with its true hash, does not vouch for this trade either.
+    payment = JournalEntry.objects.get(kind=JournalKind.PAYMENT, order=settled)
+    document["ledger_entry"] = {"sequence": payment.sequence, "entry_hash": payment.entry_hash}
+    document["order"]["public_id"] = "00000000-0000-0000-0000-000000000000"
+    forged = canonical_bytes(document)
+    result = certificate_verify(document=forged, signature=certificate_sign(document_bytes=forged))
+    assert not result.ledger_ok
+    assert f"Ledger entry #{payment.sequence} does not belong to the order the document names." in result.reasons
+    # No such entry at all.
+    document["ledger_entry"] = {"sequence": 10_000, "entry_hash": payment.entry_hash}
+    forged = canonical_bytes(document)
+    result = certificate_verify(document=forged, signature=certificate_sign(document_bytes=forged))
+    assert not result.ledger_ok and "The ledger has no entry #10000." in result.reasons
+
+
+def test_unknown_numbers_are_404_everywhere(client, settled, staff):
+    client.force_login(staff)
+    for name in ("certificates:verify_number", "certificates:detail", "certificates:bundle", "certificates:api_detail"):
+        assert client.get(reverse(name, args=["DX-2026-99999999"])).status_code == 404, name
+    assert client.get(reverse("certificates:api_detail", args=["DX-2026-99999999"])).json() == {
+        "error": {"code": "not_found", "message": "No such certificate."}
+    }
+
+
+@pytest.mark.parametrize(
+    ("persona", "status"),
+    [
+        ("anonymous", 404),
+        ("other_buyer", 404),
+        ("other_merchant_user", 404),
+        ("buyer", 200),
+        ("merchant_user", 200),
+        ("staff", 200),
+    ],
+)
+def test_the_printable_page_bundle_and_api_are_for_the_trade_parties_only(request, client, settled, persona, status):
+    user = None if persona == "anonymous" else request.getfixturevalue(persona)
+    if user is not None:
+        client.force_login(user)
+    certificate = TransactionCertificate.objects.get()
+    page = client.get(reverse("certificates:detail", args=[certificate.number]))
+    bundle = client.get(reverse("certificates:bundle", args=[certificate.number]))
+    api = client.get(reverse("certificates:api_detail", args=[certificate.number]))
+    to_cert = client.get(reverse("certificates:for_order", args=[settled.public_id]))
+    assert (page.status_code, bundle.status_code, api.status_code) == (status, status, status)
+    if status == 404:
+        assert certificate.number not in page.content.decode() and to_cert.status_code == 404
+        return
+    html = page.content.decode()
+    assert certificate.number in html and certificate.signature in html and "Verified" in html
+    assert "¥12.34 CNY" in html and "¥1.23 CNY" in html and "¥11.11 CNY" in html
+    assert to_cert.status_code == 302 and to_cert.url == reverse("certificates:detail", args=[certificate.number])
+    body = api.json()
+    assert body["number"] == certificate.number and body["order"] == str(settled.public_id)
+    assert body["bundle"] == certificate_bundle(certificate) and body["verification"]["valid"] is True
+    assert body["document"] == json.loads(certificate.document)
+
+
+def test_the_library_and_order_page_link_to_the_certificate(client, settled, buyer):
+    client.force_login(buyer)
+    link = reverse("certificates:for_order", args=[settled.public_id])
+    assert link in client.get(reverse("exchange:library")).content.decode()
+    assert link in client.get(reverse("exchange:order_detail", args=[settled.public_id])).content.decode()
+
+
+def test_an_order_not_yet_settled_has_no_certificate(client, buyer, listing, django_capture_on_commit_callbacks):
+    client.force_login(buyer)
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(
+            reverse("exchange:order_buy", args=[listing.slug]), {"token": "8d2c7e0f-1d7c-4c8e-9c43-1f1d7e8e6a01"}
+        )
+        order = Order.objects.get()
+        approve_in_sandbox(client, order.checkout_url)
+    order.refresh_from_db()
+    assert client.get(reverse("certificates:for_order", args=[order.public_id])).status_code == 404
+    link = reverse("certificates:for_order", args=[order.public_id])
+    assert link not in client.get(reverse("exchange:order_detail", args=[order.public_id])).content.decode()
+    with pytest.raises(ValueError, match="not settled"):
+        certificate_issue(order=order, journal_entry=None)
+    assert TransactionCertificate.objects.count() == 0
+
+
+def _genuine() -> dict:
+    return certificate_bundle(TransactionCertificate.objects.get())
+
+
+BAD_BUNDLES = [
+    ("", "missing_bundle", "Paste or upload a certificate bundle"),
+    ("not json at all", "not_json", "The bundle is not valid UTF-8 JSON."),
+    ("[1, 2]", "not_object", 'The bundle must be a JSON object with "document" and "signature".'),
+    ({"signature": "x"}, "missing_document", 'The bundle has no "document".'),
+    ({"document": {"a": 1}, "signature": "x"}, "bad_document_type", 'The bundle\'s "document" must be a string'),
+    ({"document": "{}"}, "missing_signature", 'The bundle has no "signature".'),
+    ({"document": "{}", "signature": 5}, "bad_signature_type", 'The bundle\'s "signature" must be a base64 string.'),
+    ({"document": "{}", "signature": "%%%"}, "bad_signature_encoding", "The signature is not valid base64."),
+    ({"document": "{}", "signature": "QUJD"}, "bad_signature_length", "this one is 3"),
+    ({"document": "nope", "signature": "genuine"}, "not_json", "The document is not valid UTF-8 JSON."),
+    ({"document": "[]", "signature": "genuine"}, "not_object", "The document must be a JSON object."),
+    ({"document": " ", "signature": "genuine"}, "missing_document", "The document is empty."),
+    (
+        {"document": json.dumps({"pad": "x" * MAX_DOCUMENT_BYTES}), "signature": "genuine"},
+        "too_large",
+        f"certificates are at most {MAX_DOCUMENT_BYTES} bytes",
+    ),
+    ("x" * (certs.MAX_BUNDLE_BYTES + 1), "too_large", f"bundles are at most {certs.MAX_BUNDLE_BYTES} bytes"),
+]
+
+
+@pytest.mark.parametrize(("bundle", "code", "message"), BAD_BUNDLES)
+def test_bad_input_is_refused_clearly_and_changes_nothing(client, settled, bundle, code, message):
+    before = _snapshot()
+    if isinstance(bundle, dict) and bundle.get("signature") == "genuine":
+        bundle = {**bundle, "signature": _genuine()["signature"]}
+    body = bundle if isinstance(bundle, str) else json.dumps(bundle)
+    answer = _bundle_post(client, body)
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["code"] == code and message in error["message"]
+    page = client.post(reverse("certificates:verify"), {"bundle": body})
+    assert page.status_code == 400 and message.replace('"', "&quot;").replace("'", "&#x27;") in page.content.decode()
+    assert _snapshot() == before
+
+
+def test_an_upload_is_verified_and_an_oversized_one_refused(client, settled):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    genuine = json.dumps(_genuine()).encode()
+    page = client.post(reverse("certificates:verify"), {"upload": SimpleUploadedFile("cert.json", genuine)})
+    assert page.status_code == 200 and "Verified: this certificate is genuine" in page.content.decode()
+    huge = SimpleUploadedFile("cert.json", b" " * (certs.MAX_BUNDLE_BYTES + 1))
+    page = client.post(reverse("certificates:verify"), {"upload": huge})
+    assert page.status_code == 400 and f"bundles are at most {certs.MAX_BUNDLE_BYTES} bytes" in page.content.decode()
+
+
+def test_the_key_is_generated_once_with_0600_and_reused(_own_signing_key):
+    path = _own_signing_key
+    assert not path.exists()
+    first = signing_key()
+    assert path.exists() and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    pem = path.read_bytes()
+    _loaded.clear()  # as a new process would: load from the file again
+    second = signing_key()
+    assert second.key_id == first.key_id and path.read_bytes() == pem
+    message = b"same key"
+    second.public_key.verify(first.private_key.sign(message), message)
+
+
+def test_production_refuses_to_generate_a_missing_key(settings, _own_signing_key):
+    settings.DEPLOY_ENV = "production"
+    with pytest.raises(ImproperlyConfigured, match=r"EXCHANGE_SIGNING_KEY_FILE .* does not exist"):
+        signing_key()
+    assert not _own_signing_key.exists()
+
+
+def test_a_key_file_that_is_not_ed25519_is_refused(_own_signing_key):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    _own_signing_key.parent.mkdir(parents=True)
+    _own_signing_key.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    with pytest.raises(ImproperlyConfigured, match="not Ed25519"):
+        signing_key()
+
+
+def test_production_without_a_key_file_refuses_to_start(tmp_path):
+    env = {
+        "DJANGO_ENV": "production",
+        "DJANGO_SECRET_KEY": "s" * 64,
+        "EXCHANGE_VAR_DIR": str(tmp_path),
+        "EXCHANGE_SIGNING_KEY_FILE": str(tmp_path / "missing.pem"),
+        "PATH": "/usr/bin:/bin",
+    }
+    code = "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='exchange.settings'; django.setup()"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert f"EXCHANGE_SIGNING_KEY_FILE {tmp_path / 'missing.pem'} is required in production" in result.stderr
+    assert not (tmp_path / "missing.pem").exists()
+
+
+def test_the_fee_on_the_certificate_is_the_sale_entrys(settled):
+    sale = JournalEntry.objects.get(kind=JournalKind.SALE)
+    legs = dict(sale.postings.values_list("account__kind", "amount"))
+    document = json.loads(TransactionCertificate.objects.get().document)
+    assert document["platform_fee"]["amount"] == -legs[AccountKind.PLATFORM_REVENUE] == 123
+    assert document["merchant_proceeds"]["amount"] == -legs[AccountKind.MERCHANT_PAYABLE] == 1111
+
+
+def test_verification_never_writes(settled, django_assert_num_queries):
+    certificate = TransactionCertificate.objects.get()
+    with django_assert_num_queries(3):  # the entry, its postings, the register: reads only
+        result = certificate_verify(document=certificate.document, signature=certificate.signature)
+    assert result.valid
+    with pytest.raises(InvalidSignature):
+        signing_key().public_key.verify(base64.b64decode(certificate.signature), b"another document")
