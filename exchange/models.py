@@ -670,3 +670,37 @@ class TransactionCertificate(models.Model):
 
     def __str__(self):
         return self.number
+
+
+class FeeRule(models.Model):
+    """A line of the platform's fee schedule: the commission on sales, by default or for a merchant or category.
+
+    The rule that applies to an order is the most specific one in force when
+    it was paid (valid_from at or before paid_at, the latest such): merchant
+    and category > merchant > category > default (neither); with no rule at
+    all, settings.PLATFORM_FEE_BPS.
+    """
+
+    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, null=True, blank=True, related_name="fee_rules")
+    category = models.ForeignKey(
+        "listings.Category", on_delete=models.PROTECT, null=True, blank=True, related_name="fee_rules"
+    )
+    commission_bps = models.PositiveIntegerField(help_text="Commission in basis points (100 = 1 %), 0 to 10000.")
+    valid_from = models.DateTimeField()
+    note = models.CharField(max_length=200, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-valid_from", "-pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(commission_bps__lte=10000), name="fee_rule_commission_at_most_100_percent"
+            )
+        ]
+
+    def __str__(self):
+        scope = " / ".join(str(x) for x in (self.merchant, self.category) if x) or "default"
+        return f"{scope}: {self.commission_bps / 100:g} % from {self.valid_from:%Y-%m-%d}"
