@@ -17,11 +17,11 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from common.money import percentage_of
 from exchange.choices import AccountKind, JournalKind, OrderStatus, PayoutStatus, RefundStatus, SettlementRunStatus
 from exchange.gateways import GatewayError, get_gateway
 from exchange.models import LedgerAccount, Order, Payout, Posting, SettlementRun
 from exchange.services.certificates import certificate_issue
+from exchange.services.fees import FeeSchedule, order_fee, with_fee_category
 from exchange.services.ledger import account_get, journal_post
 from exchange.services.orders import order_transition
 
@@ -32,11 +32,6 @@ class SettlementInProgress(ValidationError):
 
 # Delivered trades (a partial refund may have come first) are settled for what remains held.
 SETTLEABLE = {OrderStatus.DELIVERED, OrderStatus.PARTIALLY_REFUNDED}
-
-
-def platform_fee(*, amount: int) -> int:
-    """The platform's commission on ``amount`` (minor units), per settings.PLATFORM_FEE_BPS."""
-    return percentage_of(amount, settings.PLATFORM_FEE_BPS)
 
 
 def settlement_run_start(*, actor=None, trigger: str = "manual") -> SettlementRun:
@@ -56,15 +51,16 @@ def settlement_run_start(*, actor=None, trigger: str = "manual") -> SettlementRu
     return run
 
 
-def _settle_order(*, order_pk: int, run: SettlementRun) -> bool:
+def _settle_order(*, order_pk: int, run: SettlementRun, schedule: FeeSchedule | None = None) -> bool:
+    """Settle one order; ``schedule`` (the fee schedule loaded once for the run) saves a query per order."""
     with transaction.atomic():
-        order = Order.objects.select_for_update().select_related("merchant").get(pk=order_pk)
+        order = with_fee_category(Order.objects.select_for_update().select_related("merchant")).get(pk=order_pk)
         if order.status not in SETTLEABLE or order.settled_at is not None or order.delivered_at is None:
             return False
         if order.refunds.filter(status=RefundStatus.PENDING).exists():
             return False  # settle once the refund in flight has its outcome
         gross = order.amount - order.refunded_amount  # what is still held in escrow
-        fee = platform_fee(amount=gross)
+        fee = order_fee(order, gross=gross, schedule=schedule)  # the fee schedule's rate, rounded half up
         sale = None
         if gross:  # free orders and fully refunded remainders move no money
             sale, _ = journal_post(
@@ -140,8 +136,9 @@ def settlement_run_execute(*, run_pk: int) -> SettlementRun:
         eligible = Order.objects.filter(
             status__in=SETTLEABLE, settled_at__isnull=True, delivered_at__lte=cutoff
         ).order_by("pk")
+        schedule = FeeSchedule.load()  # once per run: the fee costs no query per order
         for order_pk in eligible.values_list("pk", flat=True).iterator():
-            _settle_order(order_pk=order_pk, run=run)
+            _settle_order(order_pk=order_pk, run=run, schedule=schedule)
         _create_payouts(run=run)
     except Exception as exc:
         SettlementRun.objects.filter(pk=run.pk).update(
