@@ -37,6 +37,7 @@ urlpatterns = [
     path("", include("accounts.urls")),
     path("", include("exchange.usage_urls")),
     path("", include("exchange.certificate_urls")),
+    path("", include("exchange.statement_urls")),
     path("", include(exchange_patterns)),
     path("", include("listings.urls")),
 ]
