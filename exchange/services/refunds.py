@@ -24,7 +24,7 @@ from exchange.choices import (
     RefundStatus,
 )
 from exchange.gateways import GatewayError, get_gateway
-from exchange.models import Dispute, JournalEntry, Order, Refund
+from exchange.models import Dispute, JournalEntry, Order, Posting, Refund
 from exchange.services.entitlements import entitlement_restore, entitlement_revoke
 from exchange.services.ledger import account_get, journal_post
 from exchange.services.notifications import refund_notify
@@ -37,14 +37,34 @@ class RefundConflict(ValidationError):
     """The refund would exceed what was paid, or the order cannot be refunded now."""
 
 
+def _half_up(numerator: Decimal) -> int:
+    return int(numerator.to_integral_value(rounding=ROUND_HALF_UP))
+
+
 def _sources(order: Order, amount: int) -> list[tuple]:
-    """The debit legs that fund ``amount`` going back to the buyer (see module docstring)."""
+    """The debit legs that fund ``amount`` going back to the buyer (see module docstring).
+
+    After settlement the fee's share is computed on everything returned so far,
+    not on this amount alone: the platform has given back, in total,
+    fee * returned / gross rounded half up, so several partial returns give
+    back exactly the fee once everything is returned (per-refund rounding
+    could give back a unit more or less than was charged).
+    """
     sale = JournalEntry.objects.filter(idempotency_key=f"sale:{order.pk}").prefetch_related("postings__account").first()
     if sale is None:
         return [(account_get(kind=AccountKind.ESCROW_HELD), amount, order.currency)]
     fee = -sum(p.amount for p in sale.postings.all() if p.account.kind == AccountKind.PLATFORM_REVENUE)
     gross = sum(p.amount for p in sale.postings.all() if p.account.kind == AccountKind.ESCROW_HELD)
-    fee_share = int((Decimal(fee) * amount / gross).to_integral_value(rounding=ROUND_HALF_UP)) if gross else 0
+    # What the fee and the merchant gave back since the sale (refunds, disputes, less disputes won).
+    since_sale = Posting.objects.filter(
+        entry__order=order,
+        entry__sequence__gt=sale.sequence,
+        account__kind__in=[AccountKind.PLATFORM_REVENUE, AccountKind.MERCHANT_PAYABLE],
+    ).values_list("account__kind", "amount")
+    fee_back = sum(value for kind, value in since_sale if kind == AccountKind.PLATFORM_REVENUE)
+    returned = sum(value for _, value in since_sale)
+    owed_back = _half_up(Decimal(fee) * min(returned + amount, gross) / gross) if gross else 0
+    fee_share = max(0, min(amount, owed_back - fee_back))
     return [
         (account_get(kind=AccountKind.PLATFORM_REVENUE), fee_share, order.currency),
         (account_get(kind=AccountKind.MERCHANT_PAYABLE, merchant=order.merchant), amount - fee_share, order.currency),
@@ -193,7 +213,13 @@ def dispute_open(*, order: Order, gateway_dispute_id: str, amount: int, reason: 
     """The buyer's bank pulled the money back: record it, book it, revoke access. Order row locked."""
     dispute, created = Dispute.objects.get_or_create(
         gateway_dispute_id=gateway_dispute_id,
-        defaults={"order": order, "amount": min(amount, order.amount), "currency": order.currency, "reason": reason},
+        # The bank can only pull back what the buyer still has in the trade: not what was already refunded.
+        defaults={
+            "order": order,
+            "amount": max(0, min(amount, order.amount - order.refunded_amount)),
+            "currency": order.currency,
+            "reason": reason,
+        },
     )
     if not created or order.status == OrderStatus.PENDING_PAYMENT:
         return dispute if created else None
@@ -202,13 +228,14 @@ def dispute_open(*, order: Order, gateway_dispute_id: str, amount: int, reason: 
 
 
 def _book_dispute_open(*, order: Order, dispute: Dispute) -> None:
-    _post_money_out(
-        order=order,
-        amount=dispute.amount,
-        key=f"dispute:{dispute.pk}",
-        kind=JournalKind.DISPUTE,
-        memo=f"dispute {dispute.gateway_dispute_id} on order {order.reference}",
-    )
+    if dispute.amount:  # nothing left to pull back when everything was refunded already
+        _post_money_out(
+            order=order,
+            amount=dispute.amount,
+            key=f"dispute:{dispute.pk}",
+            kind=JournalKind.DISPUTE,
+            memo=f"dispute {dispute.gateway_dispute_id} on order {order.reference}",
+        )
     order_transition(order_pk=order.pk, to_status=OrderStatus.DISPUTED, reason=f"dispute {dispute.gateway_dispute_id}")
     if hasattr(order, "entitlement"):
         entitlement_revoke(entitlement_pk=order.entitlement.pk, reason=f"dispute {dispute.gateway_dispute_id}")
@@ -223,16 +250,19 @@ def dispute_close(*, order: Order, gateway_dispute_id: str, won: bool) -> Disput
     dispute.closed_at = timezone.now()
     dispute.save(update_fields=["status", "closed_at"])
     if won:
-        journal_post(
-            idempotency_key=f"dispute_won:{dispute.pk}",
-            kind=JournalKind.DISPUTE_WON,
-            postings=[
-                (account_get(kind=AccountKind.GATEWAY_CLEARING), dispute.amount, dispute.currency),
-                *[(acct, -amt, cur) for acct, amt, cur in _sources(order, dispute.amount)],
-            ],
-            order=order,
-            memo=f"dispute {dispute.gateway_dispute_id} won",
-        )
+        withdrawn = JournalEntry.objects.filter(idempotency_key=f"dispute:{dispute.pk}").first()
+        if withdrawn is not None:  # a dispute on a trade not yet paid booked nothing to reverse
+            # The exact reverse of the withdrawal, leg by leg: the money goes back where it came from.
+            journal_post(
+                idempotency_key=f"dispute_won:{dispute.pk}",
+                kind=JournalKind.DISPUTE_WON,
+                postings=[
+                    (posting.account, -posting.amount, posting.currency)
+                    for posting in withdrawn.postings.select_related("account")
+                ],
+                order=order,
+                memo=f"dispute {dispute.gateway_dispute_id} won",
+            )
         # Back to where the trade stood: settled, delivered, or still held in escrow.
         back_to = (
             OrderStatus.SETTLED
