@@ -131,7 +131,17 @@ class ServerProcess:
             self._log.close()
 
 
-def gunicorn(*, port: int, env: dict[str, str], log_path: Path, workers: int = 2, threads: int = 16) -> ServerProcess:
+def gunicorn(
+    *,
+    port: int,
+    env: dict[str, str],
+    log_path: Path,
+    workers: int = 2,
+    threads: int = 16,
+    name: str = "gunicorn",
+    extra_args: tuple[str, ...] = (),
+) -> ServerProcess:
+    """gunicorn (gthread) serving the project on loopback; ``extra_args`` are added to its command line."""
     argv = [
         sys.executable,
         "-m",
@@ -153,8 +163,9 @@ def gunicorn(*, port: int, env: dict[str, str], log_path: Path, workers: int = 2
         "5",
         "--log-level",
         "warning",
+        *extra_args,
     ]
-    return ServerProcess("gunicorn", argv, env=env, log_path=log_path)
+    return ServerProcess(name, argv, env=env, log_path=log_path)
 
 
 def celery_worker_argv(*, queues: str, concurrency: int, name: str) -> list[str]:

@@ -49,12 +49,13 @@ from bench._servers import (
     ServerProcess,
     database_recreate,
     free_port,
+    gunicorn,
     redis_flush,
     run_checked,
 )
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/exchange_bench_download"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/11"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/12"
 NGINX = "/usr/sbin/nginx"
 FULL_SIZE, SMOKE_SIZE = 1024**3, 4 * 1024**2
 CACHE_DIR = ROOT / "var" / "bench" / "download"
@@ -193,28 +194,8 @@ def gunicorn_server(
     ``sendfile=False`` makes gunicorn iterate the response (Django's FileResponse reading
     DOWNLOAD_CHUNK-sized blocks) instead of handing the descriptor to sendfile(2).
     """
-    argv = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "exchange.wsgi:application",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        "1",
-        "--worker-class",
-        "gthread",
-        "--threads",
-        "4",
-        "--timeout",
-        "120",
-        "--graceful-timeout",
-        "5",
-        "--log-level",
-        "warning",
-        *([] if sendfile else ["--no-sendfile"]),
-    ]
-    return ServerProcess(name, argv, env=env, log_path=log_path)
+    extra = ("--timeout", "120", *(() if sendfile else ("--no-sendfile",)))
+    return gunicorn(port=port, env=env, log_path=log_path, workers=1, threads=4, name=name, extra_args=extra)
 
 
 NGINX_CONF = """\
