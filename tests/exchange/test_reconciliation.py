@@ -33,6 +33,7 @@ from exchange.services.refunds import order_refund
 from exchange.services.settlement import settlement_run_start
 from tests.factories import UserFactory
 from tests.fakes.stripe_balance import FakeStripeWithBalance
+from tests.fakes.stripe_server import settings_use_fake_stripe
 
 pytestmark = pytest.mark.django_db
 
@@ -185,13 +186,7 @@ WEBHOOK_SECRET = "whsec_test_reconcile"
 @pytest.fixture
 def fake_stripe(settings):
     server = FakeStripeWithBalance().start()
-    settings.PAYMENT_GATEWAY = "stripe"
-    settings.STRIPE_SECRET_KEY = "sk_test_fake"
-    settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
-    settings.STRIPE_API_BASE = server.url
-    settings.STRIPE_TIMEOUT_SECONDS = 5
-    settings.STRIPE_MAX_NETWORK_RETRIES = 0
-    settings.SITE_URL = "https://exchange.example"
+    settings_use_fake_stripe(settings, server, webhook_secret=WEBHOOK_SECRET)
     settings.PLATFORM_FEE_BPS = 1000
     yield server
     server.stop()

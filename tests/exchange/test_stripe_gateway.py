@@ -12,7 +12,7 @@ from exchange.gateways.signing import sign_payload
 from exchange.models import Entitlement, JournalEntry, Order, PaymentEvent, Payout, SettlementRun
 from exchange.services.orders import order_checkout_start, order_create
 from exchange.services.settlement import payout_send
-from tests.fakes.stripe_server import FakeStripe
+from tests.fakes.stripe_server import FakeStripe, settings_use_fake_stripe
 
 pytestmark = pytest.mark.django_db
 WEBHOOK_SECRET = "whsec_test_stripe_fake"
@@ -21,13 +21,7 @@ WEBHOOK_SECRET = "whsec_test_stripe_fake"
 @pytest.fixture
 def fake_stripe(settings):
     server = FakeStripe().start()
-    settings.PAYMENT_GATEWAY = "stripe"
-    settings.STRIPE_SECRET_KEY = "sk_test_fake"
-    settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
-    settings.STRIPE_API_BASE = server.url
-    settings.STRIPE_TIMEOUT_SECONDS = 5
-    settings.STRIPE_MAX_NETWORK_RETRIES = 0
-    settings.SITE_URL = "https://exchange.example"
+    settings_use_fake_stripe(settings, server, webhook_secret=WEBHOOK_SECRET)
     yield server
     server.stop()
 

@@ -169,3 +169,14 @@ class FakeStripe:
                 self._send(200, obj) if obj else self._send(404, {"error": {"message": "No such object"}})
 
         return Handler
+
+
+def settings_use_fake_stripe(settings, server, *, webhook_secret: str) -> None:
+    """Point the Stripe gateway at ``server`` (a started fake) with test keys, no retries and a short timeout."""
+    settings.PAYMENT_GATEWAY = "stripe"
+    settings.STRIPE_SECRET_KEY = "sk_test_fake"
+    settings.STRIPE_WEBHOOK_SECRET = webhook_secret
+    settings.STRIPE_API_BASE = server.url
+    settings.STRIPE_TIMEOUT_SECONDS = 5
+    settings.STRIPE_MAX_NETWORK_RETRIES = 0
+    settings.SITE_URL = "https://exchange.example"
