@@ -43,6 +43,18 @@ def format_minor(amount: int, currency: str) -> str:
     return f"{CURRENCY_SYMBOL.get(currency, '')}{major:,} {currency}"
 
 
+def share_of(amount: int, part: int, whole: int) -> int:
+    """``amount * part / whole`` in minor units, rounded half up: the share of ``amount`` that ``part`` of ``whole`` is.
+
+    Used where a flat amount is split in proportion (the buyer service fee
+    kept on a partly refunded order); like ``percentage_of``, half a minor unit
+    goes to the platform.
+    """
+    if amount < 0 or whole <= 0 or not 0 <= part <= whole:
+        raise MoneyError("share_of takes a non-negative amount and 0 <= part <= whole, whole > 0")
+    return int((Decimal(amount) * part / whole).to_integral_value(rounding=ROUND_HALF_UP))
+
+
 def percentage_of(amount: int, basis_points: int) -> int:
     """``amount * basis_points / 10000`` in minor units, rounded half up.
 

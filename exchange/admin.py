@@ -6,7 +6,8 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
 
-from common.money import MoneyError, to_minor
+from common.money import MoneyError, format_minor, to_minor
+from exchange.choices import SettlementBatchStatus, SettlementRunStatus
 from exchange.gateways import GatewayError
 from exchange.gateways.sandbox import SandboxGateway
 from exchange.models import (
@@ -19,6 +20,7 @@ from exchange.models import (
     EntitlementStatusHistory,
     JournalEntry,
     LedgerAccount,
+    LedgerBlock,
     LedgerVerification,
     Notification,
     Order,
@@ -29,6 +31,7 @@ from exchange.models import (
     Payout,
     Posting,
     Refund,
+    SettlementBatch,
     SettlementRun,
     Subscription,
     UsageMonthly,
@@ -39,7 +42,7 @@ from exchange.services.ledger import ledger_verify_record
 from exchange.services.orders import order_cancel
 from exchange.services.outbound import outbound_event_retry, webhook_endpoint_set_active
 from exchange.services.refunds import order_refund
-from exchange.services.settlement import settlement_run_start
+from exchange.services.settlement import settlement_run_start, settlement_runs_resume
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -320,6 +323,12 @@ def verify_ledger(modeladmin, request, queryset):
     _verify_ledger_now(request)
 
 
+@admin.register(LedgerBlock)
+class LedgerBlockAdmin(ReadOnlyAdmin):
+    list_display = ("sequence", "entry_count", "created_at", "root_hash", "block_hash")
+    search_fields = ("block_hash", "root_hash")
+
+
 @admin.register(JournalEntry)
 class JournalEntryAdmin(ReadOnlyAdmin):
     list_display = ("sequence", "kind", "order", "payout", "memo", "created_at", "entry_hash")
@@ -350,6 +359,38 @@ def start_settlement_run(modeladmin, request, queryset):
         messages.success(request, f"Settlement run {run.pk} started; a settlement worker is executing it.")
 
 
+@admin.action(description="Resume the selected running runs (queue their unfinished batches again)")
+def resume_settlement_runs(modeladmin, request, queryset):
+    running = [run.pk for run in queryset if run.status == SettlementRunStatus.RUNNING]
+    if not running:
+        messages.error(request, "None of the selected runs is running: nothing to resume.")
+        return
+    resumed = settlement_runs_resume(stalled_after_seconds=0)
+    messages.success(request, f"Queued the unfinished work of run(s) {', '.join(map(str, resumed))} again.")
+
+
+class SettlementBatchInline(admin.TabularInline):
+    model = SettlementBatch
+    extra = 0
+    can_delete = False
+    readonly_fields = (
+        "number",
+        "first_order_pk",
+        "last_order_pk",
+        "status",
+        "orders_settled",
+        "ledger_rows",
+        "totals",
+        "attempts",
+        "error",
+        "finished_at",
+    )
+    fields = readonly_fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(SettlementRun)
 class SettlementRunAdmin(ReadOnlyAdmin):
     list_display = (
@@ -357,14 +398,40 @@ class SettlementRunAdmin(ReadOnlyAdmin):
         "status",
         "trigger",
         "requested_by",
+        "progress",
         "orders_settled",
         "payouts_created",
         "started_at",
         "finished_at",
     )
     list_filter = ("status", "trigger")
-    inlines = [PayoutInline]
-    actions = [start_settlement_run]
+    readonly_fields = ("progress", "totals")
+    inlines = [SettlementBatchInline, PayoutInline]
+    actions = [start_settlement_run, resume_settlement_runs]
+
+    @admin.display(description="progress")
+    def progress(self, run):
+        if run.cutoff is None:
+            return "planning" if run.status == SettlementRunStatus.RUNNING else "-"
+        percent = 100 * run.batches_done // run.batches_total if run.batches_total else 100
+        batches = f"{run.batches_done}/{run.batches_total} batches ({percent} %)"
+        return f"{batches}, {run.orders_settled}/{run.orders_total} orders"
+
+    @admin.display(description="totals settled")
+    def totals(self, run):
+        sums: dict[str, dict[str, int]] = {}
+        for totals in run.batches.filter(status=SettlementBatchStatus.COMPLETED).values_list("totals", flat=True):
+            for currency, figures in totals.items():
+                line = sums.setdefault(currency, {"gross": 0, "fee": 0})
+                line["gross"] += figures["gross"]
+                line["fee"] += figures["fee"]
+        if not sums:
+            return "-"
+        return "; ".join(
+            f"gross {format_minor(f['gross'], c)}, fees {format_minor(f['fee'], c)}, "
+            f"merchants {format_minor(f['gross'] - f['fee'], c)}"
+            for c, f in sorted(sums.items())
+        )
 
     def changelist_view(self, request, extra_context=None):
         # The "start a run" action needs no selection: allow it on an empty changelist.
@@ -489,7 +556,7 @@ def _verify_ledger_now(request) -> LedgerVerification:
     if record.ok:
         messages.success(request, f"Ledger OK: {record.message}.")
     else:
-        where = f"entry #{record.first_break_sequence}" if record.first_break_sequence else "the ledger as a whole"
+        where = record.break_location
         messages.error(request, f"Ledger BROKEN at {where}: {record.message}")
     return record
 
@@ -499,12 +566,22 @@ class LedgerVerificationAdmin(ReadOnlyAdmin):
     """Past verifications, the latest first and summarised above the list, and a button to run one now."""
 
     change_list_template = "admin/exchange/ledgerverification/change_list.html"
-    list_display = ("pk", "result", "entries_checked", "first_break_sequence", "trigger", "started_at", "finished_at")
+    list_display = (
+        "pk",
+        "result",
+        "entries_checked",
+        "first_break_sequence",
+        "first_break_block",
+        "trigger",
+        "started_at",
+        "finished_at",
+    )
     list_filter = ("ok", "trigger")
     readonly_fields = (
         "ok",
         "entries_checked",
         "first_break_sequence",
+        "first_break_block",
         "message",
         "trigger",
         "started_at",

@@ -71,7 +71,7 @@ def _document(certificate: TransactionCertificate) -> dict:
 def _amounts(doc: dict | None) -> dict[str, str]:
     """The document's amounts for people (``12.34 CNY``); anything malformed is shown as a dash."""
     amounts = {}
-    for name in ("price", "refunded", "platform_fee", "merchant_proceeds"):
+    for name in ("price", "refunded", "buyer_service_fee", "platform_fee", "merchant_proceeds"):
         value = (doc or {}).get(name)
         try:
             amounts[name] = format_minor(value["amount"], value["currency"])

@@ -115,6 +115,8 @@ class JournalKind(models.TextChoices):
     SALE = "sale", "Sale settled (fee and merchant payable)"
     PAYOUT_CREATED = "payout_created", "Payout created"
     PAYOUT_SENT = "payout_sent", "Payout sent"
+    RECEIVABLE_NETTED = "receivable_netted", "Merchant receivable netted against the payable"
+    PAYOUT_RETURNED = "payout_returned", "Payout refused by the gateway, owed again"
 
 
 class AccountKind(models.TextChoices):
@@ -122,11 +124,22 @@ class AccountKind(models.TextChoices):
     ESCROW_HELD = "escrow_held", "Buyer funds held in escrow"
     PLATFORM_REVENUE = "platform_revenue", "Platform revenue (fees)"
     MERCHANT_PAYABLE = "merchant_payable", "Merchant payable"
+    MERCHANT_RECEIVABLE = "merchant_receivable", "Merchant receivable (refunds owed back after a payout)"
     PAYOUTS_PENDING = "payouts_pending", "Payouts in transit"
+
+
+# A merchant's position with the exchange: what it is owed (payable) less what it owes back (receivable).
+MERCHANT_ACCOUNT_KINDS = (AccountKind.MERCHANT_PAYABLE, AccountKind.MERCHANT_RECEIVABLE)
 
 
 class SettlementRunStatus(models.TextChoices):
     RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+
+
+class SettlementBatchStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
     COMPLETED = "completed", "Completed"
     FAILED = "failed", "Failed"
 

@@ -51,6 +51,24 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def env_money_map(name: str) -> dict[str, int]:
+    """``CNY:2.00,USD:0.30`` (major units per currency) as minor units by currency; empty or unset is ``{}``."""
+    from common.money import MoneyError, to_minor
+
+    raw = (os.environ.get(name) or "").strip()
+    amounts: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        currency, sep, amount = item.partition(":")
+        currency = currency.strip().upper()
+        if not sep or currency in amounts:
+            raise ImproperlyConfigured(f"{name} must look like CNY:2.00,USD:0.30 (each currency once), got {raw!r}")
+        try:
+            amounts[currency] = to_minor(amount, currency)
+        except MoneyError as exc:
+            raise ImproperlyConfigured(f"{name}: {currency}: {exc}") from None
+    return amounts
+
+
 def env_choice(name: str, default: str, choices: set[str]) -> str:
     value = os.environ.get(name, default).strip()
     if value not in choices:

@@ -4,6 +4,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from common.money import CURRENCY_CHOICES, format_minor
 from exchange.choices import (
@@ -20,6 +21,7 @@ from exchange.choices import (
     PayoutStatus,
     RefundStatus,
     SandboxSessionStatus,
+    SettlementBatchStatus,
     SettlementRunStatus,
     SubscriptionStatus,
     UsageChannel,
@@ -37,6 +39,9 @@ class Order(models.Model):
     merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="orders")
     amount = models.PositiveBigIntegerField()
     currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES)
+    service_fee = models.PositiveBigIntegerField(
+        default=0, help_text="The buyer service fee (minor units) included in amount; the platform keeps it."
+    )
     # Assigned only by exchange.services.orders.order_transition.
     status = models.CharField(
         max_length=30, choices=OrderStatus.choices, default=OrderStatus.PENDING_PAYMENT, editable=False
@@ -71,6 +76,9 @@ class Order(models.Model):
             models.CheckConstraint(
                 condition=models.Q(refunded_amount__lte=models.F("amount")), name="order_refund_within_amount"
             ),
+            models.CheckConstraint(
+                condition=models.Q(service_fee__lte=models.F("amount")), name="order_service_fee_within_amount"
+            ),
             # One open checkout per buyer, product and plan: a second tab resumes it instead of paying twice.
             models.UniqueConstraint(
                 fields=["buyer", "listing", "plan"],
@@ -90,6 +98,10 @@ class Order(models.Model):
     @property
     def amount_display(self) -> str:
         return format_minor(self.amount, self.currency)
+
+    @property
+    def service_fee_display(self) -> str:
+        return format_minor(self.service_fee, self.currency)
 
 
 class OrderStatusHistory(models.Model):
@@ -346,19 +358,51 @@ class LedgerAccount(models.Model):
 
 
 class LedgerChainHead(models.Model):
-    """The tip of the ledger's hash chain; its row lock orders ledger writes."""
+    """The tip of the ledger's chain of blocks; its row lock orders the (short) appends of blocks."""
 
-    sequence = models.BigIntegerField(default=0)
-    entry_hash = models.CharField(max_length=64, default="0" * 64)
+    sequence = models.BigIntegerField(default=0)  # the last block's sequence
+    block_hash = models.CharField(max_length=64, default="0" * 64)
 
     def __str__(self):
-        return f"Ledger head #{self.sequence}"
+        return f"Ledger head: block #{self.sequence}"
+
+
+class LedgerBlock(models.Model):
+    """Journal entries written together, hashed into one root; the blocks are chained one after another.
+
+    Inside a block, entry 1 chains from the genesis hash and entry n from
+    entry n-1; ``root_hash`` is the last entry's hash, so it commits to every
+    entry of the block in order. ``block_hash`` = sha256(prev_hash || canonical
+    header), the header naming sequence, root, entry count and time. Writers
+    build and insert their entries in parallel and take the chain head's lock
+    only to append the block (DESIGN.md §5.5).
+    """
+
+    sequence = models.BigIntegerField(unique=True)
+    entry_count = models.PositiveIntegerField()
+    root_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField()
+    prev_hash = models.CharField(max_length=64)
+    block_hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["sequence"]
+
+    def __str__(self):
+        return f"Block #{self.sequence} ({self.entry_count} entries)"
 
 
 class JournalEntry(models.Model):
-    """A balanced, append-only, hash-chained journal entry."""
+    """A balanced, append-only, hash-chained journal entry.
+
+    ``sequence`` is unique and increasing (PostgreSQL sequence), not gap-free:
+    completeness is proven by the blocks (each entry's ``position`` in its
+    block runs 1..entry_count).
+    """
 
     sequence = models.BigIntegerField(unique=True)
+    block = models.ForeignKey(LedgerBlock, on_delete=models.PROTECT, related_name="entries")
+    position = models.PositiveIntegerField()
     idempotency_key = models.CharField(max_length=150, unique=True)
     kind = models.CharField(max_length=30, choices=JournalKind.choices)
     order = models.ForeignKey(Order, on_delete=models.PROTECT, null=True, blank=True, related_name="journal_entries")
@@ -373,6 +417,7 @@ class JournalEntry(models.Model):
     class Meta:
         ordering = ["sequence"]
         verbose_name_plural = "journal entries"
+        constraints = [models.UniqueConstraint(fields=["block", "position"], name="journal_entry_block_position")]
 
     def __str__(self):
         return f"#{self.sequence} {self.kind}"
@@ -402,6 +447,10 @@ class SettlementRun(models.Model):
     trigger = models.CharField(max_length=20, default="manual")
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    cutoff = models.DateTimeField(null=True, blank=True, help_text="Orders delivered up to this time are settled.")
+    orders_total = models.PositiveIntegerField(default=0)
+    batches_total = models.PositiveIntegerField(default=0)
+    batches_done = models.PositiveIntegerField(default=0)
     orders_settled = models.PositiveIntegerField(default=0)
     payouts_created = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
@@ -417,6 +466,33 @@ class SettlementRun(models.Model):
 
     def __str__(self):
         return f"Settlement run {self.pk} ({self.status})"
+
+
+class SettlementBatch(models.Model):
+    """A slice of a run's orders (a primary-key range), settled in one transaction as one ledger block."""
+
+    run = models.ForeignKey(SettlementRun, on_delete=models.PROTECT, related_name="batches")
+    number = models.PositiveIntegerField()
+    first_order_pk = models.BigIntegerField()
+    last_order_pk = models.BigIntegerField()
+    status = models.CharField(
+        max_length=20, choices=SettlementBatchStatus.choices, default=SettlementBatchStatus.PENDING
+    )
+    orders_settled = models.PositiveIntegerField(default=0)
+    ledger_rows = models.PositiveIntegerField(default=0)
+    totals = models.JSONField(default=dict, blank=True)  # {currency: {"gross": int, "fee": int}}
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    block = models.ForeignKey(LedgerBlock, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "number"]
+        verbose_name_plural = "settlement batches"
+        constraints = [models.UniqueConstraint(fields=["run", "number"], name="settlement_batch_number")]
+
+    def __str__(self):
+        return f"Run {self.run_id} batch {self.number} ({self.status})"
 
 
 class Payout(models.Model):
@@ -639,6 +715,7 @@ class LedgerVerification(models.Model):
     ok = models.BooleanField(default=False)
     entries_checked = models.BigIntegerField(default=0)
     first_break_sequence = models.BigIntegerField(null=True, blank=True)
+    first_break_block = models.BigIntegerField(null=True, blank=True)
     message = models.TextField(blank=True)
     trigger = models.CharField(max_length=20, default="command")  # command, admin, schedule
 
@@ -647,6 +724,15 @@ class LedgerVerification(models.Model):
 
     def __str__(self):
         return f"Verification {self.pk}: {'ok' if self.ok else 'BROKEN'} ({self.entries_checked} entries)"
+
+    @property
+    def break_location(self) -> str:
+        """Where the first break is: an entry (and its block), a block, or the ledger as a whole."""
+        if self.first_break_sequence:
+            return f"entry #{self.first_break_sequence} in block #{self.first_break_block}"
+        if self.first_break_block:
+            return f"block #{self.first_break_block}"
+        return "the ledger as a whole"
 
 
 class TransactionCertificate(models.Model):
@@ -663,7 +749,7 @@ class TransactionCertificate(models.Model):
     document = models.TextField()
     signature = models.CharField(max_length=120)
     key_id = models.CharField(max_length=32)
-    issued_at = models.DateTimeField(auto_now_add=True)
+    issued_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["-issued_at", "-pk"]

@@ -13,7 +13,7 @@ import dj_database_url
 from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
-from exchange.env import env_bool, env_choice, env_int, env_list, env_str
+from exchange.env import env_bool, env_choice, env_int, env_list, env_money_map, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("EXCHANGE_VAR_DIR", str(BASE_DIR / "var"))).resolve()
@@ -169,6 +169,10 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 SETTLEMENT_HOUR_UTC = env_int("SETTLEMENT_HOUR_UTC", 2, minimum=0, maximum=23)
+# Orders per settlement batch: one task, one transaction, one ledger block; batches run in parallel.
+SETTLEMENT_BATCH_SIZE = env_int("SETTLEMENT_BATCH_SIZE", 500, minimum=1, maximum=10000)
+# A running run with no batch finished for this long gets its lost work queued again (beat, every 5 minutes).
+SETTLEMENT_STALLED_SECONDS = env_int("SETTLEMENT_STALLED_SECONDS", 600, minimum=30)
 CELERY_BEAT_SCHEDULE = {
     "settlement-daily": {
         "task": "exchange.tasks.settlement_run_scheduled",
@@ -178,6 +182,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "exchange.tasks.payment_events_sweep",
         "schedule": 60.0,
     },
+    "settlement-resume": {"task": "exchange.tasks.settlement_runs_resume", "schedule": 300.0},
     "datafile-profile-sweep": {"task": "listings.tasks.datafile_profile_sweep", "schedule": 600.0},
     "entitlements-expire": {"task": "exchange.tasks.entitlements_expire", "schedule": 300.0},
     "escrow-auto-confirm": {"task": "exchange.tasks.escrow_auto_confirm", "schedule": crontab(minute=15)},
@@ -283,6 +288,8 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DOWNLOAD_LINK_TTL_SECONDS = env_int("DOWNLOAD_LINK_TTL_SECONDS", 900, minimum=10)
 PLATFORM_FEE_BPS = env_int("PLATFORM_FEE_BPS", 1000, minimum=0, maximum=10000)  # 1000 bps = 10 %
+# A flat fee the buyer pays on top of a one-time purchase, per currency ("CNY:2.00,USD:0.30"); none by default.
+BUYER_SERVICE_FEE = env_money_map("BUYER_SERVICE_FEE")
 DISPUTE_HOLD_DAYS = env_int("DISPUTE_HOLD_DAYS", 0, minimum=0)
 # Transaction certificates are signed with this Ed25519 key (PEM, PKCS#8; exchange/signing_key.py). Generated
 # on first use outside production; production refuses to start without it (a new key orphans old certificates).

@@ -5,6 +5,7 @@ import logging
 from datetime import timedelta
 
 from celery import shared_task
+from django.conf import settings
 from django.db import OperationalError
 from django.utils import timezone
 
@@ -79,8 +80,28 @@ def delivery_version_published(version_pk: int) -> int:
 
 @shared_task(**RETRY)
 def settlement_run_execute(run_pk: int) -> str:
-    run = settlement.settlement_run_execute(run_pk=run_pk)
+    """Plan a run: fix its cutoff, split its orders into batches and queue them."""
+    run = settlement.settlement_run_plan(run_pk=run_pk)
+    return f"run {run.pk}: {run.status}, {run.orders_total} orders in {run.batches_total} batches"
+
+
+@shared_task(**RETRY)
+def settlement_batch_execute(batch_pk: int) -> str:
+    batch = settlement.settlement_batch_execute(batch_pk=batch_pk)
+    return f"batch {batch.pk}: {batch.status}, {batch.orders_settled} orders"
+
+
+@shared_task(**RETRY)
+def settlement_run_finish(run_pk: int) -> str:
+    run = settlement.settlement_run_finish(run_pk=run_pk)
     return f"run {run.pk}: {run.status}, {run.orders_settled} orders, {run.payouts_created} payouts"
+
+
+@shared_task
+def settlement_runs_resume() -> str:
+    """Beat: queue again the lost work of runs that stalled (a dead worker, a lost message)."""
+    resumed = settlement.settlement_runs_resume(stalled_after_seconds=settings.SETTLEMENT_STALLED_SECONDS)
+    return f"resumed runs {resumed}" if resumed else "no stalled run"
 
 
 @shared_task
@@ -227,4 +248,5 @@ def ledger_verify_scheduled() -> dict:
         "ok": record.ok,
         "entries_checked": record.entries_checked,
         "first_break_sequence": record.first_break_sequence,
+        "first_break_block": record.first_break_block,
     }

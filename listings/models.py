@@ -220,6 +220,17 @@ class PricingPlan(models.Model):
         return self.name or self.get_kind_display()
 
     @property
+    def buyer_service_fee(self) -> int:
+        """The flat fee (minor units) a buyer pays on top of this plan: one-time purchases only (settings)."""
+        if self.kind != PlanKind.ONE_TIME or not self.amount:
+            return 0
+        return settings.BUYER_SERVICE_FEE.get(self.currency, 0)
+
+    @property
+    def buyer_service_fee_display(self) -> str:
+        return format_minor(self.buyer_service_fee, self.currency)
+
+    @property
     def price_display(self) -> str:
         if self.kind == PlanKind.FREE:
             return "Free"

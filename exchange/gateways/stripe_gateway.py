@@ -56,9 +56,20 @@ class StripeGateway(PaymentGateway):
         }
         price_data = {
             "currency": order.currency.lower(),
-            "unit_amount": order.amount,
+            "unit_amount": order.amount - order.service_fee,
             "product_data": {"name": order.listing.title[:250]},
         }
+        # The buyer service fee is its own line, so the buyer sees what the product costs and what the fee is.
+        fee_line = [
+            {
+                "quantity": 1,
+                "price_data": {
+                    "currency": order.currency.lower(),
+                    "unit_amount": order.service_fee,
+                    "product_data": {"name": "Buyer service fee"},
+                },
+            }
+        ]
         if order.plan_kind == PlanKind.SUBSCRIPTION:
             price_data["recurring"] = {"interval": order.plan.interval}
             params.update(
@@ -71,7 +82,7 @@ class StripeGateway(PaymentGateway):
         else:
             params.update(
                 mode="payment",
-                line_items=[{"quantity": 1, "price_data": price_data}],
+                line_items=[{"quantity": 1, "price_data": price_data}, *(fee_line if order.service_fee else [])],
                 payment_intent_data={"transfer_group": f"order-{order.public_id}", "metadata": order_meta},
             )
         try:

@@ -21,13 +21,13 @@ exactly that document.
 import base64
 import binascii
 import json
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC
 
 from cryptography.exceptions import InvalidSignature
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from exchange.choices import AccountKind, DeliveryStatus
@@ -38,7 +38,7 @@ from exchange.models import Delivery, JournalEntry, Order, Posting, TransactionC
 from exchange.services.ledger import _canonical as ledger_entry_canonical
 from exchange.services.ledger import entry_hash as ledger_entry_hash
 from exchange.signing_key import signing_key
-from listings.services.review import version_manifest
+from listings.models import DataFile
 from merchants.selectors import merchant_is_member
 
 CERTIFICATE_VERSION = "1"
@@ -75,29 +75,53 @@ def _iso(value) -> str | None:
     return value.astimezone(UTC).isoformat() if value else None
 
 
-def _delivered_versions(order: Order) -> list[dict]:
-    # What the buyer actually got: every delivery that became ready (a later withdrawal ends access,
-    # it does not undo the delivery). Failed and still-pending deliveries were never received.
+def _delivered_versions_many(orders: list[Order]) -> dict[int, list[dict]]:
+    """Per order pk, what the buyer actually got: every delivery that became ready, oldest first.
+
+    A later withdrawal ends access, it does not undo the delivery; failed and
+    still-pending deliveries were never received. Two queries for any number
+    of orders; each version's manifest is read once.
+    """
     deliveries = (
-        Delivery.objects.filter(entitlement__order=order, ready_at__isnull=False)
+        Delivery.objects.filter(entitlement__order__in=[order.pk for order in orders], ready_at__isnull=False)
         .exclude(status__in=[DeliveryStatus.FAILED, DeliveryStatus.PENDING])
         .select_related("version")
+        .only("pk", "ready_at", "entitlement__order_id", "version__label", "version__pk")
         .order_by("pk")
+        .values_list("entitlement__order_id", "ready_at", "version_id", "version__label")
     )
-    return [
-        {"label": d.version.label, "delivered_at": _iso(d.ready_at), "manifest": version_manifest(version=d.version)}
-        for d in deliveries
-    ]
+    rows = list(deliveries)
+    manifests: dict[int, list[dict]] = defaultdict(list)
+    for file in (
+        DataFile.objects.filter(version_id__in={version_id for _, _, version_id, _ in rows})
+        .order_by("pk")
+        .values("version_id", "original_name", "size", "sha256", "format")
+    ):
+        manifests[file["version_id"]].append(
+            {"name": file["original_name"], "size": file["size"], "sha256": file["sha256"], "format": file["format"]}
+        )
+    versions: dict[int, list[dict]] = {order.pk: [] for order in orders}
+    for order_id, ready_at, version_id, label in rows:
+        versions[order_id].append(
+            {"label": label, "delivered_at": _iso(ready_at), "manifest": list(manifests.get(version_id, []))}
+        )
+    return versions
 
 
 def _sale_split(entry: JournalEntry | None, order: Order) -> tuple[int, int]:
-    """(platform fee, merchant proceeds) as booked by the SALE entry; (0, 0) when no money moved."""
+    """(platform fee, merchant proceeds) as booked by the SALE entry; (0, 0) when no money moved.
+
+    Uses the legs an entry just written carries in memory (``journal_entries_write``), else reads its postings.
+    """
     if entry is None:
         return 0, 0
+    legs = getattr(entry, "_legs", None)
+    if legs is not None:
+        rows = [(account.kind, amount) for account, amount, currency in legs if currency == order.currency]
+    else:
+        rows = Posting.objects.filter(entry=entry, currency=order.currency).values_list("account__kind", "amount")
     fee = proceeds = 0
-    for kind, amount in Posting.objects.filter(entry=entry, currency=order.currency).values_list(
-        "account__kind", "amount"
-    ):
+    for kind, amount in rows:
         if kind == AccountKind.PLATFORM_REVENUE:
             fee -= amount  # credits are negative
         elif kind == AccountKind.MERCHANT_PAYABLE:
@@ -105,10 +129,14 @@ def _sale_split(entry: JournalEntry | None, order: Order) -> tuple[int, int]:
     return fee, proceeds
 
 
-def certificate_document(*, order: Order, journal_entry: JournalEntry | None, number: str, issued_at) -> dict:
+def certificate_document(
+    *, order: Order, journal_entry: JournalEntry | None, number: str, issued_at, versions: list[dict] | None = None
+) -> dict:
     """The certificate's content for ``order`` (settled) and its SALE entry (None if no money moved)."""
     fee, proceeds = _sale_split(journal_entry, order)
     listing = order.listing
+    if versions is None:
+        versions = _delivered_versions_many([order])[order.pk]
     return {
         "type": DOCUMENT_TYPE,
         "version": CERTIFICATE_VERSION,
@@ -122,10 +150,11 @@ def certificate_document(*, order: Order, journal_entry: JournalEntry | None, nu
             "registration_number": listing.registration_number,
             "slug": listing.slug,
         },
-        "versions": _delivered_versions(order),
+        "versions": versions,
         "buyer": {"name": buyer_public_name(order.buyer)},
         "merchant": {"name": order.merchant.name},
         "price": {"amount": order.amount, "currency": order.currency},
+        "buyer_service_fee": {"amount": order.service_fee, "currency": order.currency},
         "refunded": {"amount": order.refunded_amount, "currency": order.currency},
         "platform_fee": {"amount": fee, "currency": order.currency},
         "merchant_proceeds": {"amount": proceeds, "currency": order.currency},
@@ -150,34 +179,51 @@ def certificate_issue(*, order: Order, journal_entry: JournalEntry | None) -> Tr
     ``settled_at`` is stamped, with the order's SALE entry (None when the
     trade moved no money). Raises ValueError for an order that is not settled.
     """
-    existing = TransactionCertificate.objects.filter(order=order).first()
-    if existing is not None:
-        return existing
-    if order.settled_at is None:
-        raise ValueError(f"Order {order.reference} is not settled; only settled trades get a certificate.")
-    issued_at = timezone.now()
-    number = certificate_number(order=order, issued_at=issued_at)
-    document = canonical_bytes(
-        certificate_document(order=order, journal_entry=journal_entry, number=number, issued_at=issued_at)
-    )
+    return certificates_issue_many(sales=[(order, journal_entry)])[order.pk]
+
+
+def certificates_issue_many(*, sales: list[tuple[Order, JournalEntry | None]]) -> dict[int, TransactionCertificate]:
+    """Issue the certificates of several settled orders, each once; return them by order pk.
+
+    ``certificate_issue``'s contract for each (order, SALE entry or None)
+    pair; an order that already has a certificate gets it back unchanged.
+    The orders should come with their listing, buyer and merchant loaded
+    (select_related); the delivered versions of all of them are read in two
+    queries and the certificates inserted in one statement. Must run inside
+    the transaction that settles the orders, which holds their row locks.
+    """
+    for order, _ in sales:
+        if order.settled_at is None:
+            raise ValueError(f"Order {order.reference} is not settled; only settled trades get a certificate.")
+    issued = {c.order_id: c for c in TransactionCertificate.objects.filter(order__in=[o.pk for o, _ in sales])}
+    todo = [(order, entry) for order, entry in sales if order.pk not in issued]
+    if not todo:
+        return issued
+    versions = _delivered_versions_many([order for order, _ in todo])
     key = signing_key()
-    try:
-        with transaction.atomic():
-            certificate = TransactionCertificate.objects.create(
+    issued_at = timezone.now()
+    fresh = []
+    for order, entry in todo:
+        number = certificate_number(order=order, issued_at=issued_at)
+        document = canonical_bytes(
+            certificate_document(
+                order=order, journal_entry=entry, number=number, issued_at=issued_at, versions=versions[order.pk]
+            )
+        )
+        fresh.append(
+            TransactionCertificate(
                 number=number,
                 order=order,
-                journal_entry=journal_entry,
+                journal_entry=entry,
                 document=document.decode("utf-8"),
                 signature=certificate_sign(document_bytes=document),
                 key_id=key.key_id,
+                issued_at=issued_at,  # the stored time is the signed one
             )
-    except IntegrityError:
-        # Another transaction issued it between our check and insert: theirs is the certificate.
-        return TransactionCertificate.objects.get(order=order)
-    # issued_at is auto_now_add; keep the stored time identical to the signed one.
-    TransactionCertificate.objects.filter(pk=certificate.pk).update(issued_at=issued_at)
-    certificate.issued_at = issued_at
-    return certificate
+        )
+    TransactionCertificate.objects.bulk_create(fresh)
+    issued.update((certificate.order_id, certificate) for certificate in fresh)
+    return issued
 
 
 def certificate_bundle(certificate: TransactionCertificate) -> dict:

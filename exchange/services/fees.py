@@ -32,7 +32,7 @@ from django.db import transaction
 from django.db.models import F, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
-from common.money import percentage_of
+from common.money import percentage_of, share_of
 from exchange.models import FeeRule, Order
 from listings.models import Category, Listing
 from merchants.models import Merchant
@@ -217,6 +217,22 @@ def commission_bps_for(order: Order, *, schedule: FeeSchedule | None = None) -> 
     else:
         rule = schedule.rule_for(merchant_id=order.merchant_id, category_id=category_id, at=at)
     return settings.PLATFORM_FEE_BPS if rule is None else rule.commission_bps
+
+
+def order_split(order: Order, *, held: int, schedule: FeeSchedule | None = None) -> tuple[int, int]:
+    """How ``held`` minor units of ``order`` settle: (the platform's share, the merchant's share).
+
+    The platform keeps the buyer service fee, in proportion to what is still
+    held (``share_of``, half up: a partly refunded order gave back the same
+    share of the fee as of the price), plus the commission on the rest
+    (``order_fee``). The two shares always add up to ``held``.
+    """
+    if not 0 <= held <= order.amount:
+        raise ValueError(f"held must be between 0 and the order's amount {order.amount}, got {held}")
+    service = share_of(order.service_fee, held, order.amount) if order.service_fee else 0
+    gross = held - service
+    fee = order_fee(order, gross=gross, schedule=schedule)
+    return service + fee, gross - fee
 
 
 def order_fee(order: Order, *, gross: int, schedule: FeeSchedule | None = None) -> int:

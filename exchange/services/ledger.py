@@ -1,28 +1,34 @@
-"""The double-entry ledger: balanced, append-only, hash-chained journal entries.
+"""The double-entry ledger: balanced, append-only journal entries, hashed into chained blocks.
 
 Sign convention: a posting's amount is positive for a debit and negative for a
 credit, in integer minor units; the postings of an entry sum to zero per
-currency. Each entry stores sha256(previous entry hash || canonical content),
-so changing any stored entry breaks the chain from that entry on.
+currency.
 
-Every write locks the chain head row, which orders all ledger writers one
-after another. That is simple and correct; batching entries under one chained
-root so settlement workers can write in parallel is the settlement issue's
-job (DESIGN.md §5.5).
+Hashing (DESIGN.md §5.5): the entries one call writes form a block. Inside the
+block, entry n stores sha256(hash of entry n-1 || its canonical content), entry
+1 starting from the genesis hash; the last entry's hash is the block's root.
+Blocks are chained: each stores sha256(previous block's hash || its header).
+Changing, adding or removing any stored entry breaks its own hash, its block's
+root or its block's count, and ``ledger_verify`` names it.
+
+Writers build, number (a PostgreSQL sequence) and insert their entries in
+parallel; only appending the block takes the chain head's row lock, as the
+transaction's last statement, so settlement workers overlap everything but a
+one-row insert and the commit.
 """
 
 import hashlib
 import json
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Max, Sum
 from django.utils import timezone
 
 from exchange.choices import AccountKind
-from exchange.models import JournalEntry, LedgerAccount, LedgerChainHead, LedgerVerification, Posting
+from exchange.models import JournalEntry, LedgerAccount, LedgerBlock, LedgerChainHead, LedgerVerification, Posting
 
 logger = logging.getLogger(__name__)
 
@@ -35,18 +41,41 @@ class UnbalancedEntry(ValueError):
     pass
 
 
+MERCHANT_ACCOUNT_NAMES = {
+    AccountKind.MERCHANT_PAYABLE: "Payable to {}",
+    AccountKind.MERCHANT_RECEIVABLE: "Receivable from {}",
+}
+
+
 def account_get(*, kind: str, merchant=None) -> LedgerAccount:
     """The ledger account of ``kind`` (per merchant for merchant accounts), created on first use."""
-    if kind == AccountKind.MERCHANT_PAYABLE:
+    if kind in MERCHANT_ACCOUNT_NAMES:
         if merchant is None:
-            raise ValueError("merchant_payable accounts belong to a merchant")
-        code, name = f"{kind}:{merchant.pk}", f"Payable to {merchant.name}"
+            raise ValueError(f"{kind} accounts belong to a merchant")
+        code, name = f"{kind}:{merchant.pk}", MERCHANT_ACCOUNT_NAMES[kind].format(merchant.name)
     else:
         code, name = kind, AccountKind(kind).label
     account, _ = LedgerAccount.objects.get_or_create(
         code=code, defaults={"kind": kind, "merchant": merchant, "name": name}
     )
     return account
+
+
+def merchant_accounts(*, kind: str, merchants) -> dict[int, LedgerAccount]:
+    """``account_get`` for many merchants at once: their accounts of ``kind`` by merchant pk, missing ones created."""
+    if kind not in MERCHANT_ACCOUNT_NAMES:
+        raise ValueError(f"{kind} is not a merchant account kind")
+    by_code = {f"{kind}:{merchant.pk}": merchant for merchant in merchants}
+    found = {account.merchant_id: account for account in LedgerAccount.objects.filter(code__in=by_code)}
+    missing = [
+        LedgerAccount(code=code, kind=kind, merchant=merchant, name=MERCHANT_ACCOUNT_NAMES[kind].format(merchant.name))
+        for code, merchant in by_code.items()
+        if merchant.pk not in found
+    ]
+    if missing:
+        LedgerAccount.objects.bulk_create(missing, ignore_conflicts=True)  # a concurrent writer may create one too
+        found = {account.merchant_id: account for account in LedgerAccount.objects.filter(code__in=by_code)}
+    return found
 
 
 def _canonical(*, sequence, idempotency_key, kind, order_id, payout_id, created_at, legs) -> bytes:
@@ -64,6 +93,16 @@ def _canonical(*, sequence, idempotency_key, kind, order_id, payout_id, created_
 
 def entry_hash(*, prev_hash: str, canonical: bytes) -> str:
     return hashlib.sha256(prev_hash.encode() + canonical).hexdigest()
+
+
+def block_hash(*, prev_hash: str, sequence: int, entry_count: int, root_hash: str, created_at) -> str:
+    """A block's hash: sha256(previous block's hash || canonical header)."""
+    header = json.dumps(
+        {"sequence": sequence, "entries": entry_count, "root": root_hash, "created_at": created_at.isoformat()},
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+    return hashlib.sha256(prev_hash.encode() + header).hexdigest()
 
 
 def _lock_head() -> LedgerChainHead:
@@ -119,70 +158,156 @@ def _balanced_legs(spec: EntrySpec) -> list[tuple[LedgerAccount, int, str]]:
     return legs
 
 
-def journal_post_many(specs: list[EntrySpec]) -> list[tuple[JournalEntry, bool]]:
-    """Post several balanced entries, chained in order, each once per idempotency key; all or none.
+def _allocate(count: int) -> tuple[int, list[int]]:
+    """A block id and ``count`` entry sequence numbers, taken without any lock (PostgreSQL sequences).
 
-    ``journal_post``'s rules for each entry; every entry is checked before
-    anything is written. The chain head is locked once and the entries and
-    their postings are inserted in one statement each, so a batch costs the
-    same handful of queries as a single entry. Returns (entry, created) in the
-    order of ``specs``; a key seen earlier in the same batch counts as a repeat.
+    Elsewhere (the embedded SQLite default, one writer at a time) they follow
+    the largest ones stored.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT nextval(pg_get_serial_sequence('exchange_ledgerblock', 'id'))")
+            block_id = cursor.fetchone()[0]
+            cursor.execute("SELECT nextval('exchange_journal_sequence') FROM generate_series(1, %s)", [count])
+            return block_id, sorted(row[0] for row in cursor.fetchall())
+    block_id = (LedgerBlock.objects.aggregate(m=Max("id"))["m"] or 0) + 1
+    last = JournalEntry.objects.aggregate(m=Max("sequence"))["m"] or 0
+    return block_id, list(range(last + 1, last + 1 + count))
+
+
+@dataclass
+class PendingBlock:
+    """Entries written by ``journal_entries_write`` whose block is not appended to the chain yet."""
+
+    block_id: int | None
+    entries: list[JournalEntry] = field(default_factory=list)
+    results: list[tuple[JournalEntry, bool]] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        """Ledger rows this block writes: its entries and their postings."""
+        return len(self.entries) + sum(len(entry._legs) for entry in self.entries)
+
+
+def journal_entries_write(specs: list[EntrySpec]) -> PendingBlock:
+    """Insert the new entries of ``specs`` and their postings; the caller must ``block_append`` before commit.
+
+    Must run inside a transaction. Each entry is checked first (UnbalancedEntry,
+    nothing written); a key already stored, or seen earlier in ``specs``, is a
+    repeat and writes nothing. The entries are numbered, hashed inside their
+    block and inserted in one statement each for entries and postings, with no
+    lock held, so several writers can do this at the same time.
     """
     legs_by_spec = [_balanced_legs(spec) for spec in specs]
+    keys = [spec.idempotency_key for spec in specs]
+    existing = {entry.idempotency_key: entry for entry in JournalEntry.objects.filter(idempotency_key__in=keys)}
+    fresh = []
+    for spec, legs in zip(specs, legs_by_spec, strict=True):
+        if spec.idempotency_key not in existing:
+            existing[spec.idempotency_key] = None  # later repeats in the same batch resolve to this entry
+            fresh.append((spec, legs))
+    if not fresh:
+        return PendingBlock(None, [], [(existing[key], False) for key in keys])
+    block_id, sequences = _allocate(len(fresh))
+    created_at = timezone.now()
+    prev_hash = GENESIS_HASH
+    entries = []
+    for position, ((spec, legs), sequence) in enumerate(zip(fresh, sequences, strict=True), start=1):
+        canonical = _canonical(
+            sequence=sequence,
+            idempotency_key=spec.idempotency_key,
+            kind=spec.kind,
+            order_id=spec.order.pk if spec.order else None,
+            payout_id=spec.payout.pk if spec.payout else None,
+            created_at=created_at,
+            legs=[(account.code, amount, currency) for account, amount, currency in legs],
+        )
+        digest = entry_hash(prev_hash=prev_hash, canonical=canonical)
+        entry = JournalEntry(
+            sequence=sequence,
+            block_id=block_id,
+            position=position,
+            idempotency_key=spec.idempotency_key,
+            kind=spec.kind,
+            order=spec.order,
+            payout=spec.payout,
+            memo=spec.memo[:300],
+            created_at=created_at,
+            prev_hash=prev_hash,
+            entry_hash=digest,
+        )
+        entry._legs = legs
+        existing[spec.idempotency_key] = entry
+        entries.append(entry)
+        prev_hash = digest
+    JournalEntry.objects.bulk_create(entries)
+    Posting.objects.bulk_create(
+        [
+            Posting(entry=entry, account=account, amount=amount, currency=currency)
+            for entry in entries
+            for account, amount, currency in entry._legs
+        ]
+    )
+    new = {id(entry) for entry in entries}
+    results, seen = [], set()
+    for key in keys:
+        entry = existing[key]
+        created = id(entry) in new and key not in seen
+        seen.add(key)
+        results.append((entry, created))
+    return PendingBlock(block_id, entries, results)
+
+
+def block_append(pending: PendingBlock) -> LedgerBlock | None:
+    """Append ``pending``'s block to the chain; call it last in the transaction that wrote the entries.
+
+    The ledger's deferred balance checks run first (SET CONSTRAINTS
+    IMMEDIATE), outside the lock; then the chain head is locked, the block
+    row inserted after it and the head moved. The lock is held from here to
+    the commit, so nothing slow should follow this call.
+    """
+    if not pending.entries:
+        return None
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            # Runs the pending checks now; DEFERRED again so later entries of the same transaction are checked later.
+            cursor.execute(
+                "SET CONSTRAINTS exchange_journalentry_balanced, exchange_posting_balanced IMMEDIATE;"
+                " SET CONSTRAINTS exchange_journalentry_balanced, exchange_posting_balanced DEFERRED"
+            )
+    head = _lock_head()
+    sequence, created_at, root = head.sequence + 1, timezone.now(), pending.entries[-1].entry_hash
+    count = len(pending.entries)
+    digest = block_hash(
+        prev_hash=head.block_hash, sequence=sequence, entry_count=count, root_hash=root, created_at=created_at
+    )
+    block = LedgerBlock.objects.create(
+        id=pending.block_id,
+        sequence=sequence,
+        entry_count=count,
+        root_hash=root,
+        created_at=created_at,
+        prev_hash=head.block_hash,
+        block_hash=digest,
+    )
+    head.sequence, head.block_hash = sequence, digest
+    head.save(update_fields=["sequence", "block_hash"])
+    return block
+
+
+def journal_post_many(specs: list[EntrySpec]) -> list[tuple[JournalEntry, bool]]:
+    """Post several balanced entries as one block, each once per idempotency key; all or none.
+
+    ``journal_post``'s rules for each entry; every entry is checked before
+    anything is written. Returns (entry, created) in the order of ``specs``; a
+    key seen earlier in the same batch counts as a repeat.
+    """
     if not specs:
         return []
     with transaction.atomic():
-        head = _lock_head()
-        keys = [spec.idempotency_key for spec in specs]
-        existing = {entry.idempotency_key: entry for entry in JournalEntry.objects.filter(idempotency_key__in=keys)}
-        created_at = timezone.now()
-        sequence, prev_hash = head.sequence, head.entry_hash
-        new_entries: list[JournalEntry] = []
-        new_legs: list[list[tuple[LedgerAccount, int, str]]] = []
-        results: list[tuple[str, JournalEntry | None]] = []
-        for spec, legs in zip(specs, legs_by_spec, strict=True):
-            if spec.idempotency_key in existing:
-                results.append((spec.idempotency_key, None))
-                continue
-            sequence += 1
-            canonical = _canonical(
-                sequence=sequence,
-                idempotency_key=spec.idempotency_key,
-                kind=spec.kind,
-                order_id=spec.order.pk if spec.order else None,
-                payout_id=spec.payout.pk if spec.payout else None,
-                created_at=created_at,
-                legs=[(account.code, amount, currency) for account, amount, currency in legs],
-            )
-            digest = entry_hash(prev_hash=prev_hash, canonical=canonical)
-            entry = JournalEntry(
-                sequence=sequence,
-                idempotency_key=spec.idempotency_key,
-                kind=spec.kind,
-                order=spec.order,
-                payout=spec.payout,
-                memo=spec.memo[:300],
-                created_at=created_at,
-                prev_hash=prev_hash,
-                entry_hash=digest,
-            )
-            existing[spec.idempotency_key] = entry
-            new_entries.append(entry)
-            new_legs.append(legs)
-            results.append((spec.idempotency_key, entry))
-            prev_hash = digest
-        if new_entries:
-            JournalEntry.objects.bulk_create(new_entries)
-            Posting.objects.bulk_create(
-                [
-                    Posting(entry=entry, account=account, amount=amount, currency=currency)
-                    for entry, legs in zip(new_entries, new_legs, strict=True)
-                    for account, amount, currency in legs
-                ]
-            )
-            head.sequence, head.entry_hash = sequence, prev_hash
-            head.save(update_fields=["sequence", "entry_hash"])
-    return [(entry, True) if entry is not None else (existing[key], False) for key, entry in results]
+        pending = journal_entries_write(specs)
+        block_append(pending)
+    return pending.results
 
 
 def account_balance(*, account: LedgerAccount, currency: str) -> int:
@@ -193,99 +318,169 @@ def account_balance(*, account: LedgerAccount, currency: str) -> int:
 class VerifyResult:
     ok: bool
     entries_checked: int
-    first_break: int | None = None
+    first_break: int | None = None  # the entry's sequence, when one entry is at fault
     message: str = ""
+    first_break_block: int | None = None  # the block's sequence, when the break is in (or of) a block
+
+
+def _block_pages(*, limit: int, chunk_size: int):
+    """Blocks up to sequence ``limit`` in order, in pages of about ``chunk_size`` entries (at least one block)."""
+    last = 0
+    header = ("sequence", "entry_count", "root_hash", "created_at", "prev_hash", "block_hash")
+    while True:
+        candidates = list(
+            LedgerBlock.objects.filter(sequence__gt=last, sequence__lte=limit)
+            .order_by("sequence")
+            .values_list(*header)[:500]
+        )
+        if not candidates:
+            return
+        page, entries = [], 0
+        for block in candidates:
+            if page and entries + block[1] > chunk_size:
+                break
+            page.append(block)
+            entries += block[1]
+        yield page
+        last = page[-1][0]
 
 
 def ledger_verify(*, chunk_size: int = 2000) -> VerifyResult:
-    """Recompute the hash chain and every balance; report the first break.
+    """Recompute every entry's hash, every block's root and link, and every balance; report the first break.
 
-    Walks the entries in sequence order up to the chain head as it stood when
-    the check began (entries appended meanwhile are left for the next run),
-    in keyset-paged chunks of ``chunk_size`` entries with their postings, so
-    memory stays bounded by the chunk whatever the ledger's size. For each
-    entry, in this order: its sequence follows the previous one, it has at
-    least two postings summing to zero per currency, its ``prev_hash`` is the
-    previous entry's hash, and its stored hash matches its recomputed content.
-    The first entry failing any of these is ``first_break``. Afterwards the
-    last entry must be the chain head, and the whole ledger (one aggregate over
-    every posting up to the head) must sum to zero per currency.
+    Walks the blocks in sequence order up to the chain head as it stood when
+    the check began (blocks appended meanwhile are left for the next run), a
+    page of about ``chunk_size`` entries at a time with their postings, so
+    memory stays bounded whatever the ledger's size. For each block, in this
+    order: its sequence follows the previous one and its ``prev_hash`` is that
+    block's hash; then for each of its entries by position: the position
+    follows the previous one, the entry has at least two postings summing to
+    zero per currency, its ``prev_hash`` is the previous entry's hash (the
+    genesis hash for the first), and its stored hash matches its recomputed
+    content. Then the block holds exactly ``entry_count`` entries, its root is
+    its last entry's hash and its own hash matches its header. The first
+    failure is reported: ``first_break`` names the entry (its sequence) when
+    one entry is at fault, ``first_break_block`` the block. Afterwards the last
+    block must be the chain head, and the whole ledger (one aggregate over every
+    posting in those blocks) must sum to zero per currency.
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
-    head = LedgerChainHead.objects.filter(pk=1).values("sequence", "entry_hash").first()
-    limit = head["sequence"] if head else None
-    prev = GENESIS_HASH
-    checked = 0
-    last_sequence = 0
+    head = LedgerChainHead.objects.filter(pk=1).values("sequence", "block_hash").first()
+    limit = head["sequence"] if head else 0
+    prev_block, blocks_checked, checked = GENESIS_HASH, 0, 0
     totals: dict[str, int] = defaultdict(int)
     fields = ("id", "sequence", "idempotency_key", "kind", "order_id", "payout_id", "created_at", "prev_hash")
-    while True:
-        page = JournalEntry.objects.filter(sequence__gt=last_sequence).order_by("sequence")
-        if limit is not None:
-            page = page.filter(sequence__lte=limit)
-        entries = list(page.values_list(*fields, "entry_hash")[:chunk_size])
-        if not entries:
-            break
-        legs_by_entry: dict[int, list[tuple[str, int, str]]] = defaultdict(list)
-        # The chunk's postings by sequence range (a join) rather than an IN list of thousands of entry ids.
-        postings = Posting.objects.filter(
-            entry__sequence__gt=last_sequence, entry__sequence__lte=entries[-1][1]
-        ).order_by("pk")
-        for entry_id, code, amount, currency in postings.values_list("entry_id", "account__code", "amount", "currency"):
-            legs_by_entry[entry_id].append((code, amount, currency))
-        for entry_id, sequence, key, kind, order_id, payout_id, created_at, prev_hash, stored_hash in entries:
-            legs = legs_by_entry.get(entry_id, [])
-            entry_totals: dict[str, int] = defaultdict(int)
-            for _, amount, currency in legs:
-                entry_totals[currency] += amount
-            if sequence != checked + 1:
-                # The break is the missing entry, not the one found after the gap.
-                return VerifyResult(
-                    False, checked, checked + 1, f"entry #{checked + 1} is missing (next is #{sequence})"
-                )
-            if len(legs) < 2 or any(entry_totals.values()):
-                imbalance = {currency: total for currency, total in entry_totals.items() if total}
-                return VerifyResult(
-                    False, checked, sequence, f"entry does not balance: {len(legs)} postings, off by {imbalance}"
-                )
-            if prev_hash != prev:
-                return VerifyResult(False, checked, sequence, "previous-hash link is broken")
-            canonical = _canonical(
-                sequence=sequence,
-                idempotency_key=key,
-                kind=kind,
-                order_id=order_id,
-                payout_id=payout_id,
-                created_at=created_at,
-                legs=legs,
-            )
-            if entry_hash(prev_hash=prev, canonical=canonical) != stored_hash:
-                return VerifyResult(False, checked, sequence, "content does not match its hash")
-            for currency, total in entry_totals.items():
-                totals[currency] += total
-            prev = stored_hash
-            checked += 1
-        last_sequence = entries[-1][1]
-    if head is None:
-        if checked:
-            return VerifyResult(False, checked, None, "entries exist but the chain head is missing")
-        return VerifyResult(True, 0, None, "0 entries verified (the ledger is empty)")
-    if head["sequence"] != checked or (checked and head["entry_hash"] != prev):
-        return VerifyResult(
-            False, checked, checked + 1, f"the chain head is #{head['sequence']} but the entries end at #{checked}"
+
+    def broken(message, *, entry=None, block=None):
+        return VerifyResult(False, checked, entry, message, first_break_block=block)
+
+    for page in _block_pages(limit=limit, chunk_size=chunk_size):
+        low, high = page[0][0], page[-1][0]
+        entries_by_block: dict[int, list] = defaultdict(list)
+        rows = (
+            JournalEntry.objects.filter(block__sequence__gte=low, block__sequence__lte=high)
+            .order_by("block__sequence", "position")
+            .values_list("block__sequence", "position", *fields, "entry_hash")
         )
-    # Independent of the per-entry walk: the database's own sum over every posting up to the head.
+        for row in rows:
+            entries_by_block[row[0]].append(row[1:])
+        legs_by_entry: dict[int, list[tuple[str, int, str]]] = defaultdict(list)
+        # The page's postings by block range (a join) rather than an IN list of thousands of entry ids.
+        postings = Posting.objects.filter(entry__block__sequence__gte=low, entry__block__sequence__lte=high)
+        for entry_id, code, amount, currency in postings.order_by("pk").values_list(
+            "entry_id", "account__code", "amount", "currency"
+        ):
+            legs_by_entry[entry_id].append((code, amount, currency))
+        for block_sequence, entry_count, root_hash, block_created, block_prev, stored_block_hash in page:
+            if block_sequence != blocks_checked + 1:
+                return broken(
+                    f"block #{blocks_checked + 1} is missing (next is #{block_sequence})", block=blocks_checked + 1
+                )
+            if block_prev != prev_block:
+                return broken(f"block #{block_sequence}: previous-block link is broken", block=block_sequence)
+            prev = GENESIS_HASH
+            entries = entries_by_block.get(block_sequence, [])
+            for number, row in enumerate(entries, start=1):
+                position, entry_id, sequence, key, kind, order_id, payout_id, created_at, prev_hash, stored = row
+                where = f"block #{block_sequence}, entry #{sequence}"
+                if position != number:
+                    return broken(
+                        f"block #{block_sequence}: the entry at position {number} is missing", block=block_sequence
+                    )
+                legs = legs_by_entry.get(entry_id, [])
+                entry_totals: dict[str, int] = defaultdict(int)
+                for _, amount, currency in legs:
+                    entry_totals[currency] += amount
+                if len(legs) < 2 or any(entry_totals.values()):
+                    imbalance = {currency: total for currency, total in entry_totals.items() if total}
+                    return broken(
+                        f"{where} does not balance: {len(legs)} postings, off by {imbalance}",
+                        entry=sequence,
+                        block=block_sequence,
+                    )
+                if prev_hash != prev:
+                    return broken(f"{where}: previous-hash link is broken", entry=sequence, block=block_sequence)
+                canonical = _canonical(
+                    sequence=sequence,
+                    idempotency_key=key,
+                    kind=kind,
+                    order_id=order_id,
+                    payout_id=payout_id,
+                    created_at=created_at,
+                    legs=legs,
+                )
+                if entry_hash(prev_hash=prev, canonical=canonical) != stored:
+                    return broken(f"{where}: content does not match its hash", entry=sequence, block=block_sequence)
+                for currency, total in entry_totals.items():
+                    totals[currency] += total
+                prev = stored
+                checked += 1
+            if len(entries) != entry_count:
+                return broken(
+                    f"block #{block_sequence} holds {len(entries)} entries but was sealed with {entry_count}",
+                    block=block_sequence,
+                )
+            if prev != root_hash:
+                return broken(f"block #{block_sequence}: its root is not its last entry's hash", block=block_sequence)
+            digest = block_hash(
+                prev_hash=block_prev,
+                sequence=block_sequence,
+                entry_count=entry_count,
+                root_hash=root_hash,
+                created_at=block_created,
+            )
+            if digest != stored_block_hash:
+                return broken(f"block #{block_sequence}: header does not match its hash", block=block_sequence)
+            prev_block = stored_block_hash
+            blocks_checked += 1
+    if head is None or head["sequence"] == 0:
+        if blocks_checked or JournalEntry.objects.exists():
+            return broken("entries exist but the chain head is missing")
+        return VerifyResult(True, 0, None, "0 entries verified (the ledger is empty)")
+    if head["sequence"] != blocks_checked:
+        return broken(
+            f"the chain head is block #{head['sequence']} but the blocks end at #{blocks_checked}",
+            block=blocks_checked + 1,
+        )
+    if head["block_hash"] != prev_block:
+        return broken(f"the chain head's hash is not block #{blocks_checked}'s", block=blocks_checked)
+    # Independent of the walk: the database's own sum over every posting in the verified blocks.
     ledger_sums = (
-        Posting.objects.filter(entry__sequence__lte=head["sequence"])
+        Posting.objects.filter(entry__block__sequence__lte=head["sequence"])
         .values("currency")
         .annotate(total=Sum("amount"))
         .exclude(total=0)
     )
     off = {row["currency"]: row["total"] for row in ledger_sums}
     if off or any(totals.values()):
-        return VerifyResult(False, checked, None, f"the ledger does not sum to zero per currency: {off}")
-    return VerifyResult(True, checked, None, f"{checked} entries verified, balanced in {len(totals)} currencies")
+        return broken(f"the ledger does not sum to zero per currency: {off}")
+    return VerifyResult(
+        True,
+        checked,
+        None,
+        f"{checked} entries in {blocks_checked} blocks verified, balanced in {len(totals)} currencies",
+    )
 
 
 def ledger_verify_record(*, trigger: str) -> LedgerVerification:
@@ -303,11 +498,12 @@ def ledger_verify_record(*, trigger: str) -> LedgerVerification:
     record.ok = result.ok
     record.entries_checked = result.entries_checked
     record.first_break_sequence = result.first_break
+    record.first_break_block = result.first_break_block
     record.message = result.message
     record.finished_at = timezone.now()
-    record.save(update_fields=["ok", "entries_checked", "first_break_sequence", "message", "finished_at"])
+    record.save(
+        update_fields=["ok", "entries_checked", "first_break_sequence", "first_break_block", "message", "finished_at"]
+    )
     if not result.ok:
-        logger.error(
-            "ledger verification %s found a break at entry #%s: %s", record.pk, result.first_break, result.message
-        )
+        logger.error("ledger verification %s found a break at %s: %s", record.pk, record.break_location, result.message)
     return record

@@ -87,10 +87,14 @@ def orders_transition_locked(
         if stamp and getattr(order, stamp) is None:
             setattr(order, stamp, now)
             update.add(stamp)
+    columns = sorted(update)
+    values = [tuple(getattr(order, name) for name in columns) for order in orders]
     if len(orders) == 1:
-        orders[0].save(update_fields=sorted(update))
+        orders[0].save(update_fields=columns)
+    elif len(set(values)) == 1:  # the usual batch: every order gets the same values, in one plain UPDATE
+        Order.objects.filter(pk__in=[order.pk for order in orders]).update(**dict(zip(columns, values[0], strict=True)))
     else:
-        Order.objects.bulk_update(orders, sorted(update))
+        Order.objects.bulk_update(orders, columns)
     OrderStatusHistory.objects.bulk_create(history)
     return orders
 
@@ -151,6 +155,7 @@ def order_create(
         return open_checkout, False
     # Metered plans charge nothing up front: the checkout only collects a payment method.
     amount = 0 if plan.kind in (PlanKind.FREE, PlanKind.METERED) else plan.amount
+    service_fee = plan.buyer_service_fee  # one-time purchases: a flat fee on top (settings.BUYER_SERVICE_FEE)
     try:
         with transaction.atomic():
             order = Order.objects.create(
@@ -159,7 +164,8 @@ def order_create(
                 plan=plan,
                 plan_kind=plan.kind,
                 merchant_id=listing.merchant_id,
-                amount=amount,
+                amount=amount + service_fee,
+                service_fee=service_fee,
                 currency=plan.currency,
                 idempotency_key=key,
                 gateway="none" if plan.kind == PlanKind.FREE else get_gateway().name,

@@ -4,8 +4,10 @@ Where the money comes from depends on how far the trade has got. Before
 settlement it is still held in escrow. After settlement it was split into the
 platform's fee and the merchant's payable, so both give back their share (the
 fee share is proportional, rounded half up, and a full refund returns the
-whole fee). If the merchant was already paid out, their payable account goes
-into debit and the next payout nets it. Nothing is ever deleted or updated in
+whole fee). The merchant's share comes out of its payable as far as that
+still holds money; beyond that (it was paid out already) it is booked to the
+merchant's receivable, which the next settlement run nets against what the
+merchant is owed before paying out. Nothing is ever deleted or updated in
 the ledger: a dispute won is a new entry that reverses the withdrawal.
 """
 
@@ -17,6 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from exchange.choices import (
+    MERCHANT_ACCOUNT_KINDS,
     AccountKind,
     DisputeStatus,
     JournalKind,
@@ -24,9 +27,9 @@ from exchange.choices import (
     RefundStatus,
 )
 from exchange.gateways import GatewayError, get_gateway
-from exchange.models import Dispute, JournalEntry, Order, Posting, Refund
+from exchange.models import Dispute, JournalEntry, LedgerAccount, Order, Posting, Refund
 from exchange.services.entitlements import entitlement_restore, entitlement_revoke
-from exchange.services.ledger import account_get, journal_post
+from exchange.services.ledger import account_balance, account_get, journal_post
 from exchange.services.notifications import refund_notify
 from exchange.services.orders import order_transition
 
@@ -59,15 +62,28 @@ def _sources(order: Order, amount: int) -> list[tuple]:
     since_sale = Posting.objects.filter(
         entry__order=order,
         entry__sequence__gt=sale.sequence,
-        account__kind__in=[AccountKind.PLATFORM_REVENUE, AccountKind.MERCHANT_PAYABLE],
+        account__kind__in=[AccountKind.PLATFORM_REVENUE, *MERCHANT_ACCOUNT_KINDS],
     ).values_list("account__kind", "amount")
     fee_back = sum(value for kind, value in since_sale if kind == AccountKind.PLATFORM_REVENUE)
     returned = sum(value for _, value in since_sale)
     owed_back = _half_up(Decimal(fee) * min(returned + amount, gross) / gross) if gross else 0
     fee_share = max(0, min(amount, owed_back - fee_back))
+    merchant_share = amount - fee_share
+    # The merchant gives back from what it is still owed; beyond that (it was paid out) it owes the rest.
+    # Locked: a concurrent refund or payout of the same merchant reads the balance after this one's legs.
+    payable = LedgerAccount.objects.select_for_update().get(
+        pk=account_get(kind=AccountKind.MERCHANT_PAYABLE, merchant=order.merchant).pk
+    )
+    owed = -account_balance(account=payable, currency=order.currency)
+    from_payable = max(0, min(merchant_share, owed))
     return [
         (account_get(kind=AccountKind.PLATFORM_REVENUE), fee_share, order.currency),
-        (account_get(kind=AccountKind.MERCHANT_PAYABLE, merchant=order.merchant), amount - fee_share, order.currency),
+        (payable, from_payable, order.currency),
+        (
+            account_get(kind=AccountKind.MERCHANT_RECEIVABLE, merchant=order.merchant),
+            merchant_share - from_payable,
+            order.currency,
+        ),
     ]
 
 

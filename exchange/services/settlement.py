@@ -1,29 +1,56 @@
-"""Settlement runs and payouts.
+"""Settlement runs, their parallel batches, and payouts.
 
-A run settles every delivered order past the dispute hold: one SALE entry per
-order moves the held gross out of escrow into platform revenue (the fee) and
-the merchant's payable (the rest). Then each merchant with a payable balance
-gets one payout per run and currency (unique), paid by a task.
+A run settles every delivered order past the dispute hold. Planning fixes the
+run's cutoff and splits the eligible orders into batches (primary-key ranges
+of SETTLEMENT_BATCH_SIZE orders), each a task on the ``settlement`` queue, so
+any number of settlement workers settle them side by side. A batch settles its
+orders in one transaction: one SALE entry per order moves the held gross out
+of escrow into platform revenue (the fee) and the merchant's payable (the
+rest), the orders become SETTLED with their certificates, and the entries form
+one ledger block, appended to the chain as the transaction's last step
+(DESIGN.md §5.5). The batch that completes the run queues the finish: one
+payout per merchant and currency per run (unique), after netting what the
+merchant owes back (a refund after an earlier payout) against what it is owed.
 
-Each order settles in its own transaction and skips orders already settled,
-so a run that crashed half-way resumes where it stopped when re-executed.
+Resumable and safe to repeat: a batch is locked and done at most once (a
+worker killed mid-batch leaves it PENDING and its redelivered or re-queued task
+does it), planning and finishing happen once per run under the run's row lock,
+and ``settlement_runs_resume`` (beat, and ``manage.py settle --resume``)
+queues again whatever a lost message left undone. Only one run is RUNNING at a
+time (a partial unique index).
 """
 
+from collections import defaultdict
 from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from exchange.choices import AccountKind, JournalKind, OrderStatus, PayoutStatus, RefundStatus, SettlementRunStatus
+from exchange.choices import (
+    AccountKind,
+    JournalKind,
+    OrderStatus,
+    PayoutStatus,
+    RefundStatus,
+    SettlementBatchStatus,
+    SettlementRunStatus,
+)
 from exchange.gateways import GatewayError, get_gateway
-from exchange.models import LedgerAccount, Order, Payout, Posting, SettlementRun
-from exchange.services.certificates import certificate_issue
-from exchange.services.fees import FeeSchedule, order_fee, with_fee_category
-from exchange.services.ledger import account_get, journal_post
-from exchange.services.orders import order_transition
+from exchange.models import LedgerAccount, Order, Payout, Posting, SettlementBatch, SettlementRun
+from exchange.services.certificates import certificates_issue_many
+from exchange.services.fees import FeeSchedule, order_split, with_fee_category
+from exchange.services.ledger import (
+    EntrySpec,
+    account_get,
+    block_append,
+    journal_entries_write,
+    journal_post,
+    merchant_accounts,
+)
+from exchange.services.orders import orders_transition_locked
 
 
 class SettlementInProgress(ValidationError):
@@ -35,7 +62,7 @@ SETTLEABLE = {OrderStatus.DELIVERED, OrderStatus.PARTIALLY_REFUNDED}
 
 
 def settlement_run_start(*, actor=None, trigger: str = "manual") -> SettlementRun:
-    """Start a run and schedule its execution; refuse while another run is running."""
+    """Start a run and schedule its planning; refuse (SettlementInProgress) while another run is running."""
     from exchange.tasks import settlement_run_execute
 
     try:
@@ -51,108 +78,296 @@ def settlement_run_start(*, actor=None, trigger: str = "manual") -> SettlementRu
     return run
 
 
-def _settle_order(*, order_pk: int, run: SettlementRun, schedule: FeeSchedule | None = None) -> bool:
-    """Settle one order; ``schedule`` (the fee schedule loaded once for the run) saves a query per order."""
+def _eligible(cutoff):
+    return (
+        Order.objects.filter(status__in=SETTLEABLE, settled_at__isnull=True, delivered_at__lte=cutoff)
+        # settle once a refund in flight has its outcome
+        .exclude(refunds__status=RefundStatus.PENDING)
+    )
+
+
+def _queue_batches(batch_pks: list[int]) -> None:
+    from exchange.tasks import settlement_batch_execute
+
+    for pk in batch_pks:
+        settlement_batch_execute.delay(pk)
+
+
+def _queue_finish(run_pk: int) -> None:
+    from exchange.tasks import settlement_run_finish
+
+    settlement_run_finish.delay(run_pk)
+
+
+def settlement_run_plan(*, run_pk: int, queue: bool = True) -> SettlementRun:
+    """Plan a running run once (cutoff, batches) and queue its unfinished batches; idempotent.
+
+    Planned again (a redelivered task, the resume sweeper), it only queues
+    the batches still PENDING, or the finish when none is left. With
+    ``queue=False`` nothing is queued (the caller does the work itself).
+    """
     with transaction.atomic():
-        order = with_fee_category(Order.objects.select_for_update().select_related("merchant")).get(pk=order_pk)
-        if order.status not in SETTLEABLE or order.settled_at is not None or order.delivered_at is None:
-            return False
-        if order.refunds.filter(status=RefundStatus.PENDING).exists():
-            return False  # settle once the refund in flight has its outcome
-        gross = order.amount - order.refunded_amount  # what is still held in escrow
-        fee = order_fee(order, gross=gross, schedule=schedule)  # the fee schedule's rate, rounded half up
-        sale = None
-        if gross:  # free orders and fully refunded remainders move no money
-            sale, _ = journal_post(
-                idempotency_key=f"sale:{order.pk}",
-                kind=JournalKind.SALE,
-                postings=[
-                    (account_get(kind=AccountKind.ESCROW_HELD), gross, order.currency),
-                    (account_get(kind=AccountKind.PLATFORM_REVENUE), -fee, order.currency),
-                    (
-                        account_get(kind=AccountKind.MERCHANT_PAYABLE, merchant=order.merchant),
-                        -(gross - fee),
-                        order.currency,
-                    ),
-                ],
-                order=order,
-                memo=f"order {order.reference} settled in run {run.pk}",
+        run = SettlementRun.objects.select_for_update().get(pk=run_pk)
+        if run.status != SettlementRunStatus.RUNNING:
+            return run
+        if run.cutoff is None:
+            run.cutoff = timezone.now() - timedelta(days=settings.DISPUTE_HOLD_DAYS)
+            pks = list(_eligible(run.cutoff).order_by("pk").values_list("pk", flat=True))
+            size = settings.SETTLEMENT_BATCH_SIZE
+            SettlementBatch.objects.bulk_create(
+                SettlementBatch(
+                    run=run, number=n // size + 1, first_order_pk=pks[n], last_order_pk=pks[min(n + size, len(pks)) - 1]
+                )
+                for n in range(0, len(pks), size)
             )
-        settled = order_transition(
-            order_pk=order.pk, to_status=OrderStatus.SETTLED, reason=f"settlement run {run.pk}", settlement_run=run
+            run.orders_total, run.batches_total = len(pks), -(-len(pks) // size)
+            run.save(update_fields=["cutoff", "orders_total", "batches_total"])
+        pending = list(run.batches.filter(status=SettlementBatchStatus.PENDING).values_list("pk", flat=True))
+        if not queue:
+            pass
+        elif pending:
+            transaction.on_commit(lambda: _queue_batches(pending))
+        elif run.batches_done >= run.batches_total:
+            transaction.on_commit(lambda: _queue_finish(run.pk))
+    return run
+
+
+def _sale_spec(order: Order, *, run: SettlementRun, schedule: FeeSchedule, accounts: dict) -> EntrySpec | None:
+    gross = order.amount - order.refunded_amount  # what is still held in escrow
+    if not gross:
+        return None  # free orders and fully refunded remainders move no money
+    fee, proceeds = order_split(order, held=gross, schedule=schedule)  # service fee kept + commission, half up
+    return EntrySpec(
+        idempotency_key=f"sale:{order.pk}",
+        kind=JournalKind.SALE,
+        postings=[
+            (accounts["escrow"], gross, order.currency),
+            (accounts["revenue"], -fee, order.currency),
+            (accounts["payable"][order.merchant_id], -proceeds, order.currency),
+        ],
+        order=order,
+        memo=f"order {order.reference} settled in run {run.pk}",
+    )
+
+
+def settlement_batch_execute(*, batch_pk: int, queue_finish: bool = True) -> SettlementBatch:
+    """Settle one batch's orders in one transaction, as one ledger block; at most once.
+
+    The batch row lock makes a second delivery of the task wait and then
+    return; a batch of a run that is no longer running is left alone. A
+    failure other than a transient database error marks the batch and its
+    run FAILED with the reason (the orders stay unsettled for the next run)
+    and is re-raised.
+    """
+    try:
+        with transaction.atomic():
+            batch = SettlementBatch.objects.select_for_update().select_related("run").get(pk=batch_pk)
+            run = batch.run
+            if batch.status != SettlementBatchStatus.PENDING or run.status != SettlementRunStatus.RUNNING:
+                return batch
+            orders = list(
+                with_fee_category(
+                    _eligible(run.cutoff)
+                    .filter(pk__gte=batch.first_order_pk, pk__lte=batch.last_order_pk)
+                    .select_related("merchant", "listing", "buyer")
+                    .select_for_update(of=("self",))
+                    .order_by("pk")
+                )
+            )
+            schedule = FeeSchedule.load()  # once per batch: the fee costs no query per order
+            accounts = {
+                "escrow": account_get(kind=AccountKind.ESCROW_HELD),
+                "revenue": account_get(kind=AccountKind.PLATFORM_REVENUE),
+                "payable": merchant_accounts(
+                    kind=AccountKind.MERCHANT_PAYABLE, merchants={o.merchant_id: o.merchant for o in orders}.values()
+                ),
+            }
+            specs = [_sale_spec(order, run=run, schedule=schedule, accounts=accounts) for order in orders]
+            pending = journal_entries_write([spec for spec in specs if spec])
+            sales = {entry.order_id: entry for entry, _ in pending.results}
+            orders_transition_locked(
+                orders=orders,
+                to_status=OrderStatus.SETTLED,
+                reasons={order.pk: f"settlement run {run.pk}" for order in orders},
+                fields={order.pk: {"settlement_run": run} for order in orders},
+            )
+            # In the same transaction: a settled trade always has its certificate (a free one names no entry).
+            certificates_issue_many(sales=[(order, sales.get(order.pk)) for order in orders])
+            totals: dict[str, dict[str, int]] = defaultdict(lambda: {"gross": 0, "fee": 0})
+            for spec in specs:
+                if spec:
+                    escrow, revenue, _ = spec.postings
+                    totals[escrow[2]]["gross"] += escrow[1]
+                    totals[escrow[2]]["fee"] -= revenue[1]
+            batch.status, batch.orders_settled, batch.ledger_rows = (
+                SettlementBatchStatus.COMPLETED,
+                len(orders),
+                pending.rows,
+            )
+            batch.totals, batch.block_id, batch.attempts = dict(totals), pending.block_id, batch.attempts + 1
+            batch.finished_at = timezone.now()
+            batch.save()
+            # The run's counters and the chain head are the only rows batches share: touched last, held briefly.
+            SettlementRun.objects.filter(pk=run.pk).update(
+                batches_done=F("batches_done") + 1, orders_settled=F("orders_settled") + len(orders)
+            )
+            done, total = SettlementRun.objects.filter(pk=run.pk).values_list("batches_done", "batches_total").get()
+            block_append(pending)
+            if done >= total and queue_finish:
+                transaction.on_commit(lambda: _queue_finish(run.pk))
+    except Exception as exc:
+        if not isinstance(exc, (OperationalError, ConnectionError, TimeoutError)):  # those are retried as they are
+            _record_batch_failure(batch_pk=batch_pk, error=f"{type(exc).__name__}: {exc}")
+        raise
+    return batch
+
+
+def _record_batch_failure(*, batch_pk: int, error: str) -> None:
+    with transaction.atomic():
+        batch = SettlementBatch.objects.select_for_update().get(pk=batch_pk)
+        if batch.status != SettlementBatchStatus.PENDING:
+            return
+        SettlementBatch.objects.filter(pk=batch_pk).update(
+            status=SettlementBatchStatus.FAILED, error=error[:2000], attempts=F("attempts") + 1
         )
-        # In the same transaction: a settled trade always has its certificate (a free one names no ledger entry).
-        certificate_issue(order=settled, journal_entry=sale)
-    return True
+        SettlementRun.objects.filter(pk=batch.run_id, status=SettlementRunStatus.RUNNING).update(
+            status=SettlementRunStatus.FAILED,
+            error=f"batch {batch.number}: {error}"[:2000],
+            finished_at=timezone.now(),
+        )
 
 
-def _create_payouts(*, run: SettlementRun) -> list[Payout]:
+def _payout_specs(*, run: SettlementRun) -> tuple[list[Payout], list[EntrySpec]]:
+    """The run's payouts (not saved) and ledger entries: per merchant and currency, owed less owed back.
+
+    What a merchant owes back (MERCHANT_RECEIVABLE, booked by a refund after
+    an earlier payout) is first netted against what it is owed (its payable
+    credit); the rest of the payable is paid out.
+    """
+    gateway = get_gateway()
+    # Locked in pk order: a refund booking a merchant's share waits, then sees the payable this run leaves.
+    list(
+        LedgerAccount.objects.select_for_update().filter(kind=AccountKind.MERCHANT_PAYABLE).order_by("pk").values("pk")
+    )
+    balances = (
+        Posting.objects.filter(account__kind__in=[AccountKind.MERCHANT_PAYABLE, AccountKind.MERCHANT_RECEIVABLE])
+        .values("account__merchant_id", "account__kind", "currency")
+        .annotate(balance=Sum("amount"))
+        .exclude(balance=0)
+    )
+    position: dict[tuple[int, str], dict[str, int]] = defaultdict(dict)
+    for row in balances:
+        position[(row["account__merchant_id"], row["currency"])][row["account__kind"]] = row["balance"]
+    if not position:
+        return [], []
+    from merchants.models import Merchant
+
+    by_pk = Merchant.objects.in_bulk({merchant_pk for merchant_pk, _ in position})
+    payable = merchant_accounts(kind=AccountKind.MERCHANT_PAYABLE, merchants=by_pk.values())
+    receivable = merchant_accounts(kind=AccountKind.MERCHANT_RECEIVABLE, merchants=by_pk.values())
+    pending_account = account_get(kind=AccountKind.PAYOUTS_PENDING)
+    payouts, netting = [], []
+    for (merchant_pk, currency), legs in sorted(position.items()):
+        owed = legs.get(AccountKind.MERCHANT_PAYABLE, 0)  # a credit (negative): the exchange owes the merchant
+        owes = legs.get(AccountKind.MERCHANT_RECEIVABLE, 0)  # a debit (positive): the merchant owes back
+        if owed + owes < 0:
+            moved, pay = owes, -(owed + owes)  # all of the debt comes out of what is owed; the rest is paid
+        elif owed < 0 < owes:
+            moved, pay = -owed, 0  # the debt exceeds what is owed: it all goes towards the debt
+        else:
+            continue
+        if moved:
+            netting.append(
+                EntrySpec(
+                    idempotency_key=f"netting:{run.pk}:{merchant_pk}:{currency}",
+                    kind=JournalKind.RECEIVABLE_NETTED,
+                    postings=[(payable[merchant_pk], moved, currency), (receivable[merchant_pk], -moved, currency)],
+                    memo=f"refunds owed by {by_pk[merchant_pk].name} netted in run {run.pk}",
+                )
+            )
+        if pay:
+            payouts.append(
+                Payout(
+                    run=run,
+                    merchant=by_pk[merchant_pk],
+                    currency=currency,
+                    amount=pay,
+                    idempotency_key=f"payout-{run.pk}-{merchant_pk}-{currency}",
+                    gateway=gateway.name,
+                )
+            )
+    Payout.objects.bulk_create(payouts)
+    specs = netting + [
+        EntrySpec(
+            idempotency_key=f"payout_created:{payout.pk}",
+            kind=JournalKind.PAYOUT_CREATED,
+            postings=[
+                (payable[payout.merchant_id], payout.amount, payout.currency),
+                (pending_account, -payout.amount, payout.currency),
+            ],
+            payout=payout,
+            memo=f"payout to {payout.merchant.name} in run {run.pk}",
+        )
+        for payout in payouts
+    ]
+    return payouts, specs
+
+
+def settlement_run_finish(*, run_pk: int) -> SettlementRun:
+    """Once every batch is done: create the run's payouts (one ledger block), complete the run, queue the sends."""
     from exchange.tasks import payout_send
 
-    gateway = get_gateway()
-    balances = (
-        Posting.objects.filter(account__kind=AccountKind.MERCHANT_PAYABLE)
-        .values("account_id", "currency")
-        .annotate(balance=Sum("amount"))
-        .filter(balance__lt=0)
-    )
-    payouts = []
-    for row in balances:
-        account = LedgerAccount.objects.select_related("merchant").get(pk=row["account_id"])
-        with transaction.atomic():
-            payout, created = Payout.objects.get_or_create(
-                run=run,
-                merchant=account.merchant,
-                currency=row["currency"],
-                defaults={
-                    "amount": -row["balance"],
-                    "idempotency_key": f"payout-{run.pk}-{account.merchant_id}-{row['currency']}",
-                    "gateway": gateway.name,
-                },
-            )
-            if created:
-                journal_post(
-                    idempotency_key=f"payout_created:{payout.pk}",
-                    kind=JournalKind.PAYOUT_CREATED,
-                    postings=[
-                        (account, payout.amount, payout.currency),
-                        (account_get(kind=AccountKind.PAYOUTS_PENDING), -payout.amount, payout.currency),
-                    ],
-                    payout=payout,
-                    memo=f"payout to {account.merchant.name} in run {run.pk}",
-                )
-                transaction.on_commit(lambda pk=payout.pk: payout_send.delay(pk))
-        payouts.append(payout)
-    return payouts
+    with transaction.atomic():
+        run = SettlementRun.objects.select_for_update().get(pk=run_pk)
+        if run.status != SettlementRunStatus.RUNNING or run.batches_done < run.batches_total or run.cutoff is None:
+            return run
+        payouts, specs = _payout_specs(run=run)
+        pending = journal_entries_write(specs)
+        run.status, run.finished_at, run.payouts_created = SettlementRunStatus.COMPLETED, timezone.now(), len(payouts)
+        run.save(update_fields=["status", "finished_at", "payouts_created"])
+        block_append(pending)
+        pks = [payout.pk for payout in payouts]
+        transaction.on_commit(lambda: [payout_send.delay(pk) for pk in pks])
+    return run
 
 
 def settlement_run_execute(*, run_pk: int) -> SettlementRun:
-    """Settle eligible orders and create payouts; idempotent and resumable."""
-    run = SettlementRun.objects.get(pk=run_pk)
-    if run.status != SettlementRunStatus.RUNNING:
-        return run
-    try:
-        cutoff = timezone.now() - timedelta(days=settings.DISPUTE_HOLD_DAYS)
-        eligible = Order.objects.filter(
-            status__in=SETTLEABLE, settled_at__isnull=True, delivered_at__lte=cutoff
-        ).order_by("pk")
-        schedule = FeeSchedule.load()  # once per run: the fee costs no query per order
-        for order_pk in eligible.values_list("pk", flat=True).iterator():
-            _settle_order(order_pk=order_pk, run=run, schedule=schedule)
-        _create_payouts(run=run)
-    except Exception as exc:
-        SettlementRun.objects.filter(pk=run.pk).update(
-            status=SettlementRunStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=timezone.now()
+    """Do a whole run in this process: plan it, settle its batches one after another, finish it.
+
+    The workers' way is the ``settlement_run_execute`` task (planning only)
+    and one task per batch; this is for ``manage.py settle --in-process`` and
+    for tests. Safe alongside workers: each batch is still done once.
+    """
+    settlement_run_plan(run_pk=run_pk, queue=False)
+    for batch_pk in SettlementBatch.objects.filter(run_id=run_pk, status=SettlementBatchStatus.PENDING).values_list(
+        "pk", flat=True
+    ):
+        settlement_batch_execute(batch_pk=batch_pk, queue_finish=False)
+    return settlement_run_finish(run_pk=run_pk)
+
+
+def settlement_runs_resume(*, stalled_after_seconds: int = 0) -> list[int]:
+    """Queue again the work of running runs that made no progress for ``stalled_after_seconds``; return their pks.
+
+    A run whose planning was lost is planned; its PENDING batches (their task
+    lost with a dead worker, or never delivered) are queued again; a run whose
+    batches are all done but which never finished is finished. Everything
+    queued twice is done once (row locks and status checks).
+    """
+    quiet_since = timezone.now() - timedelta(seconds=stalled_after_seconds)
+    resumed = []
+    for run in SettlementRun.objects.filter(status=SettlementRunStatus.RUNNING, started_at__lte=quiet_since):
+        last = (
+            run.batches.filter(finished_at__isnull=False)
+            .order_by("-finished_at")
+            .values_list("finished_at", flat=True)
+            .first()
         )
-        raise
-    SettlementRun.objects.filter(pk=run.pk).update(
-        status=SettlementRunStatus.COMPLETED,
-        finished_at=timezone.now(),
-        orders_settled=Order.objects.filter(settlement_run=run).count(),
-        payouts_created=Payout.objects.filter(run=run).count(),
-    )
-    run.refresh_from_db()
-    return run
+        if last and last > quiet_since:
+            continue  # still making progress
+        settlement_run_plan(run_pk=run.pk)
+        resumed.append(run.pk)
+    return resumed
 
 
 def payout_send(*, payout_pk: int) -> Payout:
@@ -162,13 +377,14 @@ def payout_send(*, payout_pk: int) -> Payout:
     call carries the payout's idempotency key (stored when the payout was
     created), so a retry after a timed-out call that in fact succeeded gets
     the first transfer back instead of making a second one. A refusal is
-    recorded on the payout (FAILED, with the reason); a transient error is
-    recorded and re-raised so the task retries.
+    recorded on the payout (FAILED, with the reason) and its amount goes back
+    to the merchant's payable (PAYOUT_RETURNED), so the next run pays it
+    again; a transient error is recorded and re-raised so the task retries.
     """
     with transaction.atomic():
         payout = Payout.objects.select_for_update().select_related("merchant").get(pk=payout_pk)
-        if payout.status == PayoutStatus.SENT:
-            return payout
+        if payout.status != PayoutStatus.PENDING:
+            return payout  # sent already, or refused and its money owed again (the next run pays it)
         try:
             reference = get_gateway(payout.gateway).payout_create(payout=payout)
         except GatewayError as exc:
@@ -193,12 +409,30 @@ def payout_send(*, payout_pk: int) -> Payout:
                 memo=f"transfer {reference}",
             )
             return payout
-    Payout.objects.filter(pk=payout_pk).exclude(status=PayoutStatus.SENT).update(
-        attempts=F("attempts") + 1,
-        error=str(failure)[:2000],
-        status=PayoutStatus.PENDING if failure.transient else PayoutStatus.FAILED,
-    )
     if failure.transient:
+        Payout.objects.filter(pk=payout_pk, status=PayoutStatus.PENDING).update(
+            attempts=F("attempts") + 1, error=str(failure)[:2000]
+        )
         raise failure
-    payout.refresh_from_db()
+    with transaction.atomic():
+        payout = Payout.objects.select_for_update().select_related("merchant").get(pk=payout_pk)
+        if payout.status != PayoutStatus.PENDING:
+            return payout
+        payout.attempts, payout.error, payout.status = payout.attempts + 1, str(failure)[:2000], PayoutStatus.FAILED
+        payout.save(update_fields=["attempts", "error", "status"])
+        # Refused, not lost: the money goes back to what the merchant is owed, and the next run pays it again.
+        journal_post(
+            idempotency_key=f"payout_returned:{payout.pk}",
+            kind=JournalKind.PAYOUT_RETURNED,
+            postings=[
+                (account_get(kind=AccountKind.PAYOUTS_PENDING), payout.amount, payout.currency),
+                (
+                    account_get(kind=AccountKind.MERCHANT_PAYABLE, merchant=payout.merchant),
+                    -payout.amount,
+                    payout.currency,
+                ),
+            ],
+            payout=payout,
+            memo=f"refused by the gateway: {failure}"[:300],
+        )
     return payout

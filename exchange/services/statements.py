@@ -27,7 +27,7 @@ from django.db.models import Count, Sum
 from django.utils import timezone
 
 from common.money import format_minor
-from exchange.choices import AccountKind, JournalKind, PayoutStatus
+from exchange.choices import MERCHANT_ACCOUNT_KINDS, AccountKind, JournalKind, PayoutStatus
 from exchange.models import JournalEntry, LedgerAccount, Payout, Posting
 
 MAX_PERIOD_DAYS = 366
@@ -163,13 +163,15 @@ class Statement:
 
 
 def _payable_accounts(merchant) -> list[LedgerAccount]:
-    return list(LedgerAccount.objects.filter(kind=AccountKind.MERCHANT_PAYABLE, merchant=merchant))
+    # Both of the merchant's accounts: the statement shows its net position (owed less owed back).
+    return list(LedgerAccount.objects.filter(kind__in=MERCHANT_ACCOUNT_KINDS, merchant=merchant))
 
 
 def _payable_postings(accounts, period: Period):
+    # Netting moves money between the merchant's own two accounts: its position does not change, no line.
     return Posting.objects.filter(
         account__in=accounts, entry__created_at__gte=period.start, entry__created_at__lt=period.end
-    )
+    ).exclude(entry__kind=JournalKind.RECEIVABLE_NETTED)
 
 
 def statement_build(*, merchant, period: Period) -> Statement:
@@ -196,11 +198,11 @@ def statement_build(*, merchant, period: Period) -> Statement:
     net: dict[tuple[str, str], int] = defaultdict(int)
     gross: dict[tuple[str, str], int] = defaultdict(int)
     for currency, kind, account_kind, account_merchant, amount in legs:
-        if account_kind == AccountKind.MERCHANT_PAYABLE and account_merchant == merchant.pk:
+        if account_kind in MERCHANT_ACCOUNT_KINDS and account_merchant == merchant.pk:
             net[currency, kind] -= amount
         elif _GROSS_LEG.get(kind) == account_kind:
             gross[currency, kind] += amount
-    line_counts = dict(in_period.values_list("currency").annotate(n=Count("pk")))
+    line_counts = dict(in_period.values_list("currency").annotate(n=Count("entry_id", distinct=True)))
     sent = dict(
         Payout.objects.filter(
             merchant=merchant, status=PayoutStatus.SENT, sent_at__gte=period.start, sent_at__lt=period.end
@@ -267,7 +269,7 @@ def _lines_for(entries: list[JournalEntry], *, merchant_pk: int, currency: str |
             {
                 cur
                 for kind, owner, _, cur in by_entry[entry.pk]
-                if kind == AccountKind.MERCHANT_PAYABLE and owner == merchant_pk
+                if kind in MERCHANT_ACCOUNT_KINDS and owner == merchant_pk
             }
         )
         for cur in currencies:
@@ -276,7 +278,7 @@ def _lines_for(entries: list[JournalEntry], *, merchant_pk: int, currency: str |
             net = -sum(
                 amount
                 for kind, owner, amount, c in by_entry[entry.pk]
-                if c == cur and kind == AccountKind.MERCHANT_PAYABLE and owner == merchant_pk
+                if c == cur and kind in MERCHANT_ACCOUNT_KINDS and owner == merchant_pk
             )
             gross_kind = _GROSS_LEG.get(entry.kind)
             gross = (
@@ -307,7 +309,7 @@ def _lines_for(entries: list[JournalEntry], *, merchant_pk: int, currency: str |
 
 
 def statement_entries(*, merchant, period: Period):
-    """The period's journal entries touching ``merchant``'s payable account, in ledger order (a queryset)."""
+    """The period's journal entries moving ``merchant``'s position (payable, receivable), in ledger order."""
     entry_ids = _payable_postings(_payable_accounts(merchant), period).values("entry_id")
     return JournalEntry.objects.filter(pk__in=entry_ids).select_related("order", "payout").order_by("sequence")
 

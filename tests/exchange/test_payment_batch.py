@@ -135,7 +135,9 @@ def test_journal_batches_chain_in_order_and_refuse_unbalanced_entries_whole():
     assert [created for _, created in results] == [True, True, False]
     assert results[2][0].pk == results[0][0].pk
     first, second = JournalEntry.objects.order_by("sequence")
-    assert (first.sequence, second.sequence) == (1, 2) and second.prev_hash == first.entry_hash
+    # One batch, one block: numbered in order, the second chained to the first inside the block.
+    assert first.block_id == second.block_id and (first.position, second.position) == (1, 2)
+    assert first.sequence < second.sequence and second.prev_hash == first.entry_hash
     assert journal_post_many([good]) == [(first, False)]
     assert ledger_verify().ok
 

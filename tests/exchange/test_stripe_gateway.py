@@ -11,7 +11,7 @@ from exchange.gateways import GatewayError
 from exchange.gateways.signing import sign_payload
 from exchange.models import Entitlement, JournalEntry, Order, PaymentEvent, Payout, SettlementRun
 from exchange.services.orders import order_checkout_start, order_create
-from exchange.services.settlement import payout_send
+from exchange.services.settlement import payout_send, settlement_run_execute, settlement_run_start
 from tests.fakes.stripe_server import FakeStripe, settings_use_fake_stripe
 
 pytestmark = pytest.mark.django_db
@@ -74,6 +74,21 @@ def test_checkout_session_is_created_once_with_escrow_transfer_group(fake_stripe
     assert params["payment_intent_data"]["transfer_group"] == f"order-{order.public_id}"
     assert params["metadata"] == {"order_id": str(order.public_id)}
     assert params["success_url"] == f"https://exchange.example/orders/{order.public_id}/"
+    assert len(params["line_items"]) == 1  # no buyer service fee configured: no fee line
+
+
+def test_the_buyer_service_fee_is_its_own_checkout_line(fake_stripe, buyer, published_listing, settings):
+    settings.BUYER_SERVICE_FEE = {"CNY": 200}
+    order, _ = order_create(buyer=buyer, listing=published_listing, idempotency_key="k-fee")
+    order_checkout_start(order=order)
+    _, _, params, _ = fake_stripe.requests[0]
+    assert [
+        (line["price_data"]["unit_amount"], line["price_data"]["product_data"]["name"]) for line in params["line_items"]
+    ] == [
+        ("1234", published_listing.title),
+        ("200", "Buyer service fee"),
+    ]
+    assert (order.amount, order.service_fee) == (1434, 200)
 
 
 def test_signed_stripe_webhook_pays_the_order(
@@ -156,7 +171,23 @@ def test_refused_transfer_is_recorded_not_dropped(fake_stripe, stripe_payout):
     payout = payout_send(payout_pk=stripe_payout.pk)
     assert payout.status == PayoutStatus.FAILED
     assert "Insufficient funds" in payout.error
-    assert JournalEntry.objects.count() == 0
+    # The money goes back to what the merchant is owed ...
+    (returned,) = JournalEntry.objects.all()
+    assert returned.kind == JournalKind.PAYOUT_RETURNED and returned.payout_id == payout.pk
+    legs = dict(returned.postings.values_list("account__code", "amount"))
+    assert legs == {"payouts_pending": 4500, f"merchant_payable:{payout.merchant_id}": -4500}
+    assert payout_send(payout_pk=payout.pk).status == PayoutStatus.FAILED  # a repeat books nothing more
+    assert JournalEntry.objects.count() == 1
+    # ... and the next settlement run pays it again.
+    run = settlement_run_start(trigger="test")
+    settlement_run_execute(run_pk=run.pk)
+    again = Payout.objects.get(run=run)
+    assert (again.merchant_id, again.amount, again.currency, again.status) == (
+        payout.merchant_id,
+        4500,
+        "CNY",
+        PayoutStatus.PENDING,
+    )
 
 
 def test_merchant_without_connected_account_fails_clearly(fake_stripe, stripe_payout):

@@ -186,11 +186,14 @@ def test_refund_after_settlement_comes_back_from_fee_and_merchant(
     assert order.status == OrderStatus.SETTLED and run.pk
     order_refund(order=order, amount=1234, reason="licence dispute settled amicably", actor=staff)
     legs = dict(Posting.objects.filter(entry__kind=JournalKind.REFUND).values_list("account__code", "amount"))
-    assert legs == {"platform_revenue": 123, f"merchant_payable:{order.merchant_id}": 1111, "gateway_clearing": -1234}
-    payable = sum(
-        Posting.objects.filter(account__code=f"merchant_payable:{order.merchant_id}").values_list("amount", flat=True)
-    )
-    assert payable == 1111  # already paid out: the merchant now owes it, netted by the next payout
+    # Already paid out: the merchant's share is booked as owed back (receivable), netted by its next payout.
+    receivable = f"merchant_receivable:{order.merchant_id}"
+    assert legs == {"platform_revenue": 123, receivable: 1111, "gateway_clearing": -1234}
+
+    def balance(code):
+        return sum(Posting.objects.filter(account__code=code).values_list("amount", flat=True))
+
+    assert (balance(f"merchant_payable:{order.merchant_id}"), balance(receivable)) == (0, 1111)
     _ledger_ok()
 
 

@@ -13,7 +13,7 @@ class Command(BaseCommand):
         record = ledger_verify_record(trigger="command")
         took = (record.finished_at - record.started_at).total_seconds()
         if not record.ok:
-            where = f"entry #{record.first_break_sequence}" if record.first_break_sequence else "the ledger as a whole"
+            where = record.break_location
             raise CommandError(
                 f"Ledger BROKEN at {where}: {record.message} "
                 f"({record.entries_checked} entries verified before it; verification {record.pk})."
