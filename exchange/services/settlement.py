@@ -161,7 +161,7 @@ def settlement_batch_execute(*, batch_pk: int, queue_finish: bool = True) -> Set
     """
     try:
         with transaction.atomic():
-            batch = SettlementBatch.objects.select_for_update().select_related("run").get(pk=batch_pk)
+            batch = SettlementBatch.objects.select_for_update(of=("self",)).select_related("run").get(pk=batch_pk)
             run = batch.run
             if batch.status != SettlementBatchStatus.PENDING or run.status != SettlementRunStatus.RUNNING:
                 return batch

@@ -95,3 +95,15 @@ def celery_worker_process(transactional_db, broker, _private_storage, tmp_path):
     )
     yield worker
     worker.stop()
+
+
+@pytest.fixture
+def workers():
+    """Every worker a fault test starts (tests.system.faults.start_worker), stopped at the end.
+
+    SIGTERM, then SIGKILL of its process group if it lingers.
+    """
+    started = []
+    yield started
+    for worker in reversed(started):
+        worker.stop()

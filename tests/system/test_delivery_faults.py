@@ -11,9 +11,7 @@ Delivery of its product's version, READY with ``ready_at`` set, and one "deliver
 """
 
 import json
-import os
 import re
-import signal
 import subprocess
 import time
 from datetime import timedelta
@@ -23,11 +21,11 @@ import psycopg
 import pytest
 import redis
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
-from bench._servers import ServerProcess, celery_ready, celery_worker, free_port
+from bench._servers import free_port
 from exchange.celery import app as celery_app
 from exchange.choices import (
     DeliveryStatus,
@@ -54,6 +52,8 @@ from listings.selectors import listing_active_plan
 from tests.exchange.helpers import buy, checkout_completed_event
 from tests.factories import UserFactory, make_listing, make_merchant
 from tests.system.conftest import _database_url, wait_for
+from tests.system.faults import VISIBILITY_TIMEOUT, sigkill, start_worker
+from tests.system.faults import blocked_backends as _blocked_backends
 
 pytestmark = [
     pytest.mark.system,
@@ -62,11 +62,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::celery.exceptions.AlwaysEagerIgnored"),
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
 CONTENT = "station,date,passengers\n贵阳北站,2025-01-01,51234\n上海虹桥,2025-01-01,301234\n".encode()
-# The production visibility timeout is an hour: that long after its worker died, an unacknowledged task is
-# handed out again. These tests shorten it (and the sweep for such tasks) so a recovery takes seconds.
-VISIBILITY_TIMEOUT = 4
 # The worker's log line for a delivery task it received (its banner lists the task's name too).
 # A paid order's deliveries are prepared by the batch task its drain batch schedules.
 RECEIVED = "Task exchange.tasks.delivery_prepare_batch["
@@ -74,55 +70,6 @@ FAILURE_MARKERS = ("DoesNotExist", "Traceback", "Retry in", "WorkerLostError")
 
 
 # --- processes ---------------------------------------------------------------------------------------------------
-
-
-def _worker_settings(tmp_path: Path) -> Path:
-    """A settings module for the workers: the test settings with a short visibility timeout.
-
-    Written per test (the settings refuse CELERY_VISIBILITY_TIMEOUT below 60 s, a
-    sane floor for production), and put first on the workers' PYTHONPATH.
-    """
-    folder = tmp_path / "worker_settings"
-    folder.mkdir(exist_ok=True)
-    options = {"visibility_timeout": VISIBILITY_TIMEOUT, "unacked_restore_interval": 1, "unacked_restore_throttle": 1}
-    (folder / "delivery_fault_settings.py").write_text(
-        "from tests.settings import *  # noqa: F403\n\n"
-        f"CELERY_BROKER_TRANSPORT_OPTIONS = {{**CELERY_BROKER_TRANSPORT_OPTIONS, **{json.dumps(options)}}}\n"
-    )
-    return folder
-
-
-def start_worker(
-    tmp_path: Path, storage_root: Path, *, redis_url: str, label: str, concurrency: int = 2
-) -> ServerProcess:
-    """A real prefork worker in a session of its own, so the test can SIGKILL its whole process group."""
-    env = {
-        **{key: value for key, value in os.environ.items() if not key.startswith("CELERY_")},
-        "DJANGO_SETTINGS_MODULE": "delivery_fault_settings",
-        "PYTHONPATH": os.pathsep.join([str(_worker_settings(tmp_path)), str(ROOT)]),
-        "DATABASE_URL": _database_url(),
-        "REDIS_URL": redis_url,
-        "CELERY_BROKER_URL": redis_url,
-        "CELERY_TASK_ALWAYS_EAGER": "0",
-        "PRIVATE_STORAGE_ROOT": str(storage_root),
-        "PYTHONUNBUFFERED": "1",
-    }
-    worker = celery_worker(
-        env=env,
-        log_path=tmp_path / f"worker-{label}.log",
-        queues="default,delivery,notifications",
-        concurrency=concurrency,
-        name=f"faults-{label}-{os.getpid()}",
-    )
-    worker.wait_ready(lambda: celery_ready(worker), timeout=60)
-    return worker
-
-
-def sigkill(worker: ServerProcess) -> None:
-    """kill -9 the worker's main process and its pool children (its process group) at once."""
-    os.killpg(worker.process.pid, signal.SIGKILL)
-    worker.process.wait(timeout=10)
-    worker.stop()  # closes the log; the process is already gone
 
 
 class PrivateRedis:
@@ -166,15 +113,6 @@ def private_redis(tmp_path):
     server = PrivateRedis(tmp_path)
     yield server
     server.kill()
-
-
-@pytest.fixture
-def workers():
-    """Every worker a test starts, stopped at the end (SIGTERM, then SIGKILL of its group if it lingers)."""
-    started: list[ServerProcess] = []
-    yield started
-    for worker in reversed(started):
-        worker.stop()
 
 
 # --- the trade ---------------------------------------------------------------------------------------------------
@@ -259,15 +197,6 @@ def wait_delivered(entitlement: Entitlement, worker_log, *, timeout: float, mess
         time.sleep(0.1)
     rows = list(Delivery.objects.values("pk", "entitlement_id", "status", "attempts", "last_error", "ready_at"))
     pytest.fail(f"timed out after {timeout}s waiting for {message}; deliveries {rows}\n{worker_log()[-6000:]}")
-
-
-def _blocked_backends(locker_pid: int) -> list[int]:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND %s = ANY(pg_blocking_pids(pid))",
-            [locker_pid],
-        )
-        return [pid for (pid,) in cursor.fetchall()]
 
 
 # --- a. kill -9 in the middle of a delivery ------------------------------------------------------------------------
