@@ -8,7 +8,7 @@ export TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/exchange
 export TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run migrate demo test lint format check clean bench bench-search bench-webhooks bench-download bench-pipeline
+.PHONY: help venv run migrate demo test lint format check clean bench bench-search bench-webhooks bench-download bench-pipeline bench-settlement
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -55,7 +55,10 @@ bench-download: venv ## a 1 GiB purchased file: gunicorn streaming, X-Accel-Redi
 bench-pipeline: venv ## sandbox trades through the webhook to a ready download: 50/s for 20 s (p50/p99), a burst of 1,000 (trades/s)
 	$(PY) -m bench.pipeline $(PIPELINE_ARGS)
 
-bench: bench-search bench-webhooks bench-download bench-pipeline ## run every benchmark (each prints one JSON line)
+bench-settlement: venv ## 100,000 delivered trades over 1,000 merchants settled with 1 and 2 workers vs COPY (SETTLEMENT_ARGS=--rounds 3)
+	$(PY) -m bench.settlement $(SETTLEMENT_ARGS)
+
+bench: bench-search bench-webhooks bench-download bench-pipeline bench-settlement ## run every benchmark (each prints one JSON line)
 
 clean: ## remove the virtualenv and local state (var/)
 	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache

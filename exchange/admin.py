@@ -42,7 +42,7 @@ from exchange.services.ledger import ledger_verify_record
 from exchange.services.orders import order_cancel
 from exchange.services.outbound import outbound_event_retry, webhook_endpoint_set_active
 from exchange.services.refunds import order_refund
-from exchange.services.settlement import settlement_run_start, settlement_runs_resume
+from exchange.services.settlement import settlement_run_progress, settlement_run_start, settlement_runs_resume
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -413,9 +413,10 @@ class SettlementRunAdmin(ReadOnlyAdmin):
     def progress(self, run):
         if run.cutoff is None:
             return "planning" if run.status == SettlementRunStatus.RUNNING else "-"
-        percent = 100 * run.batches_done // run.batches_total if run.batches_total else 100
-        batches = f"{run.batches_done}/{run.batches_total} batches ({percent} %)"
-        return f"{batches}, {run.orders_settled}/{run.orders_total} orders"
+        batches_done, orders_settled = settlement_run_progress(run)
+        percent = 100 * batches_done // run.batches_total if run.batches_total else 100
+        batches = f"{batches_done}/{run.batches_total} batches ({percent} %)"
+        return f"{batches}, {orders_settled}/{run.orders_total} orders"
 
     @admin.display(description="totals settled")
     def totals(self, run):

@@ -28,10 +28,12 @@ from datetime import UTC
 from cryptography.exceptions import InvalidSignature
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from common.db import rows_copy
 from exchange.choices import AccountKind, DeliveryStatus
-from exchange.models import Delivery, JournalEntry, Order, Posting, TransactionCertificate
+from exchange.models import Delivery, Entitlement, JournalEntry, Order, Posting, TransactionCertificate
 
 # Not a copy: the ledger's own canonical form, so a certificate's ledger check can never disagree with
 # ledger_verify about what an entry's hash covers.
@@ -79,18 +81,25 @@ def _delivered_versions_many(orders: list[Order]) -> dict[int, list[dict]]:
     """Per order pk, what the buyer actually got: every delivery that became ready, oldest first.
 
     A later withdrawal ends access, it does not undo the delivery; failed and
-    still-pending deliveries were never received. Two queries for any number
+    still-pending deliveries were never received. Three queries for any number
     of orders; each version's manifest is read once.
     """
-    deliveries = (
-        Delivery.objects.filter(entitlement__order__in=[order.pk for order in orders], ready_at__isnull=False)
-        .exclude(status__in=[DeliveryStatus.FAILED, DeliveryStatus.PENDING])
-        .select_related("version")
-        .only("pk", "ready_at", "entitlement__order_id", "version__label", "version__pk")
-        .order_by("pk")
-        .values_list("entitlement__order_id", "ready_at", "version_id", "version__label")
+    wanted = {order.pk for order in orders}
+    # The entitlements by a range of order ids (an index range scan; ids in the range not asked for are dropped),
+    # then their deliveries by entitlement: joined in one statement, PostgreSQL would scan every delivery.
+    entitlements = dict(
+        Entitlement.objects.filter(order_id__gte=min(wanted), order_id__lte=max(wanted)).values_list("pk", "order_id")
     )
-    rows = list(deliveries)
+    entitlements = {pk: order_id for pk, order_id in entitlements.items() if order_id in wanted}
+    rows = [
+        (entitlements[entitlement_id], ready_at, version_id, label)
+        for entitlement_id, ready_at, version_id, label in Delivery.objects.filter(
+            entitlement_id__in=list(entitlements), ready_at__isnull=False
+        )
+        .exclude(status__in=[DeliveryStatus.FAILED, DeliveryStatus.PENDING])
+        .order_by("pk")
+        .values_list("entitlement_id", "ready_at", "version_id", "version__label")
+    ]
     manifests: dict[int, list[dict]] = defaultdict(list)
     for file in (
         DataFile.objects.filter(version_id__in={version_id for _, _, version_id, _ in rows})
@@ -130,7 +139,13 @@ def _sale_split(entry: JournalEntry | None, order: Order) -> tuple[int, int]:
 
 
 def certificate_document(
-    *, order: Order, journal_entry: JournalEntry | None, number: str, issued_at, versions: list[dict] | None = None
+    *,
+    order: Order,
+    journal_entry: JournalEntry | None,
+    number: str,
+    issued_at,
+    versions: list[dict] | None = None,
+    key_id: str | None = None,
 ) -> dict:
     """The certificate's content for ``order`` (settled) and its SALE entry (None if no money moved)."""
     fee, proceeds = _sale_split(journal_entry, order)
@@ -143,7 +158,7 @@ def certificate_document(
         "number": number,
         "issued_at": _iso(issued_at),
         "issuer": settings.SITE_URL,
-        "key_id": signing_key().key_id,
+        "key_id": key_id or signing_key().key_id,
         "order": {"reference": order.reference, "public_id": str(order.public_id)},
         "product": {
             "title": listing.title,
@@ -167,9 +182,9 @@ def certificate_document(
     }
 
 
-def certificate_sign(*, document_bytes: bytes) -> str:
-    """The base64 Ed25519 signature of ``document_bytes`` with the exchange's key."""
-    return base64.b64encode(signing_key().private_key.sign(document_bytes)).decode("ascii")
+def certificate_sign(*, document_bytes: bytes, key=None) -> str:
+    """The base64 Ed25519 signature of ``document_bytes`` with the exchange's key (``key``: it, loaded already)."""
+    return base64.b64encode((key or signing_key()).private_key.sign(document_bytes)).decode("ascii")
 
 
 def certificate_issue(*, order: Order, journal_entry: JournalEntry | None) -> TransactionCertificate:
@@ -179,51 +194,77 @@ def certificate_issue(*, order: Order, journal_entry: JournalEntry | None) -> Tr
     ``settled_at`` is stamped, with the order's SALE entry (None when the
     trade moved no money). Raises ValueError for an order that is not settled.
     """
-    return certificates_issue_many(sales=[(order, journal_entry)])[order.pk]
+    existing = TransactionCertificate.objects.filter(order=order).first()
+    if existing is not None:
+        return existing
+    (certificate,) = _certificates_build([(order, journal_entry)])
+    try:
+        with transaction.atomic():
+            certificate.save(force_insert=True)
+    except IntegrityError:
+        # Another transaction issued it between our check and insert: theirs is the certificate.
+        return TransactionCertificate.objects.get(order=order)
+    return certificate
 
 
-def certificates_issue_many(*, sales: list[tuple[Order, JournalEntry | None]]) -> dict[int, TransactionCertificate]:
-    """Issue the certificates of several settled orders, each once; return them by order pk.
-
-    ``certificate_issue``'s contract for each (order, SALE entry or None)
-    pair; an order that already has a certificate gets it back unchanged.
-    The orders should come with their listing, buyer and merchant loaded
-    (select_related); the delivered versions of all of them are read in two
-    queries and the certificates inserted in one statement. Must run inside
-    the transaction that settles the orders, which holds their row locks.
-    """
+def _certificates_build(sales: list[tuple[Order, JournalEntry | None]]) -> list[TransactionCertificate]:
+    """Unsaved, signed certificates for settled (order, SALE entry or None) pairs; ValueError for an unsettled one."""
     for order, _ in sales:
         if order.settled_at is None:
             raise ValueError(f"Order {order.reference} is not settled; only settled trades get a certificate.")
-    issued = {c.order_id: c for c in TransactionCertificate.objects.filter(order__in=[o.pk for o, _ in sales])}
-    todo = [(order, entry) for order, entry in sales if order.pk not in issued]
-    if not todo:
-        return issued
-    versions = _delivered_versions_many([order for order, _ in todo])
-    key = signing_key()
+    versions = _delivered_versions_many([order for order, _ in sales])
+    key = signing_key()  # loaded once for the whole batch
     issued_at = timezone.now()
-    fresh = []
-    for order, entry in todo:
+    certificates = []
+    for order, entry in sales:
         number = certificate_number(order=order, issued_at=issued_at)
         document = canonical_bytes(
             certificate_document(
-                order=order, journal_entry=entry, number=number, issued_at=issued_at, versions=versions[order.pk]
+                order=order,
+                journal_entry=entry,
+                number=number,
+                issued_at=issued_at,
+                versions=versions[order.pk],
+                key_id=key.key_id,
             )
         )
-        fresh.append(
+        certificates.append(
             TransactionCertificate(
                 number=number,
                 order=order,
                 journal_entry=entry,
                 document=document.decode("utf-8"),
-                signature=certificate_sign(document_bytes=document),
+                signature=certificate_sign(document_bytes=document, key=key),
                 key_id=key.key_id,
                 issued_at=issued_at,  # the stored time is the signed one
             )
         )
-    TransactionCertificate.objects.bulk_create(fresh)
-    issued.update((certificate.order_id, certificate) for certificate in fresh)
-    return issued
+    return certificates
+
+
+def certificates_issue_many(*, sales: list[tuple[Order, JournalEntry | None]]) -> int:
+    """Issue the certificates of several settled orders, each once; return how many were issued now.
+
+    ``certificate_issue``'s contract for each (order, SALE entry or None)
+    pair; an order that already has a certificate is skipped. The orders
+    should come with their listing, buyer and merchant loaded
+    (select_related); the delivered versions of all of them are read in two
+    queries, the key loaded once, and the certificates written in one COPY.
+    Must run inside the transaction that settles the orders, which holds
+    their row locks (so no other transaction issues them meanwhile).
+    """
+    issued = set(
+        TransactionCertificate.objects.filter(order__in=[o.pk for o, _ in sales]).values_list("order_id", flat=True)
+    )
+    todo = [(order, entry) for order, entry in sales if order.pk not in issued]
+    if not todo:
+        return 0
+    columns = ("number", "order_id", "journal_entry_id", "document", "signature", "key_id", "issued_at")
+    return rows_copy(
+        TransactionCertificate,
+        columns,
+        [tuple(getattr(c, name) for name in columns) for c in _certificates_build(todo)],
+    )
 
 
 def certificate_bundle(certificate: TransactionCertificate) -> dict:

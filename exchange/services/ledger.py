@@ -27,6 +27,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Max, Sum
 from django.utils import timezone
 
+from common.db import rows_copy
 from exchange.choices import AccountKind
 from exchange.models import JournalEntry, LedgerAccount, LedgerBlock, LedgerChainHead, LedgerVerification, Posting
 
@@ -158,21 +159,43 @@ def _balanced_legs(spec: EntrySpec) -> list[tuple[LedgerAccount, int, str]]:
     return legs
 
 
-def _allocate(count: int) -> tuple[int, list[int]]:
-    """A block id and ``count`` entry sequence numbers, taken without any lock (PostgreSQL sequences).
+def _allocate(count: int) -> tuple[int, list[tuple[int, int]]]:
+    """A block id and ``count`` (entry id, entry sequence) pairs, taken without any lock (PostgreSQL sequences).
 
     Elsewhere (the embedded SQLite default, one writer at a time) they follow
     the largest ones stored.
     """
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT nextval(pg_get_serial_sequence('exchange_ledgerblock', 'id'))")
-            block_id = cursor.fetchone()[0]
-            cursor.execute("SELECT nextval('exchange_journal_sequence') FROM generate_series(1, %s)", [count])
-            return block_id, sorted(row[0] for row in cursor.fetchall())
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence('exchange_ledgerblock', 'id')),"
+                " nextval(pg_get_serial_sequence('exchange_journalentry', 'id')),"
+                " nextval('exchange_journal_sequence') FROM generate_series(1, %s)",
+                [count],
+            )
+            rows = cursor.fetchall()
+        # One block id is enough: the others drawn by this statement are simply never used.
+        return rows[0][0], sorted((entry_id, sequence) for _, entry_id, sequence in rows)
     block_id = (LedgerBlock.objects.aggregate(m=Max("id"))["m"] or 0) + 1
+    last_id = JournalEntry.objects.aggregate(m=Max("id"))["m"] or 0
     last = JournalEntry.objects.aggregate(m=Max("sequence"))["m"] or 0
-    return block_id, list(range(last + 1, last + 1 + count))
+    return block_id, [(last_id + n, last + n) for n in range(1, count + 1)]
+
+
+ENTRY_COLUMNS = (
+    "id",
+    "sequence",
+    "block_id",
+    "position",
+    "idempotency_key",
+    "kind",
+    "order_id",
+    "payout_id",
+    "memo",
+    "created_at",
+    "prev_hash",
+    "entry_hash",
+)
 
 
 @dataclass
@@ -208,11 +231,11 @@ def journal_entries_write(specs: list[EntrySpec]) -> PendingBlock:
             fresh.append((spec, legs))
     if not fresh:
         return PendingBlock(None, [], [(existing[key], False) for key in keys])
-    block_id, sequences = _allocate(len(fresh))
+    block_id, numbers = _allocate(len(fresh))
     created_at = timezone.now()
     prev_hash = GENESIS_HASH
     entries = []
-    for position, ((spec, legs), sequence) in enumerate(zip(fresh, sequences, strict=True), start=1):
+    for position, ((spec, legs), (entry_id, sequence)) in enumerate(zip(fresh, numbers, strict=True), start=1):
         canonical = _canonical(
             sequence=sequence,
             idempotency_key=spec.idempotency_key,
@@ -224,6 +247,7 @@ def journal_entries_write(specs: list[EntrySpec]) -> PendingBlock:
         )
         digest = entry_hash(prev_hash=prev_hash, canonical=canonical)
         entry = JournalEntry(
+            id=entry_id,
             sequence=sequence,
             block_id=block_id,
             position=position,
@@ -240,13 +264,15 @@ def journal_entries_write(specs: list[EntrySpec]) -> PendingBlock:
         existing[spec.idempotency_key] = entry
         entries.append(entry)
         prev_hash = digest
-    JournalEntry.objects.bulk_create(entries)
-    Posting.objects.bulk_create(
-        [
-            Posting(entry=entry, account=account, amount=amount, currency=currency)
-            for entry in entries
-            for account, amount, currency in entry._legs
-        ]
+    rows_copy(
+        JournalEntry,
+        ENTRY_COLUMNS,
+        [tuple(getattr(entry, column) for column in ENTRY_COLUMNS) for entry in entries],
+    )
+    rows_copy(
+        Posting,
+        ("entry_id", "account_id", "amount", "currency"),
+        [(entry.id, account.pk, amount, currency) for entry in entries for account, amount, currency in entry._legs],
     )
     new = {id(entry) for entry in entries}
     results, seen = [], set()
@@ -261,20 +287,21 @@ def journal_entries_write(specs: list[EntrySpec]) -> PendingBlock:
 def block_append(pending: PendingBlock) -> LedgerBlock | None:
     """Append ``pending``'s block to the chain; call it last in the transaction that wrote the entries.
 
-    The ledger's deferred balance checks run first (SET CONSTRAINTS
-    IMMEDIATE), outside the lock; then the chain head is locked, the block
-    row inserted after it and the head moved. The lock is held from here to
-    the commit, so nothing slow should follow this call.
+    The checks deferred to the commit (the ledger's balance triggers and the
+    transaction's foreign keys) run first (SET CONSTRAINTS IMMEDIATE), outside
+    the lock; then the chain head is locked, the block row inserted after it
+    and the head moved. The entries name their block by id without a foreign
+    key (it is inserted last), and ``ledger_verify`` finds any entry whose
+    block does not exist. The lock is held from here to the commit, so nothing
+    slow should follow this call.
     """
     if not pending.entries:
         return None
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            # Runs the pending checks now; DEFERRED again so later entries of the same transaction are checked later.
-            cursor.execute(
-                "SET CONSTRAINTS exchange_journalentry_balanced, exchange_posting_balanced IMMEDIATE;"
-                " SET CONSTRAINTS exchange_journalentry_balanced, exchange_posting_balanced DEFERRED"
-            )
+            # Every check deferred to the commit (the ledger's balance triggers, the foreign keys of all the
+            # transaction's rows) runs now, outside the lock; DEFERRED again for whatever the caller does next.
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE; SET CONSTRAINTS ALL DEFERRED")
     head = _lock_head()
     sequence, created_at, root = head.sequence + 1, timezone.now(), pending.entries[-1].entry_hash
     count = len(pending.entries)
@@ -465,6 +492,15 @@ def ledger_verify(*, chunk_size: int = 2000) -> VerifyResult:
         )
     if head["block_hash"] != prev_block:
         return broken(f"the chain head's hash is not block #{blocks_checked}'s", block=blocks_checked)
+    # Entries name their block without a foreign key (block_append): one naming no block is outside the chain.
+    stray = (
+        JournalEntry.objects.exclude(block_id__in=LedgerBlock.objects.values("id"))
+        .order_by("sequence")
+        .values_list("sequence", "block_id")
+        .first()
+    )
+    if stray:
+        return broken(f"entry #{stray[0]} names block id {stray[1]}, which does not exist", entry=stray[0])
     # Independent of the walk: the database's own sum over every posting in the verified blocks.
     ledger_sums = (
         Posting.objects.filter(entry__block__sequence__lte=head["sequence"])

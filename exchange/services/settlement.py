@@ -26,7 +26,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, OperationalError, transaction
-from django.db.models import F, Sum
+from django.db.models import Count, F, Sum
 from django.utils import timezone
 
 from exchange.choices import (
@@ -56,6 +56,29 @@ from exchange.services.orders import orders_transition_locked
 class SettlementInProgress(ValidationError):
     pass
 
+
+# What a batch reads of its orders: settling, the fee schedule, the ledger entry and the certificate need no more.
+BATCH_ORDER_FIELDS = (
+    "public_id",
+    "amount",
+    "refunded_amount",
+    "service_fee",
+    "currency",
+    "status",
+    "merchant_id",
+    "listing_id",
+    "buyer_id",
+    "created_at",
+    "paid_at",
+    "delivered_at",
+    "settled_at",
+    "settlement_run_id",
+    "merchant__name",
+    "listing__title",
+    "listing__registration_number",
+    "listing__slug",
+    "buyer__display_name",
+)
 
 # Delivered trades (a partial refund may have come first) are settled for what remains held.
 SETTLEABLE = {OrderStatus.DELIVERED, OrderStatus.PARTIALLY_REFUNDED}
@@ -127,7 +150,7 @@ def settlement_run_plan(*, run_pk: int, queue: bool = True) -> SettlementRun:
             pass
         elif pending:
             transaction.on_commit(lambda: _queue_batches(pending))
-        elif run.batches_done >= run.batches_total:
+        elif not run.batches.exclude(status=SettlementBatchStatus.COMPLETED).exists():
             transaction.on_commit(lambda: _queue_finish(run.pk))
     return run
 
@@ -170,6 +193,7 @@ def settlement_batch_execute(*, batch_pk: int, queue_finish: bool = True) -> Set
                     _eligible(run.cutoff)
                     .filter(pk__gte=batch.first_order_pk, pk__lte=batch.last_order_pk)
                     .select_related("merchant", "listing", "buyer")
+                    .only(*BATCH_ORDER_FIELDS)
                     .select_for_update(of=("self",))
                     .order_by("pk")
                 )
@@ -207,18 +231,16 @@ def settlement_batch_execute(*, batch_pk: int, queue_finish: bool = True) -> Set
             batch.totals, batch.block_id, batch.attempts = dict(totals), pending.block_id, batch.attempts + 1
             batch.finished_at = timezone.now()
             batch.save()
-            # The run's counters and the chain head are the only rows batches share: touched last, held briefly.
-            SettlementRun.objects.filter(pk=run.pk).update(
-                batches_done=F("batches_done") + 1, orders_settled=F("orders_settled") + len(orders)
-            )
-            done, total = SettlementRun.objects.filter(pk=run.pk).values_list("batches_done", "batches_total").get()
+            # The chain head is the only row batches share: locked last, for the append and the commit.
             block_append(pending)
-            if done >= total and queue_finish:
-                transaction.on_commit(lambda: _queue_finish(run.pk))
     except Exception as exc:
         if not isinstance(exc, (OperationalError, ConnectionError, TimeoutError)):  # those are retried as they are
             _record_batch_failure(batch_pk=batch_pk, error=f"{type(exc).__name__}: {exc}")
         raise
+    # Counted after the commit, so the batch that commits last always sees every batch done and queues the
+    # finish (two may both see it: the finish runs once under the run's lock).
+    if queue_finish and not run.batches.exclude(status=SettlementBatchStatus.COMPLETED).exists():
+        _queue_finish(run.pk)
     return batch
 
 
@@ -319,16 +341,30 @@ def settlement_run_finish(*, run_pk: int) -> SettlementRun:
 
     with transaction.atomic():
         run = SettlementRun.objects.select_for_update().get(pk=run_pk)
-        if run.status != SettlementRunStatus.RUNNING or run.batches_done < run.batches_total or run.cutoff is None:
+        if run.status != SettlementRunStatus.RUNNING or run.cutoff is None:
             return run
+        if run.batches.exclude(status=SettlementBatchStatus.COMPLETED).exists():
+            return run  # a batch is still to do: the last one to complete queues the finish again
+        done = run.batches.aggregate(batches=Count("pk"), orders=Sum("orders_settled"))
+        run.batches_done, run.orders_settled = done["batches"], done["orders"] or 0
         payouts, specs = _payout_specs(run=run)
         pending = journal_entries_write(specs)
         run.status, run.finished_at, run.payouts_created = SettlementRunStatus.COMPLETED, timezone.now(), len(payouts)
-        run.save(update_fields=["status", "finished_at", "payouts_created"])
+        run.save(update_fields=["status", "finished_at", "payouts_created", "batches_done", "orders_settled"])
         block_append(pending)
         pks = [payout.pk for payout in payouts]
         transaction.on_commit(lambda: [payout_send.delay(pk) for pk in pks])
     return run
+
+
+def settlement_run_progress(run: SettlementRun) -> tuple[int, int]:
+    """(batches done, orders settled) so far: counted from the batches while the run runs (one query)."""
+    if run.status == SettlementRunStatus.COMPLETED:
+        return run.batches_done, run.orders_settled
+    done = run.batches.filter(status=SettlementBatchStatus.COMPLETED).aggregate(
+        batches=Count("pk"), orders=Sum("orders_settled")
+    )
+    return done["batches"], done["orders"] or 0
 
 
 def settlement_run_execute(*, run_pk: int) -> SettlementRun:

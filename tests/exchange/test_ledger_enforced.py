@@ -925,3 +925,21 @@ def test_journal_entry_admin_action_records_a_verification(client, staff):
     )
     assert "Ledger OK: 1 entries in 1 blocks verified, balanced in 1 currencies." in response.content.decode()
     assert LedgerVerification.objects.get().trigger == "admin"
+
+
+def test_an_entry_naming_a_block_that_does_not_exist_is_reported():
+    """Entries name their block without a foreign key (it is inserted last): the verifier finds a stray one."""
+    _post(1)
+    _post(2)
+    clearing, escrow = _accounts()
+    entry_id, sequence = _insert_entry("stray", block_id=999_999)
+    _insert_posting(entry_id, clearing, 5)
+    _insert_posting(entry_id, escrow, -5)
+    _check_now()
+    assert _outcome(ledger_verify()) == (
+        False,
+        sequence,
+        None,
+        2,
+        f"entry #{sequence} names block id 999999, which does not exist",
+    )

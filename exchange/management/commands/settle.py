@@ -5,7 +5,12 @@ from django.core.management.base import BaseCommand, CommandError
 
 from exchange.choices import SettlementRunStatus
 from exchange.models import SettlementRun
-from exchange.services.settlement import settlement_run_execute, settlement_run_start, settlement_runs_resume
+from exchange.services.settlement import (
+    settlement_run_execute,
+    settlement_run_progress,
+    settlement_run_start,
+    settlement_runs_resume,
+)
 
 
 class Command(BaseCommand):
@@ -50,10 +55,11 @@ class Command(BaseCommand):
         deadline, last = time.monotonic() + timeout, None
         while True:
             run = SettlementRun.objects.get(pk=run_pk)
-            progress = (run.batches_done, run.batches_total, run.orders_settled, run.orders_total)
+            batches_done, orders_settled = settlement_run_progress(run)
+            progress = (batches_done, orders_settled)
             if progress != last and run.cutoff is not None:
                 self.stdout.write(
-                    f"  batches {run.batches_done}/{run.batches_total}, orders {run.orders_settled}/{run.orders_total}"
+                    f"  batches {batches_done}/{run.batches_total}, orders {orders_settled}/{run.orders_total}"
                 )
                 last = progress
             if run.status != SettlementRunStatus.RUNNING:
