@@ -58,6 +58,8 @@ INSTALLED_APPS = [
     "allauth",
     "allauth.account",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "accounts",
     "merchants",
@@ -402,3 +404,39 @@ LOGGING = {
 # Enables the naive icontains search (?naive=1 on the catalog API), a baseline
 # for `make bench-search` only; never set it in production.
 BENCH_ENABLE_NAIVE = env_bool("BENCH_ENABLE_NAIVE", False) and DEPLOY_ENV != "production"
+
+# --- the REST API (/api/v1/, common/api.py) ---------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "common.api.ApiCursorPagination",
+    "DEFAULT_THROTTLE_CLASSES": ["common.api.KeyOrUserRateThrottle"],
+    "EXCEPTION_HANDLER": "common.api.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "PAGE_SIZE": 50,
+}
+# Requests per key (else user, else address) across the API, and purchases per key or user per minute.
+API_RATE = env_str("API_RATE", "600/min")
+API_MONEY_RATE_PER_MINUTE = env_int("API_MONEY_RATE_PER_MINUTE", 20, minimum=1)
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Data Exchange API",
+    "DESCRIPTION": (
+        "Buy, download and use data products, and run a merchant's catalogue, without the web UI. "
+        'Authenticate with `Authorization: Api-Key <key>`; errors answer `{"error": {"code", "message"}}`.'
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "EXTENSIONS_INFO": {},
+}

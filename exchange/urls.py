@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from exchange import views
 from listings.api import views as catalog_api_views
@@ -30,6 +31,14 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("merchants/", include("merchants.urls")),
+    path("api/v1/schema/", SpectacularAPIView.as_view(), name="api_schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="api_schema"), name="api_redoc"),
+    path("api/v1/", include("exchange.api.urls")),
+    path("api/v1/merchant/", include("listings.api.merchant_urls")),
+    path("api/v1/merchant/", include("exchange.api.merchant_urls")),
+    path("api/v1/account/", include("accounts.api_urls")),
+    path("api/v1/account/", include("exchange.api.account_urls")),
     path("api/v1/catalog/", include("listings.api.urls")),
     path("api/v1/ping/", catalog_api_views.ping, name="api_ping"),
     path("api/v1/data/", include("exchange.data_api.urls")),

@@ -143,11 +143,12 @@ def _month_key(entitlement_pk: int, month: datetime.date) -> str:
     return f"{_KEY_NS}:month:{entitlement_pk}:{month:%Y%m}"
 
 
-def rate_limit_take(*, subject: str, now: datetime.datetime | None = None) -> None:
-    """Count one call for ``subject`` (``key:<pk>`` or ``user:<pk>``) this minute.
+def rate_limit_take(*, subject: str, now: datetime.datetime | None = None, limit: int | None = None) -> None:
+    """Count one call for ``subject`` (``key:<pk>``, ``user:<pk>``, or another namespace's) this minute.
 
-    Raises QuotaExceeded(``rate_limited``) beyond ``DATA_API_RATE_PER_MINUTE``;
-    a refused call is not counted. Fails open when Redis is unreachable.
+    Raises QuotaExceeded(``rate_limited``) beyond ``limit`` calls (default
+    ``DATA_API_RATE_PER_MINUTE``); a refused call is not counted. Fails open
+    when Redis is unreachable.
     """
     client = _redis()
     if client is None:
@@ -155,7 +156,7 @@ def rate_limit_take(*, subject: str, now: datetime.datetime | None = None) -> No
     now = now or timezone.now()
     window = int(now.timestamp()) // 60
     key = f"{_KEY_NS}:rate:{subject}:{window}"
-    limit = settings.DATA_API_RATE_PER_MINUTE
+    limit = settings.DATA_API_RATE_PER_MINUTE if limit is None else limit
     try:
         granted, _ = client._exchange_reserve(keys=[key], args=[1, limit, 120, 1])
         if granted == -1:

@@ -82,8 +82,8 @@ def test_bad_values_answer_400_per_parameter(client, catalog, params, field):
     before = list(Listing.objects.order_by("pk").values_list("pk", "status", "updated_at"))
     response = client.get(LIST, params)
     assert response.status_code == 400
-    body = response.json()
-    assert list(body) == [field] and body[field][0]
+    error = response.json()["error"]  # the API's one error shape, with the problem per parameter
+    assert error["code"] == "invalid" and list(error["fields"]) == [field] and error["fields"][field][0]
     assert list(Listing.objects.order_by("pk").values_list("pk", "status", "updated_at")) == before
 
 
