@@ -14,7 +14,8 @@
 """
 
 from django.conf import settings
-from django.http import JsonResponse
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, JsonResponse
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import exceptions, serializers
@@ -60,15 +61,44 @@ def _code(exc: exceptions.APIException) -> str:
     return str(getattr(exc, "default_code", "error"))
 
 
+class Conflict(exceptions.APIException):
+    """409: the object is not in a state that allows this (the code says which state)."""
+
+    status_code = 409
+    default_detail = "The object is not in a state that allows this."
+    default_code = "conflict"
+
+
+def first_code(detail) -> str | None:
+    """The code of the first error in a DRF error detail (nested dicts and lists, in order)."""
+    if isinstance(detail, exceptions.ErrorDetail):
+        return detail.code
+    values = detail.values() if isinstance(detail, dict) else detail if isinstance(detail, list) else ()
+    for value in values:
+        code = first_code(value)
+        if code:
+            return code
+    return None
+
+
 def api_exception_handler(exc, context):
-    """DRF's handler (404 for Http404, 403 for PermissionDenied...), every answer in the one error shape."""
+    """DRF's handler (404 for Http404, 403 for PermissionDenied...), every answer in the one error shape.
+
+    A ValidationError keyed by field answers the first field error's own code (``required``,
+    ``unknown_scope``...; ``invalid`` when it has none), the message "The request is not valid." and
+    ``fields`` naming every problem; a single error answers its own code and message.
+    """
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(str(exc) or "Not found.")
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied(str(exc) or None)
     response = exception_handler(exc, context)
     if response is None or not isinstance(exc, exceptions.APIException):
         return response
     if isinstance(exc, exceptions.ValidationError):
         fields = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         first = exc.detail[0] if isinstance(exc.detail, list) and exc.detail else None
-        code = first.code if isinstance(first, exceptions.ErrorDetail) and first.code != "invalid" else "invalid"
+        code = first_code(exc.detail) or "invalid"
         message = str(first) if first is not None else "The request is not valid."
         response.data = error_body(code, message, fields=fields)
     else:
@@ -109,6 +139,15 @@ ERRORS = {
 def errors(*statuses: int) -> dict:
     """The declared error responses for ``statuses`` (401 and 429 are added: every endpoint can answer them)."""
     return {status: ERRORS[status] for status in sorted({*statuses, 401, 429})}
+
+
+def not_found_handler(request, exception=None):
+    """The project's handler404: JSON in the API's shape under /api/, Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return error_response(404, "not_found", "No such resource.")
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)
 
 
 # --- pagination ---------------------------------------------------------------------------------------------------

@@ -439,4 +439,17 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "EXTENSIONS_INFO": {},
+    # Several models have a ``status``: each enum gets its own name in the schema.
+    "ENUM_NAME_OVERRIDES": {
+        "OrderStatusEnum": "exchange.choices.OrderStatus",
+        "EntitlementStatusEnum": "exchange.choices.EntitlementStatus",
+        "AccessRequestStatusEnum": "exchange.choices.AccessRequestStatus",
+        "DeliveryStatusEnum": "exchange.choices.DeliveryStatus",
+        "PayoutStatusEnum": "exchange.choices.PayoutStatus",
+        "ListingStatusEnum": "listings.choices.ListingStatus",
+        "PlanKindEnum": "listings.choices.PlanKind",
+        "FileFormatEnum": "listings.choices.FileFormat",
+        "NotificationKindEnum": "exchange.choices.NotificationKind",
+        "OutboundEventStatusEnum": "exchange.choices.OutboundEventStatus",
+    },
 }

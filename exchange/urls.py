@@ -50,3 +50,5 @@ urlpatterns = [
     path("", include(exchange_patterns)),
     path("", include("listings.urls")),
 ]
+
+handler404 = "common.api.not_found_handler"

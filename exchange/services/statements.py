@@ -73,6 +73,10 @@ def _parse_day(value: str, name: str) -> date:
         raise StatementPeriodError(f"'{name}' must be a date written YYYY-MM-DD, not {value[:40]!r}.") from None
 
 
+# The calendar ends at 9999-12-31: a period must end (and its month's end must fall) before then.
+LAST_DAY = date(9999, 12, 1)
+
+
 def statement_period(*, params: Mapping[str, str], today: date | None = None) -> Period:
     """The period asked for by ``from``/``to`` (YYYY-MM-DD, inclusive), default the current calendar month.
 
@@ -84,6 +88,9 @@ def statement_period(*, params: Mapping[str, str], today: date | None = None) ->
     raw_from, raw_to = (params.get("from") or "").strip(), (params.get("to") or "").strip()
     first = _parse_day(raw_from, "from") if raw_from else None
     last = _parse_day(raw_to, "to") if raw_to else None
+    for day in (first, last):
+        if day is not None and day >= LAST_DAY:  # the month's end and the day after must exist
+            raise StatementPeriodError(f"'from' and 'to' must be days before {LAST_DAY.isoformat()}.")
     anchor = first or last or today
     month_start = anchor.replace(day=1)
     month_end = (month_start + timedelta(days=32)).replace(day=1) - timedelta(days=1)

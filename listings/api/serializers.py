@@ -4,15 +4,18 @@ import functools
 from datetime import datetime
 
 from django.conf import settings
+from django.template.loader import render_to_string
 from django.urls import get_script_prefix, get_urlconf, reverse
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import ISO_8601, serializers
 from rest_framework.settings import api_settings
 
 from common.money import format_minor
-from listings.choices import Licence, UpdateFrequency
+from listings.choices import BillingInterval, FileFormat, Licence, MeteredUnit, PlanKind, UpdateFrequency, VersionAccess
 from listings.dcat import listing_jsonld
-from listings.models import Listing
+from listings.models import DataFile, Listing, ListingVersion, PricingPlan
+from merchants.models import Merchant
 
 _LICENCE_LABELS = dict(Licence.choices)
 _FREQUENCY_LABELS = dict(UpdateFrequency.choices)
@@ -203,3 +206,188 @@ class ListingDetailSerializer(ListingCardSerializer):
 
     def get_jsonld(self, listing) -> dict:
         return listing_jsonld(listing)
+
+
+# --- the catalog list's answer (documents the dict the list view builds) -------------------------------------------
+
+
+class FacetValueSerializer(serializers.Serializer):
+    value = serializers.CharField()
+    label = serializers.CharField()
+    count = serializers.IntegerField()
+
+
+class CatalogMatchesSerializer(serializers.Serializer):
+    counted = serializers.IntegerField(help_text="Matches counted for the facets (at most `cap`).")
+    capped = serializers.BooleanField(help_text="True when the cap was reached: the counts are then lower bounds.")
+    cap = serializers.IntegerField()
+
+
+@extend_schema_serializer(many=False)
+class CatalogPageSerializer(serializers.Serializer):
+    """One page of the catalog with the facet counts of all its matches."""
+
+    results = ListingCardSerializer(many=True)
+    next = serializers.CharField(allow_null=True, help_text="The cursor of the next page (`?cursor=`), or null.")
+    next_url = serializers.URLField(allow_null=True, help_text="The next page's full URL, or null.")
+    sort = serializers.CharField()
+    facets = serializers.DictField(
+        child=FacetValueSerializer(many=True), help_text="Per facet (category, merchant, licence...): its values."
+    )
+    matches = CatalogMatchesSerializer()
+
+
+class PingSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+
+
+# --- the product page's parts: versions, schema, sample, plans --------------------------------------------------------
+
+
+class SchemaRetypeSerializer(serializers.Serializer):
+    """A column whose type changed: ``{"name", "from", "to"}``."""
+
+    name = serializers.CharField()
+    to = serializers.CharField(allow_null=True)
+
+    def get_fields(self):
+        # "from" is a Python keyword, so it cannot be declared as a class attribute.
+        fields = super().get_fields()
+        return {"name": fields["name"], "from": serializers.CharField(allow_null=True), "to": fields["to"]}
+
+
+class SchemaDiffSerializer(serializers.Serializer):
+    """Columns added, removed and retyped against the version before."""
+
+    added = serializers.ListField(child=serializers.CharField())
+    removed = serializers.ListField(child=serializers.CharField())
+    retyped = SchemaRetypeSerializer(many=True)
+
+    def to_representation(self, diff: dict) -> dict:
+        return super().to_representation({"added": [], "removed": [], "retyped": [], **diff})
+
+
+class VersionFileSerializer(serializers.ModelSerializer):
+    name = serializers.CharField(source="original_name")
+    format = serializers.ChoiceField(choices=FileFormat.choices)
+
+    class Meta:
+        model = DataFile
+        fields = ["name", "format", "size", "row_count", "sha256"]
+        read_only_fields = fields
+
+
+class CatalogVersionSerializer(serializers.ModelSerializer):
+    """A published version as the product page lists it."""
+
+    schema_diff = serializers.SerializerMethodField()
+    files = VersionFileSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = ListingVersion
+        fields = ["label", "changelog", "published_at", "schema_diff", "files"]
+        read_only_fields = fields
+
+    @extend_schema_field(SchemaDiffSerializer(allow_null=True))
+    def get_schema_diff(self, version):
+        # Empty for the first version (nothing to compare with) or while its files are being profiled.
+        return SchemaDiffSerializer(version.schema_diff).data if version.schema_diff else None
+
+
+class CatalogColumnSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    type = serializers.CharField(allow_null=True, help_text="The profiled type (DuckDB's name for it).")
+    description = serializers.CharField(allow_blank=True, help_text="The merchant's words from the data dictionary.")
+
+
+class CatalogSchemaSerializer(serializers.Serializer):
+    """The current (newest published) version's columns with the data dictionary."""
+
+    version = serializers.CharField(allow_null=True, help_text="The version's label; null before any is published.")
+    columns = CatalogColumnSerializer(many=True)
+
+
+class CatalogSampleSerializer(serializers.Serializer):
+    """The sample rows of the current version's first profiled file, aligned on ``columns``."""
+
+    version = serializers.CharField(allow_null=True, help_text="The version's label; null before any is published.")
+    columns = serializers.ListField(child=serializers.CharField())
+    rows = serializers.ListField(child=serializers.ListField(child=serializers.JSONField(allow_null=True)))
+
+
+class CatalogPlanSerializer(serializers.ModelSerializer):
+    """An active pricing plan, with its price and terms as the product page words them."""
+
+    kind = serializers.ChoiceField(choices=PlanKind.choices)
+    kind_label = serializers.CharField(source="get_kind_display")
+    name = serializers.CharField(source="display_name")
+    price_display = serializers.CharField()
+    interval = serializers.SerializerMethodField()
+    metered_unit = serializers.SerializerMethodField()
+    version_access = serializers.ChoiceField(choices=VersionAccess.choices)
+    terms = serializers.SerializerMethodField()
+    buyer_service_fee = serializers.IntegerField(
+        help_text="Minor units the buyer pays on top of the price (one-time plans), in the plan's currency."
+    )
+    buyer_service_fee_display = serializers.CharField()
+
+    class Meta:
+        model = PricingPlan
+        fields = [
+            "id",
+            "kind",
+            "kind_label",
+            "name",
+            "amount",
+            "currency",
+            "price_display",
+            "interval",
+            "metered_unit",
+            "free_units_per_month",
+            "monthly_cap_units",
+            "version_access",
+            "terms",
+            "buyer_service_fee",
+            "buyer_service_fee_display",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.ChoiceField(choices=BillingInterval.choices, allow_null=True))
+    def get_interval(self, plan):
+        return plan.interval or None
+
+    @extend_schema_field(serializers.ChoiceField(choices=MeteredUnit.choices, allow_null=True))
+    def get_metered_unit(self, plan):
+        return plan.metered_unit or None
+
+    def get_terms(self, plan) -> str:
+        # The product page's own wording (one template for both), as one line of plain text.
+        return " ".join(render_to_string("listings/_plan_terms.html", {"plan": plan}).split())
+
+
+# --- the merchant profile ---------------------------------------------------------------------------------------------
+
+
+class ProductPageSerializer(serializers.Serializer):
+    next = serializers.URLField(allow_null=True, help_text="The next page, or null.")
+    previous = serializers.URLField(allow_null=True, help_text="The previous page, or null.")
+    results = ListingCardSerializer(many=True)
+
+
+class MerchantProfileSerializer(serializers.ModelSerializer):
+    """A merchant's public profile and a page of its published products (``?cursor=``, ``?page_size=``)."""
+
+    url = serializers.SerializerMethodField()
+    products = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Merchant
+        fields = ["slug", "name", "description", "url", "products"]
+        read_only_fields = fields
+
+    def get_url(self, merchant) -> str:
+        return settings.SITE_URL + reverse("listings:merchant_profile", args=[merchant.slug])
+
+    @extend_schema_field(ProductPageSerializer)
+    def get_products(self, merchant) -> dict:
+        return self.context["products"]

@@ -259,6 +259,9 @@ def test_other_merchant_sees_only_their_own_empty_statement(month, client, other
             {"from": "2025-01-01", "to": "2026-01-02"},
             "A statement covers at most 366 days; 2025-01-01 to 2026-01-02 is 367.",
         ),
+        # December 9999 has no month after it: refused, not a server error.
+        ({"from": "9999-12-31"}, "'from' and 'to' must be days before 9999-12-01."),
+        ({"to": "9999-12-01"}, "'from' and 'to' must be days before 9999-12-01."),
     ],
 )
 @pytest.mark.parametrize("name", ["statements:page", "statements:csv"])
