@@ -21,7 +21,6 @@ from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.pagination import CursorPagination
 from rest_framework.throttling import SimpleRateThrottle
-from rest_framework.views import exception_handler
 
 # --- errors -------------------------------------------------------------------------------------------------------
 
@@ -92,6 +91,9 @@ def api_exception_handler(exc, context):
         exc = exceptions.NotFound(str(exc) or "Not found.")
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied(str(exc) or None)
+    # Imported here: DRF's views module reads the settings' throttle classes, which live in this module.
+    from rest_framework.views import exception_handler
+
     response = exception_handler(exc, context)
     if response is None or not isinstance(exc, exceptions.APIException):
         return response

@@ -1,7 +1,7 @@
 """Transaction certificates: the printable page and bundle download (buyer, merchant, staff), the public
 verification pages and the public key, and their API (``/api/v1/certificates/``).
 
-Errors of the API answer ``{"error": {"code", "message"}}`` like the data API.
+Errors of the API answer ``{"error": {"code", "message"}}`` like every endpoint of the API (``common.api``).
 """
 
 import json
@@ -11,15 +11,16 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_http_methods
-from rest_framework import exceptions
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import exceptions, serializers
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.parsers import BaseParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import ApiKeyAuthentication, request_scopes
+from common.api import ERRORS, error_body, errors
 from common.money import format_minor
-from exchange.data_api.views import api_exception_handler, error_body
 from exchange.models import TransactionCertificate
 from exchange.selectors import order_visible
 from exchange.services.certificates import (
@@ -178,11 +179,47 @@ class _RawBodyParser(BaseParser):
 
 
 class _CertificateApiView(APIView):
+    """Errors take the API's one shape through the project's handler (``common.api.api_exception_handler``)."""
+
     authentication_classes = [ApiKeyAuthentication, SessionAuthentication]
     permission_classes = []
 
-    def get_exception_handler(self):
-        return api_exception_handler
+
+class BundleSerializer(serializers.Serializer):
+    """A certificate bundle, as ``bundle.json`` holds it; only ``document`` and ``signature`` are checked."""
+
+    format = serializers.CharField(required=False)
+    version = serializers.CharField(required=False)
+    number = serializers.CharField(required=False)
+    key_id = serializers.CharField(required=False)
+    document = serializers.CharField(help_text="The signed document: canonical JSON, exactly as issued.")
+    signature = serializers.CharField(help_text="The Ed25519 signature of `document`, base64.")
+
+
+class VerificationSerializer(serializers.Serializer):
+    valid = serializers.BooleanField()
+    signature_ok = serializers.BooleanField()
+    ledger_ok = serializers.BooleanField()
+    known = serializers.BooleanField()
+    reasons = serializers.ListField(child=serializers.CharField())
+    number = serializers.CharField(allow_null=True)
+    key_id = serializers.CharField(allow_blank=True)
+
+
+class CertificateSerializer(serializers.Serializer):
+    number = serializers.CharField()
+    order = serializers.UUIDField()
+    issued_at = serializers.DateTimeField()
+    key_id = serializers.CharField()
+    bundle = BundleSerializer()
+    document = serializers.DictField(help_text="`bundle.document` parsed.")
+    verification = VerificationSerializer()
+
+
+class PublicKeySerializer(serializers.Serializer):
+    algorithm = serializers.ChoiceField(choices=["Ed25519"])
+    key_id = serializers.CharField()
+    public_key_pem = serializers.CharField()
 
 
 def public_key_as_dict() -> dict:
@@ -197,6 +234,7 @@ class CertificateDetailApi(_CertificateApiView):
     anyone else, signed in or not, exactly as for an unknown number.
     """
 
+    @extend_schema(operation_id="certificates_retrieve", responses={200: CertificateSerializer, **errors(403, 404)})
     def get(self, request, number):
         if request.user.is_authenticated and "read" not in request_scopes(request):
             raise exceptions.PermissionDenied("This API key lacks the scope this needs: read.")
@@ -230,6 +268,16 @@ class CertificateVerifyApi(_CertificateApiView):
     authentication_classes = []
     parser_classes = [_RawBodyParser]
 
+    @extend_schema(
+        operation_id="certificates_verify",
+        request={"application/json": BundleSerializer},
+        responses={
+            200: VerificationSerializer,
+            400: OpenApiResponse(ERRORS[400].response, description="The body is not a certificate bundle."),
+            **errors(),
+        },
+        auth=[],
+    )
     def post(self, request):
         try:
             # An empty body never reaches the parser; DRF then gives an empty dict instead of bytes.
@@ -246,5 +294,6 @@ class PublicKeyApi(_CertificateApiView):
 
     authentication_classes = []
 
+    @extend_schema(operation_id="certificates_public_key", responses={200: PublicKeySerializer, **errors()}, auth=[])
     def get(self, request):
         return Response(public_key_as_dict())

@@ -485,8 +485,9 @@ class DownloadView(GenericAPIView):
     @extend_schema(
         summary="Download a purchased file",
         responses={
-            (200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY, description="The whole file."),
-            (206, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY, description="The range asked."),
+            # Served with the file's own type (text/csv, application/vnd.apache.parquet, ...).
+            (200, "*/*"): OpenApiResponse(OpenApiTypes.BINARY, description="The whole file, with its own type."),
+            (206, "*/*"): OpenApiResponse(OpenApiTypes.BINARY, description="The range asked."),
             302: OpenApiResponse(description="Object storage: fetch the file from `Location` (a presigned URL)."),
             403: OpenApiResponse(
                 ERRORS[403].response, description="The link cannot be used now (expired, access ended...)."

@@ -13,16 +13,19 @@ import duckdb
 from django.core.exceptions import ValidationError
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
-from rest_framework.views import APIView, exception_handler
+from rest_framework.views import APIView
 
 from accounts.authentication import ApiKeyAuthentication, HasScope, request_scopes
 from accounts.models import ApiKey
 from accounts.services import api_key_create, api_key_is_active, api_key_revoke
+from common.api import ERRORS, error_body, errors
 from exchange.data_api.access import data_file_for_buyer, delivery_to_confirm
 from exchange.data_api.query import QueryError, RowQuery, rows_fetch
 from exchange.data_api.render import CONTENT_TYPES, render_chunks
@@ -43,23 +46,6 @@ from listings.choices import MeteredUnit
 log = logging.getLogger(__name__)
 
 
-def error_body(code: str, message: str, **extra) -> dict:
-    return {"error": {"code": code, "message": message, **extra}}
-
-
-def api_exception_handler(exc, context):
-    """DRF's handler, with its errors in the data API's shape."""
-    response = exception_handler(exc, context)
-    if response is not None and isinstance(exc, exceptions.APIException):
-        detail = response.data
-        if isinstance(exc, exceptions.ValidationError):
-            response.data = error_body("invalid", "The request is not valid.", fields=detail)
-        else:
-            message = detail.get("detail", str(exc)) if isinstance(detail, dict) else str(exc)
-            response.data = error_body(getattr(exc, "default_code", "error"), str(message))
-    return response
-
-
 class _NoFormatOverride:
     URL_FORMAT_OVERRIDE = None
 
@@ -74,11 +60,104 @@ class DataApiNegotiation(DefaultContentNegotiation):
 
 
 class DataApiView(APIView):
+    """Errors take the API's one shape through the project's handler (``common.api.api_exception_handler``)."""
+
     authentication_classes = [ApiKeyAuthentication, SessionAuthentication]
     content_negotiation_class = DataApiNegotiation
 
-    def get_exception_handler(self):
-        return api_exception_handler
+
+# --- what the schema says the views answer --------------------------------------------------------------------------
+
+_ERROR = ERRORS[400].response  # the one error shape (a second "Error" component would clash)
+
+
+class RowsPageSerializer(serializers.Serializer):
+    columns = serializers.ListField(child=serializers.CharField(), help_text="The columns of each row, in order.")
+    rows = serializers.ListField(
+        child=serializers.ListField(child=serializers.JSONField()),
+        help_text="Each row's values in the order of `columns` (decimals as strings, dates in ISO 8601).",
+    )
+    next = serializers.CharField(allow_null=True, help_text="The URL of the next page, or null on the last page.")
+    row_count = serializers.IntegerField(help_text="The number of rows on this page.")
+
+
+class KeySerializer(serializers.Serializer):
+    prefix = serializers.CharField()
+    name = serializers.CharField()
+    scopes = serializers.ListField(child=serializers.CharField())
+    created_at = serializers.DateTimeField()
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    expires_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+    active = serializers.BooleanField()
+
+
+class KeyCreatedSerializer(KeySerializer):
+    key = serializers.CharField(help_text="The key itself: shown this once, never stored in clear.")
+
+
+class KeyListSerializer(serializers.Serializer):
+    results = KeySerializer(many=True)
+
+
+class _UsageListingSerializer(serializers.Serializer):
+    slug = serializers.CharField()
+    title = serializers.CharField()
+
+
+class _UsagePlanSerializer(serializers.Serializer):
+    kind = serializers.CharField()
+    metered_unit = serializers.CharField(allow_null=True)
+
+
+class _UsageThisMonthSerializer(serializers.Serializer):
+    calls = serializers.IntegerField()
+    refused = serializers.IntegerField()
+    rows = serializers.IntegerField()
+    bytes = serializers.IntegerField()
+    units = serializers.IntegerField()
+    live_units = serializers.IntegerField(allow_null=True)
+
+
+class _UsageMonthSerializer(serializers.Serializer):
+    month = serializers.CharField(help_text="YYYY-MM")
+    calls = serializers.IntegerField()
+    rows = serializers.IntegerField()
+    bytes = serializers.IntegerField()
+    units = serializers.IntegerField()
+    billable_units = serializers.IntegerField()
+    amount = serializers.IntegerField(help_text="In minor units of `currency`.")
+    currency = serializers.CharField()
+
+
+class EntitlementUsageSerializer(serializers.Serializer):
+    entitlement = serializers.IntegerField()
+    listing = _UsageListingSerializer()
+    plan = _UsagePlanSerializer(allow_null=True)
+    free_units_per_month = serializers.IntegerField()
+    monthly_cap_units = serializers.IntegerField(allow_null=True)
+    this_month = _UsageThisMonthSerializer()
+    months = _UsageMonthSerializer(many=True)
+
+
+class UsageListSerializer(serializers.Serializer):
+    results = EntitlementUsageSerializer(many=True)
+
+
+_ROWS_PARAMETERS = [
+    OpenApiParameter("columns", str, description="Comma-separated profiled columns (default: all)."),
+    OpenApiParameter("limit", int, description="Rows per page: 1 to `DATA_API_MAX_LIMIT` (default 100)."),
+    OpenApiParameter("cursor", str, description="The cursor of the next page (from `next` or the `Link` header)."),
+    OpenApiParameter("format", str, enum=["json", "csv", "ndjson"], description="The output format (default json)."),
+]
+_ROWS_RESPONSES = {
+    (200, "application/json"): RowsPageSerializer,
+    (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="Rows as CSV; the next page in `Link`."),
+    (200, "application/x-ndjson"): OpenApiTypes.STR,
+    **errors(400, 403, 404),
+    500: OpenApiResponse(_ERROR, description="The file could not be read (`read_failed`)."),
+    503: OpenApiResponse(_ERROR, description="Metered use cannot be counted now (`metering_unavailable`)."),
+}
 
 
 def _api_key(request) -> ApiKey | None:
@@ -100,6 +179,12 @@ class FileRowsView(DataApiView):
 
     permission_classes = [HasScope("data")]
 
+    @extend_schema(
+        operation_id="data_file_rows",
+        parameters=_ROWS_PARAMETERS,
+        responses=_ROWS_RESPONSES,
+        description="Filters: `<column>=<value>` and `<column>__gte|__gt|__lte|__lt=<value>` on profiled columns.",
+    )
     def get(self, request, file_pk: int):
         started = time.monotonic()
         found = data_file_for_buyer(user=request.user, file_pk=file_pk)
@@ -217,10 +302,16 @@ class KeysView(DataApiView):
         if not request.user.is_authenticated:
             raise exceptions.NotAuthenticated()
 
+    @extend_schema(operation_id="data_keys_list", responses={200: KeyListSerializer, **errors()})
     def get(self, request):
         keys = ApiKey.objects.filter(user=request.user).order_by("-created_at", "-pk")
         return Response({"results": [key_as_dict(key) for key in keys]})
 
+    @extend_schema(
+        operation_id="data_keys_create",
+        request=KeyCreateInput,
+        responses={201: KeyCreatedSerializer, **errors(400)},
+    )
     def post(self, request):
         data = KeyCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -240,9 +331,11 @@ class KeysView(DataApiView):
 class KeyRevokeView(KeysView):
     """``POST /keys/<prefix>/revoke/``: revoke one of the caller's keys (404 for anyone else's)."""
 
+    @extend_schema(exclude=True)
     def get(self, request, prefix):
         raise exceptions.MethodNotAllowed("GET")
 
+    @extend_schema(operation_id="data_keys_revoke", request=None, responses={200: KeySerializer, **errors(404)})
     def post(self, request, prefix):
         try:
             key = api_key_revoke(user=request.user, prefix=prefix)
@@ -256,5 +349,6 @@ class UsageView(DataApiView):
 
     permission_classes = [HasScope("read", "data")]
 
+    @extend_schema(operation_id="data_usage", responses={200: UsageListSerializer, **errors(403)})
     def get(self, request):
         return Response({"results": [item.as_dict() for item in buyer_usage(user=request.user)]})
