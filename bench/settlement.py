@@ -548,21 +548,14 @@ def trial(
 
 # --- the baseline ----------------------------------------------------------------------------------------------------
 
-ENTRY_COLUMNS = (
-    "id",
-    "sequence",
-    "block_id",
-    "position",
-    "idempotency_key",
-    "kind",
-    "order_id",
-    "payout_id",
-    "memo",
-    "created_at",
-    "prev_hash",
-    "entry_hash",
-)
 POSTING_COLUMNS = ("id", "entry_id", "account_id", "amount", "currency")
+
+
+def ledger_entry_columns() -> tuple[str, ...]:
+    """The journal entry columns, as the ledger writes them (imported once Django is set up)."""
+    from exchange.services.ledger import ENTRY_COLUMNS
+
+    return ENTRY_COLUMNS
 
 
 def copy_payload(*, entries: int, postings: int) -> tuple[list[bytes], list[bytes]]:
@@ -632,7 +625,7 @@ def copy_baseline(*, database_url: str, entries: int, postings: int) -> dict:
         started = time.perf_counter()
         with conn.cursor() as cursor:
             for table, columns, data in (
-                ("bench_copy_entry", ENTRY_COLUMNS, entry_data),
+                ("bench_copy_entry", ledger_entry_columns(), entry_data),
                 ("bench_copy_posting", POSTING_COLUMNS, posting_data),
             ):
                 with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:

@@ -20,7 +20,7 @@ from listings.choices import (
 )
 from listings.models import Category, DataFile, Listing, ListingReview, ListingVersion, PricingPlan
 from listings.selectors import datafile_sample_table
-from listings.services.products import MAX_DESCRIPTION_LENGTH, listing_submission_problems
+from listings.services.products import MAX_DESCRIPTION_LENGTH, PRODUCT_FIELDS, listing_submission_problems
 
 # The largest value a PositiveIntegerField column holds (PostgreSQL integer).
 MAX_INT32 = 2**31 - 1
@@ -81,20 +81,7 @@ class ProductSerializer(serializers.ModelSerializer):
         fields = [
             "slug",
             "merchant",
-            "title",
-            "summary",
-            "description",
-            "category",
-            "tags",
-            "licence",
-            "licence_terms",
-            "update_frequency",
-            "temporal_start",
-            "temporal_end",
-            "geographic_coverage",
-            "use_scenarios",
-            "sensitivity",
-            "requires_access_request",
+            *PRODUCT_FIELDS,  # what the merchant edits, as listing_create / listing_update take it
             "status",
             "registration_number",
             "created_at",
