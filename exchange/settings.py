@@ -453,3 +453,6 @@ SPECTACULAR_SETTINGS = {
         "OutboundEventStatusEnum": "exchange.choices.OutboundEventStatus",
     },
 }
+
+# --- production hardening: security headers, cookies, HSTS, CSP (exchange/settings_security.py) ---------------------
+from exchange.settings_security import *  # noqa: E402, F403

@@ -28,6 +28,7 @@ admin.site.site_header = "Data Exchange administration"
 admin.site.site_title = "Data Exchange admin"
 
 urlpatterns = [
+    path("", include("exchange.health_urls")),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("merchants/", include("merchants.urls")),

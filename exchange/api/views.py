@@ -26,7 +26,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from accounts.authentication import HasScope
-from common.api import ERRORS, MoneyRateLimit, errors
+from common.api import ERRORS, Conflict, MoneyRateLimit, errors
 from exchange.api.serializers import (
     AccessRequestCreateInput,
     AccessRequestSerializer,
@@ -64,14 +64,6 @@ from listings.models import ListingVersion, PricingPlan
 from listings.selectors import listing_visible
 
 # --- errors ---------------------------------------------------------------------------------------------------------
-
-
-class Conflict(APIException):
-    """The object is not in a state that allows the operation (the service's code says which)."""
-
-    status_code = status.HTTP_409_CONFLICT
-    default_detail = "The object is not in a state that allows this."
-    default_code = "conflict"
 
 
 class DownloadRefused(APIException):

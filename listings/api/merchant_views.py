@@ -20,7 +20,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from accounts.authentication import HasScope
-from common.api import ERRORS, errors
+from common.api import ERRORS, Conflict, errors
 from listings.api.merchant_serializers import (
     PLAN_FIELDS,
     PlanInputSerializer,
@@ -46,12 +46,6 @@ from listings.services import (
 from merchants.selectors import merchant_for_user
 
 MERCHANT_PERMISSIONS = [IsAuthenticated, HasScope("merchant")]
-
-
-class Conflict(APIException):
-    status_code = 409
-    default_code = "conflict"
-    default_detail = "The product is not in a state that allows this."
 
 
 # Service codes that describe the product's state rather than the request: 409, not 400.

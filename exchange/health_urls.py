@@ -1,0 +1,3 @@
+"""The health-check endpoint (issue 9)."""
+
+urlpatterns = []

@@ -1,0 +1,1 @@
+"""Production hardening settings (issue 9), imported at the end of exchange/settings.py."""
