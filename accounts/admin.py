@@ -1,8 +1,8 @@
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
-from django.utils import timezone
 
-from accounts.models import ApiKey, User
+from accounts.models import ApiKey
+from accounts.services import User, api_key_revoke
 
 
 @admin.register(User)
@@ -21,9 +21,12 @@ class UserAdmin(BaseUserAdmin):
 
 @admin.action(description="Revoke the selected API keys")
 def revoke_keys(modeladmin, request, queryset):
-    # One UPDATE; keys already revoked keep their first revocation time.
-    count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
-    messages.success(request, f"{count} API key(s) revoked; they fail from the next request.")
+    # Through the service, key by key, so each revocation is audit-logged with the staff member and address;
+    # keys already revoked keep their first revocation time.
+    active = list(queryset.filter(revoked_at__isnull=True).select_related("user"))
+    for key in active:
+        api_key_revoke(user=key.user, prefix=key.prefix)
+    messages.success(request, f"{len(active)} API key(s) revoked; they fail from the next request.")
 
 
 @admin.register(ApiKey)

@@ -24,6 +24,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import ApiKey, User
+from audit.services import audit_record
 
 KEY_PREFIX = "dx_"
 SCOPES = ("read", "trade", "data", "merchant")
@@ -126,6 +127,14 @@ def api_key_create(
                     )
             except IntegrityError:
                 continue
+            audit_record(
+                action="api_key_created",
+                obj=key,
+                target_user=user.pk,
+                prefix=prefix,
+                scopes=scopes,
+                expires_at=expires_at.isoformat() if expires_at else None,
+            )
             return key, raw_key
     raise RuntimeError("Could not find a free API key prefix.")
 
@@ -140,6 +149,7 @@ def api_key_revoke(*, user: User, prefix: str) -> ApiKey:
         if key.revoked_at is None:
             key.revoked_at = timezone.now()
             key.save(update_fields=["revoked_at"])
+            audit_record(action="api_key_revoked", obj=key, target_user=user.pk, prefix=key.prefix)
     return key
 
 

@@ -14,7 +14,23 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 
 def env_str(name: str, default: str = "") -> str:
-    return os.environ.get(name, default)
+    """NAME's value; or, when NAME_FILE is set instead, that file's content (stripped), for secrets kept in files.
+
+    Setting both is refused, and so is a file that cannot be read; the message names the variable and the
+    path but never the value, so nothing secret reaches a log.
+    """
+    file_var = f"{name}_FILE"
+    path = os.environ.get(file_var)
+    if path is None:
+        return os.environ.get(name, default)
+    if name in os.environ:
+        raise ImproperlyConfigured(f"Set {name} or {file_var}, not both")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ImproperlyConfigured(f"{file_var} names a file that cannot be read ({path!r}: {reason})") from None
 
 
 def env_bool(name: str, default: bool = False) -> bool:

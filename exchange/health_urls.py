@@ -1,3 +1,7 @@
-"""The health-check endpoint (issue 9)."""
+"""The health-check endpoint (issue 9): GET /healthz, for load balancers, Compose and systemd watchdogs."""
 
-urlpatterns = []
+from django.urls import path
+
+from exchange import health
+
+urlpatterns = [path("healthz", health.healthz, name="healthz")]

@@ -65,10 +65,13 @@ INSTALLED_APPS = [
     "merchants",
     "listings",
     "exchange",
+    "axes",
+    "audit",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "exchange.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -77,6 +80,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    "audit.middleware.RequestContextMiddleware",
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "exchange.urls"
@@ -204,6 +209,7 @@ CELERY_BEAT_SCHEDULE["ledger-verify-daily"] = {
 # --- auth -----------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = [
+    "audit.lockouts.AxesRequestBackend",
     "django.contrib.auth.backends.ModelBackend",
     "allauth.account.auth_backends.AuthenticationBackend",
 ]
@@ -222,6 +228,40 @@ ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_LOGOUT_ON_GET = False
 LOGIN_REDIRECT_URL = "/"
 LOGIN_URL = "/accounts/login/"
+
+# --- accounts: lockouts and rate limits --------------------------------------------------------------------
+# django-axes counts failed logins (allauth's /accounts/login/ and the admin's) per username: a locked account
+# stays locked whichever address the guesses come from, so spreading them over a botnet does not help. The price
+# (anyone can lock a victim out for the cool-off) is bounded by the short cool-off and by allauth's per-address
+# limits below. Attempts are stored in the database: each failure is counted under a row lock with F() + 1, so
+# concurrent failures are all counted, and a Redis flush cannot unlock an account.
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5, minimum=1, maximum=100)
+AXES_COOLOFF_MINUTES = env_int("AXES_COOLOFF_MINUTES", 15, minimum=1, maximum=24 * 60)
+AXES_COOLOFF_TIME = AXES_COOLOFF_MINUTES / 60  # hours, as axes reads a number
+AXES_LOCKOUT_PARAMETERS = ["username"]
+AXES_USERNAME_CALLABLE = "audit.lockouts.login_username"
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_RESET_ON_SUCCESS = True
+# A refused attempt during a lockout counts and restarts the cool-off, so a guesser who keeps going stays out.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = True
+AXES_LOCKOUT_TEMPLATE = "account/lockout.html"
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_ENABLE_ACCESS_FAILURE_LOG = True
+# Never store what was typed in the password fields (axes keeps the rest of the POST for the admin).
+AXES_SENSITIVE_PARAMETERS = ["password", "password1", "password2", "login", "username", "email"]
+# allauth's own limits ("count/period/key": per ip, per key = the login or e-mail, per user), kept in the
+# shared cache (Redis in production), so every web process sees the same counts.
+ACCOUNT_RATE_LIMITS = {
+    "login": env_str("ACCOUNT_RATE_LOGIN", "30/m/ip"),
+    "login_failed": env_str("ACCOUNT_RATE_LOGIN_FAILED", "10/m/ip,5/5m/key"),
+    "signup": env_str("ACCOUNT_RATE_SIGNUP", "10/10m/ip"),
+    "reset_password": env_str("ACCOUNT_RATE_RESET_PASSWORD", "20/m/ip,5/m/key"),
+    "reset_password_from_key": env_str("ACCOUNT_RATE_RESET_PASSWORD_FROM_KEY", "20/m/ip"),
+    "change_password": env_str("ACCOUNT_RATE_CHANGE_PASSWORD", "5/m/user"),
+    "manage_email": env_str("ACCOUNT_RATE_MANAGE_EMAIL", "10/m/user"),
+    "confirm_email": env_str("ACCOUNT_RATE_CONFIRM_EMAIL", "1/3m/key"),
+}
+# --- end accounts --------------------------------------------------------------------------------------------
 
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Data Exchange <no-reply@exchange.localhost>")

@@ -3,6 +3,7 @@
 from django.db import transaction
 from django.urls import reverse
 
+from audit.services import audit_record
 from exchange.gateways import get_gateway
 from merchants.models import Merchant
 from merchants.selectors import merchant_is_member
@@ -21,5 +22,6 @@ def merchant_connect_start(*, merchant: Merchant, actor) -> str:
             # The gateway call is idempotent per merchant, so a retry never makes a second account.
             locked.stripe_account_id = gateway.connect_account_create(merchant=locked)
             locked.save(update_fields=["stripe_account_id"])
+            audit_record(action="connect_account_changed", actor=actor, obj=locked, account_id=locked.stripe_account_id)
     page = reverse("exchange:connect")
     return gateway.connect_onboarding_link(account_id=locked.stripe_account_id, return_url=page, refresh_url=page)

@@ -32,6 +32,7 @@ from django.db import transaction
 from django.db.models import F, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
+from audit.services import audit_record
 from common.money import percentage_of, share_of
 from exchange.models import FeeRule, Order
 from listings.models import Category, Listing
@@ -106,7 +107,7 @@ def fee_rule_create(
     fee_rule_validate(
         commission_bps=commission_bps, valid_from=valid_from, merchant=merchant, category=category, note=note, now=now
     )
-    return FeeRule.objects.create(
+    rule = FeeRule.objects.create(
         merchant=merchant,
         category=category,
         commission_bps=commission_bps,
@@ -114,6 +115,16 @@ def fee_rule_create(
         note=note,
         created_by=actor,
     )
+    audit_record(
+        action="fee_rule_created",
+        actor=actor,
+        obj=rule,
+        commission_bps=commission_bps,
+        valid_from=valid_from.isoformat(),
+        merchant=merchant.pk if merchant else None,
+        category=category.pk if category else None,
+    )
+    return rule
 
 
 def fee_rule_delete(*, actor, rule_pk: int) -> None:
@@ -134,6 +145,13 @@ def fee_rule_delete(*, actor, rule_pk: int) -> None:
                 "add a new rule to change the rate from now on instead.",
                 code="in_force",
             )
+        audit_record(
+            action="fee_rule_deleted",
+            actor=actor,
+            obj=rule,
+            commission_bps=rule.commission_bps,
+            valid_from=rule.valid_from.isoformat(),
+        )
         rule.delete()
 
 

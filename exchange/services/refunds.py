@@ -18,6 +18,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from audit.services import audit_record
 from exchange.choices import (
     MERCHANT_ACCOUNT_KINDS,
     AccountKind,
@@ -161,6 +162,15 @@ def order_refund(
                 )
         except IntegrityError:
             raise RefundConflict("A refund with this idempotency key already exists.", code="key_reused") from None
+        audit_record(
+            action="refund_requested",
+            actor=actor,
+            obj=refund,
+            order=locked.reference,
+            amount=amount,
+            currency=locked.currency,
+            source=source,
+        )
     return refund_execute(refund_pk=refund.pk)
 
 

@@ -29,6 +29,7 @@ from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Count, F, Sum
 from django.utils import timezone
 
+from audit.services import audit_record
 from exchange.choices import (
     AccountKind,
     JournalKind,
@@ -91,6 +92,7 @@ def settlement_run_start(*, actor=None, trigger: str = "manual") -> SettlementRu
     try:
         with transaction.atomic():
             run = SettlementRun.objects.create(requested_by=actor, trigger=trigger)
+            audit_record(action="settlement_run_started", actor=actor, obj=run, trigger=trigger)
             transaction.on_commit(lambda: settlement_run_execute.delay(run.pk))
     except IntegrityError:
         running = SettlementRun.objects.filter(status=SettlementRunStatus.RUNNING).first()
@@ -444,6 +446,13 @@ def payout_send(*, payout_pk: int) -> Payout:
                 payout=payout,
                 memo=f"transfer {reference}",
             )
+            audit_record(
+                action="payout_sent",
+                obj=payout,
+                amount=payout.amount,
+                currency=payout.currency,
+                reference=reference,
+            )
             return payout
     if failure.transient:
         Payout.objects.filter(pk=payout_pk, status=PayoutStatus.PENDING).update(
@@ -470,5 +479,12 @@ def payout_send(*, payout_pk: int) -> Payout:
             ],
             payout=payout,
             memo=f"refused by the gateway: {failure}"[:300],
+        )
+        audit_record(
+            action="payout_failed",
+            obj=payout,
+            amount=payout.amount,
+            currency=payout.currency,
+            error=str(failure)[:300],
         )
     return payout

@@ -87,7 +87,11 @@ def test_the_docs_render_from_local_static_files(db, url, marker):
     assert re.findall(r"(?:cdn\.|jsdelivr|unpkg|https?://)[^\s\"']*", html) == []
     missing = []
     for asset in assets:
-        assert asset.startswith(settings.STATIC_URL), asset
+        if not asset.startswith(settings.STATIC_URL):
+            # Swagger UI's start-up script comes from the docs view itself (no inline script, for the CSP).
+            assert asset.startswith(url), asset
+            assert Client().get(asset).status_code == 200, asset
+            continue
         name = asset[len(settings.STATIC_URL) :].split("?")[0]
         if finders.find(name) is None:
             missing.append(name)
