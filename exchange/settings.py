@@ -241,6 +241,7 @@ AXES_COOLOFF_TIME = AXES_COOLOFF_MINUTES / 60  # hours, as axes reads a number
 AXES_LOCKOUT_PARAMETERS = ["username"]
 AXES_USERNAME_CALLABLE = "audit.lockouts.login_username"
 AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_VERBOSE = False  # no start-up banner on stderr (management commands' output stays theirs)
 AXES_RESET_ON_SUCCESS = True
 # A refused attempt during a lockout counts and restarts the cool-off, so a guesser who keeps going stays out.
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = True
