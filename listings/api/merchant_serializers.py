@@ -225,17 +225,6 @@ class ReviewSerializer(serializers.ModelSerializer):
 
 # --- pricing plans --------------------------------------------------------------------------------------------------
 
-PLAN_FIELDS = [
-    "amount",
-    "currency",
-    "name",
-    "interval",
-    "metered_unit",
-    "free_units_per_month",
-    "monthly_cap_units",
-    "version_access",
-]
-
 
 class _PlanFieldsSerializer(serializers.Serializer):
     amount = serializers.IntegerField(

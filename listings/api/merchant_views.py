@@ -10,7 +10,6 @@ whose state does not allow the change is 409 with the service's code (``not_edit
 """
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import transaction
 from django.db.models import Prefetch
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import generics, status
@@ -22,7 +21,6 @@ from rest_framework.response import Response
 from accounts.authentication import HasScope
 from common.api import ERRORS, Conflict, errors
 from listings.api.merchant_serializers import (
-    PLAN_FIELDS,
     PlanInputSerializer,
     PlanPatchSerializer,
     PlanSerializer,
@@ -41,6 +39,7 @@ from listings.services import (
     listing_update,
     pricing_plan_create,
     pricing_plan_deactivate,
+    pricing_plan_replace,
     version_upload,
 )
 from merchants.selectors import merchant_for_user
@@ -331,17 +330,10 @@ class PlanDetailView(ProductScopedMixin, generics.GenericAPIView):
             if is_active is False:
                 plan = pricing_plan_deactivate(plan=plan, actor=request.user)
             elif changes:
-                plan = self._replace(plan, changes)
+                plan = pricing_plan_replace(plan=plan, actor=request.user, changes=changes)
         except DjangoValidationError as exc:
             raise service_refusal(exc) from None
         return Response(PlanSerializer(plan).data)
-
-    def _replace(self, plan: PricingPlan, changes: dict) -> PricingPlan:
-        # Both services or neither: a refused new plan leaves the old one active.
-        terms = {name: getattr(plan, name) for name in PLAN_FIELDS} | changes
-        with transaction.atomic():
-            pricing_plan_deactivate(plan=plan, actor=self.request.user)
-            return pricing_plan_create(listing=plan.listing, actor=self.request.user, kind=plan.kind, **terms)
 
     @extend_schema(
         summary="Withdraw a plan (kept for the orders made under it)",

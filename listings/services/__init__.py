@@ -1,6 +1,11 @@
 """Writes for listings (DESIGN.md §5.1), one module per concern; import from here."""
 
-from listings.services.pricing import pricing_plan_create, pricing_plan_deactivate, pricing_plan_set
+from listings.services.pricing import (
+    pricing_plan_create,
+    pricing_plan_deactivate,
+    pricing_plan_replace,
+    pricing_plan_set,
+)
 from listings.services.products import (
     TransitionError,
     data_dictionary_update,
@@ -34,6 +39,7 @@ __all__ = [
     "listing_update",
     "pricing_plan_create",
     "pricing_plan_deactivate",
+    "pricing_plan_replace",
     "pricing_plan_set",
     "require_member",
     "require_staff",

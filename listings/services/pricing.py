@@ -209,6 +209,35 @@ def pricing_plan_create(
     return plan
 
 
+# A plan's terms (what pricing_plan_create takes besides listing, actor and kind).
+PLAN_TERMS = (
+    "amount",
+    "currency",
+    "name",
+    "interval",
+    "metered_unit",
+    "free_units_per_month",
+    "monthly_cap_units",
+    "version_access",
+)
+
+
+@transaction.atomic
+def pricing_plan_replace(*, plan: PricingPlan, actor, changes: dict) -> PricingPlan:
+    """Change an active plan's terms: withdraw it and add a plan of the same kind with ``changes`` applied.
+
+    Plans are never edited in place (orders point at them). Both steps or
+    neither: a refused new plan (pricing_plan_create's errors) leaves the old
+    one active. ``changes`` may only name PLAN_TERMS (ValueError otherwise).
+    """
+    unknown = set(changes) - set(PLAN_TERMS)
+    if unknown:
+        raise ValueError(f"Not a plan term: {', '.join(sorted(unknown))}")
+    terms = {name: getattr(plan, name) for name in PLAN_TERMS} | changes
+    pricing_plan_deactivate(plan=plan, actor=actor)
+    return pricing_plan_create(listing=plan.listing, actor=actor, kind=plan.kind, **terms)
+
+
 @transaction.atomic
 def pricing_plan_deactivate(*, plan: PricingPlan, actor) -> PricingPlan:
     """Withdraw a plan from a draft or rejected listing (kept for the orders made under it).

@@ -5,7 +5,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 
 from listings.models import Listing, PricingPlan
 from listings.selectors import listing_active_plan, listing_plans
-from listings.services import pricing_plan_create, pricing_plan_deactivate, pricing_plan_set
+from listings.services import pricing_plan_create, pricing_plan_deactivate, pricing_plan_replace, pricing_plan_set
 
 pytestmark = pytest.mark.django_db
 
@@ -199,3 +199,30 @@ def test_checkout_plan_is_the_one_time_plan(merchant_user, draft_listing):
     one_time = pricing_plan_set(listing=draft_listing, actor=merchant_user, amount=5000, currency="CNY")
     assert listing_active_plan(listing=draft_listing) == one_time
     assert [p.kind for p in listing_plans(listing=draft_listing)] == ["free", "one_time", "subscription"]
+
+
+def test_replace_withdraws_the_plan_and_adds_one_with_the_changes(merchant_user, draft_listing):
+    old = pricing_plan_create(
+        listing=draft_listing, actor=merchant_user, kind="subscription", amount=1500, currency="USD", interval="month"
+    )
+    new = pricing_plan_replace(plan=old, actor=merchant_user, changes={"amount": 1800, "name": "Monthly feed"})
+    old.refresh_from_db()
+    assert not old.is_active and new.pk != old.pk and new.is_active
+    assert (new.kind, new.amount, new.currency, new.interval, new.name) == (
+        "subscription",
+        1800,
+        "USD",
+        "month",
+        "Monthly feed",
+    )
+
+
+def test_a_refused_replacement_leaves_the_old_plan_active(merchant_user, draft_listing):
+    old = pricing_plan_create(listing=draft_listing, actor=merchant_user, kind="one_time", amount=900, currency="CNY")
+    before = plans_state()
+    with pytest.raises(ValidationError) as exc:
+        pricing_plan_replace(plan=old, actor=merchant_user, changes={"amount": 0})
+    assert "amount" in exc.value.message_dict
+    with pytest.raises(ValueError, match="Not a plan term: kind"):
+        pricing_plan_replace(plan=old, actor=merchant_user, changes={"kind": "free"})
+    assert plans_state() == before
