@@ -8,7 +8,7 @@ export TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/exchange
 export TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run migrate demo test lint format check clean bench bench-search bench-webhooks bench-download bench-pipeline bench-settlement
+.PHONY: help venv run migrate demo test lint format check clean bench bench-search bench-webhooks bench-download bench-pipeline bench-settlement bench-load
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -58,7 +58,10 @@ bench-pipeline: venv ## sandbox trades through the webhook to a ready download: 
 bench-settlement: venv ## 100,000 delivered trades over 1,000 merchants settled with 1 and 2 workers vs COPY (SETTLEMENT_ARGS=--rounds 3)
 	$(PY) -m bench.settlement $(SETTLEMENT_ARGS)
 
-bench: bench-search bench-webhooks bench-download bench-pipeline bench-settlement ## run every benchmark (each prints one JSON line)
+bench-load: venv ## locust mixed profile (browse, search, listings, checkout, webhooks, downloads) stepped to the break point, then 60 s at 70% of it (LOAD_ARGS=--steady-seconds 120)
+	$(PY) -m bench.load $(LOAD_ARGS)
+
+bench: bench-search bench-webhooks bench-download bench-pipeline bench-settlement bench-load ## run every benchmark (each prints one JSON line)
 
 clean: ## remove the virtualenv and local state (var/)
 	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache
