@@ -6,13 +6,14 @@ only logged (it can name hosts and users), never sent, and no URL or credential 
 
 Each check is bounded: the database query by a 2-second statement timeout on PostgreSQL (the connection by
 ``connect_timeout`` in DATABASE_URL, see deploy/env.example), Redis by 2-second socket timeouts, other brokers
-by a 2-second connect timeout. No authentication, no session, no throttling, never cached: load balancers
-and Compose call it every few seconds.
+by a 2-second connect timeout, each S3 request by 2-second connect and read timeouts without retries. No
+authentication, no session, no throttling, never cached: load balancers and Compose call it every few seconds.
 """
 
 import logging
 import time
 import uuid
+import weakref
 
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -63,11 +64,42 @@ def check_broker() -> None:
         conn.ensure_connection(max_retries=1, timeout=TIMEOUT_SECONDS)
 
 
+# The probe's own copy of each S3 storage, by storage: building a boto3 client loads its service model (slow).
+_s3_probes: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def probe_storage(storage):
+    """``storage`` itself, or for S3 the same bucket and credentials with TIMEOUT_SECONDS and no retry.
+
+    The storage's own client waits S3_CONNECT_TIMEOUT / S3_READ_TIMEOUT and retries (botocore's defaults are
+    60 s each): right for a large upload, far too long for a probe that a load balancer times out.
+    """
+    try:
+        from storages.backends.s3 import S3Storage
+    except ImportError:  # django-storages is optional for the embedded default
+        return storage
+    if not isinstance(storage, S3Storage):
+        return storage
+    probe = _s3_probes.get(storage)
+    if probe is None:
+        from botocore.config import Config
+
+        quick = Config(
+            connect_timeout=TIMEOUT_SECONDS,
+            read_timeout=TIMEOUT_SECONDS,
+            retries={"total_max_attempts": 1, "mode": "standard"},
+        )
+        config = storage.client_config.merge(quick) if storage.client_config else quick
+        options = {**settings.STORAGES["default"].get("OPTIONS", {}), "client_config": config}
+        probe = _s3_probes[storage] = S3Storage(**options)
+    return probe
+
+
 def check_storage() -> None:
     """Write, read back and delete a tiny object in the private storage (local folder or S3 bucket)."""
     from django.core.files.storage import storages
 
-    storage = storages["default"]
+    storage = probe_storage(storages["default"])
     payload = uuid.uuid4().hex.encode()
     name = storage.save(f"{PROBE_PREFIX}{uuid.uuid4().hex}.probe", ContentFile(payload))
     try:

@@ -42,6 +42,7 @@ from listings.services import (
     pricing_plan_replace,
     version_upload,
 )
+from listings.upload_handlers import install_upload_limits, upload_limits
 from merchants.selectors import merchant_for_user
 
 MERCHANT_PERMISSIONS = [IsAuthenticated, HasScope("merchant")]
@@ -167,10 +168,45 @@ class ProductDetailView(ProductScopedMixin, generics.GenericAPIView):
         return Response(ProductDetailSerializer(listing).data)
 
 
+class PayloadTooLarge(APIException):
+    """413: the file is over UPLOAD_MAX_BYTES ("too_large") or does not fit in the storage quota ("quota_exceeded")."""
+
+    status_code = 413
+    default_detail = "The upload is too large."
+    default_code = "too_large"
+
+
+TOO_LARGE = OpenApiResponse(
+    ERRORS[400].response,
+    description="`too_large`: the file is over the upload limit; `quota_exceeded`: it does not fit in the "
+    "merchant's storage quota. A body declared larger than the limit is refused without being read.",
+)
+SIZE_CODES = {"too_large", "quota_exceeded"}
+
+
+def _upload_limits_for(django_request, slug: str):
+    """The limits of an upload to the product ``slug`` by the request's user (known by the time the body is parsed:
+    the session's user, or the API key's, which DRF puts on the Django request once it has authenticated)."""
+    user = getattr(django_request, "user", None)
+    merchant_pk = None
+    if user is not None and user.is_authenticated:
+        merchant_pk = own_products(user).filter(slug=slug).values_list("merchant_id", flat=True).first()
+    return upload_limits(merchant_pk=merchant_pk)
+
+
 class VersionListCreateView(ProductScopedMixin, generics.ListCreateAPIView):
     serializer_class = VersionSerializer
     # Django streams a large upload to a temporary file (FILE_UPLOAD_MAX_MEMORY_SIZE); the service reads it in chunks.
     parser_classes = [MultiPartParser]
+    upload_limiter = None
+
+    def initialize_request(self, request, *args, **kwargs):
+        # Before DRF wraps the request: with session authentication the CSRF check parses the body during
+        # authentication, so the limits must already be in place then.
+        if request.method == "POST":
+            slug = kwargs.get("slug", "")
+            self.upload_limiter = install_upload_limits(request, limits=lambda: _upload_limits_for(request, slug))
+        return super().initialize_request(request, *args, **kwargs)
 
     def get_queryset(self):
         if self.is_schema_view():
@@ -189,12 +225,17 @@ class VersionListCreateView(ProductScopedMixin, generics.ListCreateAPIView):
         responses={
             201: VersionDetailSerializer,
             **errors(400, 403, 404, 409),
+            413: TOO_LARGE,
             415: OpenApiResponse(ERRORS[400].response, description="The request is not multipart/form-data."),
         },
     )
     def post(self, request, slug):
         listing = self.get_product()
-        data = VersionUploadSerializer(data=request.data)
+        payload = request.data  # parsed here (or during authentication) through the upload limits
+        refusal = self.upload_limiter.refusal if self.upload_limiter else None
+        if refusal is not None:
+            raise PayloadTooLarge(detail=refusal.message, code=refusal.code)
+        data = VersionUploadSerializer(data=payload)
         data.is_valid(raise_exception=True)
         try:
             version = version_upload(
@@ -204,6 +245,9 @@ class VersionListCreateView(ProductScopedMixin, generics.ListCreateAPIView):
                 changelog=data.validated_data["changelog"],
             )
         except DjangoValidationError as exc:
+            codes = {error.code for error in getattr(exc, "error_list", [])}
+            if codes & SIZE_CODES:
+                raise PayloadTooLarge(detail=" ".join(exc.messages), code=(codes & SIZE_CODES).pop()) from None
             raise service_refusal(exc) from None
         # Read back: profiling may already have run (an eager or fast worker) once the upload committed.
         version = ListingVersion.objects.prefetch_related("files").get(pk=version.pk)

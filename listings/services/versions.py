@@ -13,7 +13,8 @@ from listings.choices import EDITABLE_STATUSES, ListingStatus, ProfileStatus
 from listings.models import DataFile, Listing, ListingVersion
 from listings.search import listing_refresh_catalog_fields
 from listings.services.products import require_member
-from listings.uploads import inspect_upload, store_upload
+from listings.uploads import inspect_upload, merchant_storage_used, storage_quota_check, store_upload
+from merchants.models import Merchant
 
 # A draft (or rejected) product gets files for its review; a published one gets
 # new versions, which its merchant publishes with version_publish.
@@ -36,17 +37,27 @@ def version_upload(*, listing: Listing, actor, uploaded_file, changelog: str = "
     failed upload leaves nothing behind. A published version is never
     changed: every upload makes a new version. Profiling is scheduled once
     the transaction commits.
+
+    The merchant's stored files and this one must fit in
+    MERCHANT_STORAGE_QUOTA_BYTES ("quota_exceeded"): checked before storing,
+    and again under a lock of the merchant's row in the transaction that
+    creates the version, so concurrent uploads cannot together pass the quota.
     """
     from listings.tasks import datafile_profile  # imported here to avoid an import cycle
 
     require_member(listing, actor)
     _refuse_upload(listing.status)
     facts = inspect_upload(uploaded_file)
+    # Early and unlocked: a file that cannot fit is refused before its bytes are copied to storage.
+    storage_quota_check(used=merchant_storage_used(merchant_pk=listing.merchant_id), adding=facts["size"])
     path = store_upload(
         uploaded_file, merchant_pk=listing.merchant_id, listing_pk=listing.pk, extension=facts["format"]
     )
     try:
         with transaction.atomic():
+            # The merchant's row first (then the listing's): uploads to any of its products queue here.
+            Merchant.objects.select_for_update().only("pk").get(pk=listing.merchant_id)
+            storage_quota_check(used=merchant_storage_used(merchant_pk=listing.merchant_id), adding=facts["size"])
             locked = Listing.objects.select_for_update().get(pk=listing.pk)
             if locked.status not in UPLOADABLE_STATUSES:
                 raise ValidationError("The product changed state during the upload.", code="not_editable")

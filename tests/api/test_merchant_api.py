@@ -410,7 +410,7 @@ def test_bad_uploads_are_refused_with_codes_and_store_nothing(api, draft_listing
     settings.UPLOAD_MAX_BYTES = len(CSV) - 1
     too_large = upload(api, slug)
     assert error(too_large) == (
-        400,
+        413,
         "too_large",
         f"The file is {len(CSV)} bytes; the limit is {len(CSV) - 1} bytes.",
     )
