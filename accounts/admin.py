@@ -1,5 +1,6 @@
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.utils.translation import gettext_lazy as _
 
 from accounts.models import ApiKey
 from accounts.services import User, api_key_revoke
@@ -12,21 +13,23 @@ class UserAdmin(BaseUserAdmin):
     search_fields = ("email", "display_name")
     fieldsets = (
         (None, {"fields": ("email", "password")}),
-        ("Profile", {"fields": ("display_name", "first_name", "last_name")}),
-        ("Permissions", {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")}),
-        ("Dates", {"fields": ("last_login", "date_joined")}),
+        (_("Profile"), {"fields": ("display_name", "first_name", "last_name")}),
+        (_("Permissions"), {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")}),
+        (_("Dates"), {"fields": ("last_login", "date_joined")}),
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
 
 
-@admin.action(description="Revoke the selected API keys")
+@admin.action(description=_("Revoke the selected API keys"))
 def revoke_keys(modeladmin, request, queryset):
     # Through the service, key by key, so each revocation is audit-logged with the staff member and address;
     # keys already revoked keep their first revocation time.
     active = list(queryset.filter(revoked_at__isnull=True).select_related("user"))
     for key in active:
         api_key_revoke(user=key.user, prefix=key.prefix)
-    messages.success(request, f"{len(active)} API key(s) revoked; they fail from the next request.")
+    messages.success(
+        request, _("%(count)s API key(s) revoked; they fail from the next request.") % {"count": len(active)}
+    )
 
 
 @admin.register(ApiKey)

@@ -1,5 +1,6 @@
 from django.contrib.auth.models import AbstractUser, BaseUserManager
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 class UserManager(BaseUserManager):
@@ -28,8 +29,8 @@ class UserManager(BaseUserManager):
 
 class User(AbstractUser):
     username = None
-    email = models.EmailField("email address", unique=True)
-    display_name = models.CharField(max_length=120, blank=True)
+    email = models.EmailField(_("email address"), unique=True)
+    display_name = models.CharField(verbose_name=_("display name"), max_length=120, blank=True)
 
     USERNAME_FIELD = "email"
     REQUIRED_FIELDS: list[str] = []
@@ -49,19 +50,20 @@ class ApiKey(models.Model):
     revoked; a revoked or expired key fails on the very next request.
     """
 
-    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_keys")
-    name = models.CharField(max_length=80)
-    prefix = models.CharField(max_length=16, unique=True)
-    hashed_key = models.CharField(max_length=64, unique=True)
-    scopes = models.JSONField(default=list)
-    created_at = models.DateTimeField(auto_now_add=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
+    user = models.ForeignKey(User, verbose_name=_("user"), on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(verbose_name=_("name"), max_length=80)
+    prefix = models.CharField(verbose_name=_("prefix"), max_length=16, unique=True)
+    hashed_key = models.CharField(verbose_name=_("hashed key"), max_length=64, unique=True)
+    scopes = models.JSONField(verbose_name=_("scopes"), default=list)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
+    last_used_at = models.DateTimeField(verbose_name=_("last used at"), null=True, blank=True)
+    expires_at = models.DateTimeField(verbose_name=_("expires at"), null=True, blank=True)
+    revoked_at = models.DateTimeField(verbose_name=_("revoked at"), null=True, blank=True)
 
     class Meta:
+        verbose_name_plural = _("API keys")
         ordering = ["-created_at", "-pk"]
-        verbose_name = "API key"
+        verbose_name = _("API key")
 
     def __str__(self):
         return f"{self.name} ({self.prefix}…)"

@@ -1,13 +1,19 @@
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpResponseNotAllowed
+from django.http import Http404, HttpResponseNotAllowed
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
 
 from common.money import MoneyError, format_minor, to_minor
-from exchange.choices import SettlementBatchStatus, SettlementRunStatus
+from exchange.choices import OrderStatus, SettlementBatchStatus, SettlementRunStatus
 from exchange.gateways import GatewayError
 from exchange.gateways.sandbox import SandboxGateway
 from exchange.models import (
@@ -24,7 +30,6 @@ from exchange.models import (
     LedgerVerification,
     Notification,
     Order,
-    OrderStatusHistory,
     OutboundAttempt,
     OutboundEvent,
     PaymentEvent,
@@ -41,8 +46,12 @@ from exchange.models import (
 from exchange.services.ledger import ledger_verify_record
 from exchange.services.orders import order_cancel
 from exchange.services.outbound import outbound_event_retry, webhook_endpoint_set_active
-from exchange.services.refunds import order_refund
+from exchange.services.reconciliation import reconciliation_report, reconciliation_since
+from exchange.services.refunds import REFUNDABLE, order_refund
 from exchange.services.settlement import settlement_run_progress, settlement_run_start, settlement_runs_resume
+
+# The admin's own stylesheet (CSP-friendly: no inline styles in the admin templates).
+ADMIN_CSS = {"all": ("admin_ext/admin.css",)}
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -58,24 +67,21 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
-class OrderStatusHistoryInline(admin.TabularInline):
-    model = OrderStatusHistory
-    extra = 0
-    can_delete = False
-    readonly_fields = ("created_at", "from_status", "to_status", "reason", "actor")
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-
 class RefundForm(forms.Form):
     amount = forms.CharField(
-        required=False, help_text="In major units (e.g. 12.50). Empty: refund everything not yet refunded."
+        label=_("Amount"),
+        required=False,
+        help_text=_("In major units (e.g. 12.50). Empty: refund everything not yet refunded."),
     )
-    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2, "cols": 60}))
+    reason = forms.CharField(label=_("Reason"), widget=forms.Textarea(attrs={"rows": 2, "cols": 60}))
 
 
-@admin.action(description="Refund selected orders…")
+def _error_text(exc: Exception) -> str:
+    """One line for a staff message from a service's ValidationError, a MoneyError or a GatewayError."""
+    return "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+
+
+@admin.action(description=_("Refund selected orders…"), permissions=["refund"])
 def refund_orders(modeladmin, request, queryset):
     form = RefundForm(request.POST if "apply" in request.POST else None)
     if "apply" in request.POST and form.is_valid():
@@ -87,10 +93,15 @@ def refund_orders(modeladmin, request, queryset):
                     order=order, amount=amount, reason=form.cleaned_data["reason"], actor=request.user
                 )
             except (ValidationError, MoneyError, GatewayError) as exc:
-                text = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
-                messages.error(request, f"Order {order.reference}: {text}")
+                messages.error(
+                    request, _("Order %(ref)s: %(error)s") % {"ref": order.reference, "error": _error_text(exc)}
+                )
             else:
-                messages.success(request, f"Order {order.reference}: refund {refund.pk} {refund.get_status_display()}.")
+                messages.success(
+                    request,
+                    _("Order %(ref)s: refund %(pk)s %(status)s.")
+                    % {"ref": order.reference, "pk": refund.pk, "status": refund.get_status_display()},
+                )
         return None
     return TemplateResponse(
         request,
@@ -99,30 +110,36 @@ def refund_orders(modeladmin, request, queryset):
     )
 
 
-@admin.action(description="Cancel selected orders (only unpaid ones)")
+@admin.action(description=_("Cancel selected orders (only unpaid ones)"), permissions=["cancel"])
 def cancel_orders(modeladmin, request, queryset):
     for order in queryset:
         try:
             order_cancel(order=order, actor=request.user, reason="cancelled by staff")
         except ValidationError as exc:
-            messages.error(request, f"Order {order.reference}: {'; '.join(exc.messages)}")
+            messages.error(request, _("Order %(ref)s: %(error)s") % {"ref": order.reference, "error": _error_text(exc)})
         else:
-            messages.success(request, f"Order {order.reference} cancelled.")
+            messages.success(request, _("Order %(ref)s cancelled.") % {"ref": order.reference})
 
 
 def _sandbox_only(request, order) -> bool:
     if order.gateway != "sandbox":
-        messages.error(request, f"Order {order.reference} is not a sandbox order; use the real gateway's dashboard.")
+        messages.error(
+            request,
+            _("Order %(ref)s is not a sandbox order; use the real gateway's dashboard.") % {"ref": order.reference},
+        )
         return False
     return True
 
 
-@admin.action(description="Sandbox: the buyer's bank opens a dispute")
+@admin.action(description=_("Sandbox: the buyer's bank opens a dispute"))
 def sandbox_dispute(modeladmin, request, queryset):
     for order in queryset:
         if _sandbox_only(request, order):
             SandboxGateway().emit_dispute(order=order)
-            messages.success(request, f"Order {order.reference}: dispute event sent through the webhook pipeline.")
+            messages.success(
+                request,
+                _("Order %(ref)s: dispute event sent through the webhook pipeline.") % {"ref": order.reference},
+            )
 
 
 def _close_disputes(request, queryset, *, won: bool):
@@ -131,26 +148,105 @@ def _close_disputes(request, queryset, *, won: bool):
             continue
         dispute = order.disputes.filter(status="open").first()
         if dispute is None:
-            messages.error(request, f"Order {order.reference} has no open dispute.")
+            messages.error(request, _("Order %(ref)s has no open dispute.") % {"ref": order.reference})
             continue
         SandboxGateway().emit_dispute(
             order=order, status="won" if won else "lost", closed=True, dispute_id=dispute.gateway_dispute_id
         )
-        messages.success(request, f"Order {order.reference}: dispute {'won' if won else 'lost'} event sent.")
+        text = _("Order %(ref)s: dispute won event sent.") if won else _("Order %(ref)s: dispute lost event sent.")
+        messages.success(request, text % {"ref": order.reference})
 
 
-@admin.action(description="Sandbox: the exchange wins the open dispute")
+@admin.action(description=_("Sandbox: the exchange wins the open dispute"))
 def sandbox_dispute_won(modeladmin, request, queryset):
     _close_disputes(request, queryset, won=True)
 
 
-@admin.action(description="Sandbox: the exchange loses the open dispute")
+@admin.action(description=_("Sandbox: the exchange loses the open dispute"))
 def sandbox_dispute_lost(modeladmin, request, queryset):
     _close_disputes(request, queryset, won=False)
 
 
+class OrderRefundForm(RefundForm):
+    """The refund of one order, confirmed on its own page. The token makes a resubmitted form the same refund."""
+
+    token = forms.UUIDField(widget=forms.HiddenInput)
+
+    def __init__(self, *args, order: Order, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.order = order
+
+    def clean_amount(self) -> int:
+        raw = self.cleaned_data["amount"].strip()
+        if not raw:
+            return self.order.amount - self.order.refunded_amount
+        try:
+            return to_minor(raw, self.order.currency)
+        except MoneyError as exc:
+            raise ValidationError(str(exc)) from None
+
+
+class OrderCancelForm(forms.Form):
+    reason = forms.CharField(label=_("Reason"), max_length=300, initial="cancelled by staff")
+
+
+@dataclass(frozen=True)
+class TimelineEvent:
+    """One line of an order's timeline on its admin page."""
+
+    at: datetime
+    kind: str
+    text: str
+    actor: object = None
+
+
+def _order_timeline(order: Order) -> list[TimelineEvent]:
+    """What happened to ``order``, oldest first: status moves, refunds, disputes and deliveries (reads only)."""
+    events = [
+        TimelineEvent(
+            h.created_at,
+            "status",
+            f"{h.get_from_status_display() or '—'} → {h.get_to_status_display()}"
+            + (f": {h.reason}" if h.reason else ""),
+            h.actor,
+        )
+        for h in order.history.select_related("actor")
+    ]
+    for refund in order.refunds.select_related("requested_by"):
+        text = _("Refund %(amount)s (%(status)s, %(source)s): %(reason)s") % {
+            "amount": format_minor(refund.amount, refund.currency),
+            "status": refund.get_status_display(),
+            "source": refund.source,
+            "reason": refund.reason,
+        }
+        events.append(TimelineEvent(refund.created_at, "refund", text, refund.requested_by))
+    for dispute in order.disputes.all():
+        opened = _("Dispute opened for %(amount)s: %(reason)s") % {
+            "amount": format_minor(dispute.amount, dispute.currency),
+            "reason": dispute.reason or "—",
+        }
+        events.append(TimelineEvent(dispute.created_at, "dispute", opened))
+        if dispute.closed_at:
+            closed = _("Dispute closed: %(status)s") % {"status": dispute.get_status_display()}
+            events.append(TimelineEvent(dispute.closed_at, "dispute", closed))
+    deliveries = Delivery.objects.filter(entitlement__order=order).select_related("version")
+    for delivery in deliveries:
+        for at, text in (
+            (delivery.ready_at, _("Delivery of version %(label)s ready")),
+            (delivery.confirmed_at, _("Delivery of version %(label)s confirmed")),
+            (delivery.failed_at, _("Delivery of version %(label)s failed")),
+        ):
+            if at:
+                events.append(TimelineEvent(at, "delivery", text % {"label": delivery.version.label}))
+    return sorted(events, key=lambda e: e.at)
+
+
 @admin.register(Order)
 class OrderAdmin(ReadOnlyAdmin):
+    """Orders are read-only; the change page shows the order's timeline and offers refund and cancel, each
+    confirmed on its own page and carried out by the refund and order services."""
+
+    change_form_template = "admin/exchange/order/change_form.html"
     list_display = (
         "reference",
         "listing",
@@ -165,8 +261,112 @@ class OrderAdmin(ReadOnlyAdmin):
     list_filter = ("status", "plan_kind", "gateway", "currency")
     search_fields = ("public_id", "buyer__email", "listing__title", "merchant__name", "gateway_session_id")
     list_select_related = ("listing", "buyer", "merchant")
-    inlines = [OrderStatusHistoryInline]
     actions = [refund_orders, cancel_orders, sandbox_dispute, sandbox_dispute_won, sandbox_dispute_lost]
+
+    class Media:
+        css = ADMIN_CSS
+
+    @admin.display(description=_("reference"))
+    def reference(self, order):
+        return order.reference
+
+    @admin.display(description=_("amount"), ordering="amount")
+    def amount_display(self, order):
+        return order.amount_display
+
+    def has_refund_permission(self, request) -> bool:
+        return request.user.has_perm("exchange.add_refund")
+
+    def has_cancel_permission(self, request) -> bool:
+        return request.user.has_perm("exchange.change_order")
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("<path:object_id>/refund/", wrap(self.refund_view), name="exchange_order_refund"),
+            path("<path:object_id>/cancel/", wrap(self.cancel_view), name="exchange_order_cancel"),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        order = self.get_object(request, object_id)
+        if order is not None:
+            extra_context = {
+                **(extra_context or {}),
+                "timeline": _order_timeline(order),
+                "can_refund": order.status in REFUNDABLE
+                and order.refunded_amount < order.amount
+                and self.has_refund_permission(request),
+                "can_cancel": order.status == OrderStatus.PENDING_PAYMENT and self.has_cancel_permission(request),
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def _order_or_404(self, request, object_id, allowed) -> Order:
+        order = self.get_object(request, object_id)
+        if order is None:
+            raise Http404(_("No such order."))
+        if not (self.has_view_permission(request, order) and allowed(request)):
+            raise PermissionDenied
+        return order
+
+    def _confirm_page(self, request, order, template, form, status=200):
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "order": order,
+            "form": form,
+            "remaining": format_minor(order.amount - order.refunded_amount, order.currency),
+            "refunded": format_minor(order.refunded_amount, order.currency),
+        }
+        return TemplateResponse(request, template, context, status=status)
+
+    def refund_view(self, request, object_id):
+        """GET: the refund form for one order; POST: refund through ``order_refund`` (errors change nothing)."""
+        order = self._order_or_404(request, object_id, self.has_refund_permission)
+        if request.method != "POST":
+            form = OrderRefundForm(order=order, initial={"token": uuid.uuid4()})
+            return self._confirm_page(request, order, "admin/exchange/order/refund.html", form)
+        form = OrderRefundForm(request.POST, order=order)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                refund = order_refund(
+                    order=order,
+                    amount=data["amount"],
+                    reason=data["reason"],
+                    actor=request.user,
+                    idempotency_key=f"admin-refund-{order.pk}-{data['token']}",
+                )
+            except (ValidationError, GatewayError) as exc:
+                form.add_error(None, _error_text(exc))
+            else:
+                messages.success(
+                    request,
+                    _("Refund of %(amount)s for order %(ref)s: %(status)s.")
+                    % {
+                        "amount": format_minor(refund.amount, refund.currency),
+                        "ref": order.reference,
+                        "status": refund.get_status_display(),
+                    },
+                )
+                return redirect("admin:exchange_order_change", order.pk)
+        return self._confirm_page(request, order, "admin/exchange/order/refund.html", form, status=400)
+
+    def cancel_view(self, request, object_id):
+        """GET: confirm cancelling one unpaid order; POST: cancel through ``order_cancel`` (errors change nothing)."""
+        order = self._order_or_404(request, object_id, self.has_cancel_permission)
+        if request.method != "POST":
+            return self._confirm_page(request, order, "admin/exchange/order/cancel.html", OrderCancelForm())
+        form = OrderCancelForm(request.POST)
+        if form.is_valid():
+            try:
+                order_cancel(order=order, actor=request.user, reason=form.cleaned_data["reason"])
+            except ValidationError as exc:
+                form.add_error(None, _error_text(exc))
+            else:
+                messages.success(request, _("Order %(ref)s cancelled.") % {"ref": order.reference})
+                return redirect("admin:exchange_order_change", order.pk)
+        return self._confirm_page(request, order, "admin/exchange/order/cancel.html", form, status=400)
 
 
 @admin.register(Refund)
@@ -185,25 +385,27 @@ class DisputeAdmin(ReadOnlyAdmin):
 def _subscription_event(request, queryset, emit, label):
     for subscription in queryset:
         if subscription.gateway != "sandbox":
-            messages.error(request, f"Subscription {subscription.pk} is not a sandbox subscription.")
+            messages.error(request, _("Subscription %(pk)s is not a sandbox subscription.") % {"pk": subscription.pk})
             continue
         emit(subscription=subscription)
-        messages.success(request, f"Subscription {subscription.pk}: {label} event sent.")
+        messages.success(
+            request, _("Subscription %(pk)s: %(label)s event sent.") % {"pk": subscription.pk, "label": label}
+        )
 
 
-@admin.action(description="Sandbox: renew now (invoice paid)")
+@admin.action(description=_("Sandbox: renew now (invoice paid)"))
 def sandbox_renew(modeladmin, request, queryset):
-    _subscription_event(request, queryset, SandboxGateway().emit_renewal, "renewal")
+    _subscription_event(request, queryset, SandboxGateway().emit_renewal, _("renewal"))
 
 
-@admin.action(description="Sandbox: renewal payment fails")
+@admin.action(description=_("Sandbox: renewal payment fails"))
 def sandbox_renewal_failed(modeladmin, request, queryset):
-    _subscription_event(request, queryset, SandboxGateway().emit_renewal_failed, "failed renewal")
+    _subscription_event(request, queryset, SandboxGateway().emit_renewal_failed, _("failed renewal"))
 
 
-@admin.action(description="Sandbox: the buyer cancels")
+@admin.action(description=_("Sandbox: the buyer cancels"))
 def sandbox_cancel_subscription(modeladmin, request, queryset):
-    _subscription_event(request, queryset, SandboxGateway().emit_subscription_cancelled, "cancellation")
+    _subscription_event(request, queryset, SandboxGateway().emit_subscription_cancelled, _("cancellation"))
 
 
 @admin.register(Subscription)
@@ -318,7 +520,7 @@ class PostingInline(admin.TabularInline):
         return False
 
 
-@admin.action(description="Verify the whole ledger (hash chain and balances)")
+@admin.action(description=_("Verify the whole ledger (hash chain and balances)"))
 def verify_ledger(modeladmin, request, queryset):
     _verify_ledger_now(request)
 
@@ -349,24 +551,28 @@ class PayoutInline(admin.TabularInline):
         return False
 
 
-@admin.action(description="Start a new settlement run now")
+@admin.action(description=_("Start a new settlement run now"))
 def start_settlement_run(modeladmin, request, queryset):
     try:
         run = settlement_run_start(actor=request.user, trigger="admin")
     except ValidationError as exc:
         messages.error(request, exc.messages[0])
     else:
-        messages.success(request, f"Settlement run {run.pk} started; a settlement worker is executing it.")
+        messages.success(
+            request, _("Settlement run %(pk)s started; a settlement worker is executing it.") % {"pk": run.pk}
+        )
 
 
-@admin.action(description="Resume the selected running runs (queue their unfinished batches again)")
+@admin.action(description=_("Resume the selected running runs (queue their unfinished batches again)"))
 def resume_settlement_runs(modeladmin, request, queryset):
     running = [run.pk for run in queryset if run.status == SettlementRunStatus.RUNNING]
     if not running:
-        messages.error(request, "None of the selected runs is running: nothing to resume.")
+        messages.error(request, _("None of the selected runs is running: nothing to resume."))
         return
     resumed = settlement_runs_resume(stalled_after_seconds=0)
-    messages.success(request, f"Queued the unfinished work of run(s) {', '.join(map(str, resumed))} again.")
+    messages.success(
+        request, _("Queued the unfinished work of run(s) %(runs)s again.") % {"runs": ", ".join(map(str, resumed))}
+    )
 
 
 class SettlementBatchInline(admin.TabularInline):
@@ -409,16 +615,28 @@ class SettlementRunAdmin(ReadOnlyAdmin):
     inlines = [SettlementBatchInline, PayoutInline]
     actions = [start_settlement_run, resume_settlement_runs]
 
-    @admin.display(description="progress")
+    class Media:
+        css = ADMIN_CSS
+
+    @admin.display(description=_("progress"))
     def progress(self, run):
         if run.cutoff is None:
-            return "planning" if run.status == SettlementRunStatus.RUNNING else "-"
+            return _("planning") if run.status == SettlementRunStatus.RUNNING else "-"
         batches_done, orders_settled = settlement_run_progress(run)
         percent = 100 * batches_done // run.batches_total if run.batches_total else 100
-        batches = f"{batches_done}/{run.batches_total} batches ({percent} %)"
-        return f"{batches}, {orders_settled}/{run.orders_total} orders"
+        text = _("%(done)s/%(total)s batches (%(percent)s %%), %(settled)s/%(orders)s orders") % {
+            "done": batches_done,
+            "total": run.batches_total,
+            "percent": percent,
+            "settled": orders_settled,
+            "orders": run.orders_total,
+        }
+        # A native <progress> bar: styled by admin_ext/admin.css, no inline style (strict CSP).
+        return format_html(
+            '<progress class="run-progress" max="100" value="{}">{} %</progress> {}', percent, percent, text
+        )
 
-    @admin.display(description="totals settled")
+    @admin.display(description=_("totals settled"))
     def totals(self, run):
         sums: dict[str, dict[str, int]] = {}
         for totals in run.batches.filter(status=SettlementBatchStatus.COMPLETED).values_list("totals", flat=True):
@@ -429,8 +647,12 @@ class SettlementRunAdmin(ReadOnlyAdmin):
         if not sums:
             return "-"
         return "; ".join(
-            f"gross {format_minor(f['gross'], c)}, fees {format_minor(f['fee'], c)}, "
-            f"merchants {format_minor(f['gross'] - f['fee'], c)}"
+            _("gross %(gross)s, fees %(fees)s, merchants %(merchants)s")
+            % {
+                "gross": format_minor(f["gross"], c),
+                "fees": format_minor(f["fee"], c),
+                "merchants": format_minor(f["gross"] - f["fee"], c),
+            }
             for c, f in sorted(sums.items())
         )
 
@@ -497,11 +719,11 @@ class NotificationAdmin(ReadOnlyAdmin):
     list_select_related = ("user",)
 
 
-@admin.action(description="Disable the selected endpoints (their events wait)")
+@admin.action(description=_("Disable the selected endpoints (their events wait)"))
 def disable_endpoints(modeladmin, request, queryset):
     for endpoint in queryset:
         webhook_endpoint_set_active(endpoint=endpoint, active=False)
-    messages.success(request, f"{queryset.count()} endpoint(s) disabled.")
+    messages.success(request, _("%(count)s endpoint(s) disabled.") % {"count": queryset.count()})
 
 
 @admin.register(WebhookEndpoint)
@@ -533,12 +755,15 @@ class OutboundAttemptInline(admin.TabularInline):
         return False
 
 
-@admin.action(description="Send the selected failed events again")
+@admin.action(description=_("Send the selected failed events again"))
 def retry_failed_events(modeladmin, request, queryset):
     failed = list(queryset.filter(status="failed").values_list("pk", flat=True))
     for pk in failed:
         outbound_event_retry(event_pk=pk)
-    messages.success(request, f"{len(failed)} failed event(s) queued again; other statuses were left alone.")
+    messages.success(
+        request,
+        _("%(count)s failed event(s) queued again; other statuses were left alone.") % {"count": len(failed)},
+    )
 
 
 @admin.register(OutboundEvent)
@@ -555,10 +780,12 @@ def _verify_ledger_now(request) -> LedgerVerification:
     """Run and store a verification for a staff request; tell them the outcome as a message."""
     record = ledger_verify_record(trigger="admin")
     if record.ok:
-        messages.success(request, f"Ledger OK: {record.message}.")
+        messages.success(request, _("Ledger OK: %(message)s.") % {"message": record.message})
     else:
         where = record.break_location
-        messages.error(request, f"Ledger BROKEN at {where}: {record.message}")
+        messages.error(
+            request, _("Ledger BROKEN at %(where)s: %(message)s") % {"where": where, "message": record.message}
+        )
     return record
 
 
@@ -567,6 +794,10 @@ class LedgerVerificationAdmin(ReadOnlyAdmin):
     """Past verifications, the latest first and summarised above the list, and a button to run one now."""
 
     change_list_template = "admin/exchange/ledgerverification/change_list.html"
+
+    class Media:
+        css = ADMIN_CSS
+
     list_display = (
         "pk",
         "result",
@@ -589,15 +820,41 @@ class LedgerVerificationAdmin(ReadOnlyAdmin):
         "finished_at",
     )
 
-    @admin.display(description="result")
+    @admin.display(description=_("result"))
     def result(self, obj):
         if obj.finished_at is None:
-            return "unfinished"
-        return "ok" if obj.ok else "BROKEN"
+            return _("unfinished")
+        return _("ok") if obj.ok else _("BROKEN")
 
     def get_urls(self):
         verify = self.admin_site.admin_view(self.verify_view)
-        return [path("verify/", verify, name="exchange_ledgerverification_verify"), *super().get_urls()]
+        reconcile = self.admin_site.admin_view(self.reconciliation_view)
+        return [
+            path("verify/", verify, name="exchange_ledgerverification_verify"),
+            path("reconciliation/", reconcile, name="exchange_reconciliation"),
+            *super().get_urls(),
+        ]
+
+    def reconciliation_view(self, request):
+        """GET: the reconciliation report (exchange.services.reconciliation) for ``?gateway=`` from ``?since=``,
+        inside the admin; a bad date is answered 400 with the service's message."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        since_raw, gateway = request.GET.get("since", "").strip(), request.GET.get("gateway", "").strip()
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": _("Reconciliation with the payment gateway"),
+            "since": since_raw,
+            "gateway": gateway,
+            "in_admin": True,
+        }
+        try:
+            context["report"] = reconciliation_report(gateway=gateway or None, since=reconciliation_since(since_raw))
+        except ValueError as exc:
+            context["error"] = str(exc)
+            return TemplateResponse(request, "admin/exchange/reconciliation.html", context, status=400)
+        return TemplateResponse(request, "admin/exchange/reconciliation.html", context)
 
     def verify_view(self, request):
         """POST: run a verification now (staff who may view verifications); GET is refused."""
@@ -630,10 +887,10 @@ class TransactionCertificateAdmin(admin.ModelAdmin):
     readonly_fields += ("verification",)
     fields = readonly_fields
 
-    @admin.display(description="Verification (now)")
+    @admin.display(description=_("Verification (now)"))
     def verification(self, obj):
         result = certificate_verify(document=obj.document, signature=obj.signature)
-        return "valid" if result.valid else "NOT VALID: " + "; ".join(result.reasons)
+        return _("valid") if result.valid else _("NOT VALID: %(reasons)s") % {"reasons": "; ".join(result.reasons)}
 
     def has_add_permission(self, request):
         return False
@@ -663,7 +920,7 @@ class FeeRuleForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if "valid_from" in self.fields:
             self.fields["valid_from"].initial = timezone.now
-            self.fields["valid_from"].help_text = "When the rule comes into force: now or later, never in the past."
+            self.fields["valid_from"].help_text = _("When the rule comes into force: now or later, never in the past.")
 
     def clean(self):
         data = super().clean()
@@ -693,17 +950,17 @@ class FeeRuleAdmin(admin.ModelAdmin):
     search_fields = ("merchant__name", "category__name", "note")
     actions = None  # the bulk delete would bypass fee_rule_delete's check
 
-    @admin.display(description="scope")
+    @admin.display(description=_("scope"))
     def scope(self, obj):
-        parts = [f"merchant {obj.merchant}"] if obj.merchant_id else []
-        parts += [f"category {obj.category}"] if obj.category_id else []
-        return " + ".join(parts) or "default (all trades)"
+        parts = [_("merchant %(name)s") % {"name": obj.merchant}] if obj.merchant_id else []
+        parts += [_("category %(name)s") % {"name": obj.category}] if obj.category_id else []
+        return " + ".join(parts) or _("default (all trades)")
 
-    @admin.display(description="commission")
+    @admin.display(description=_("commission"))
     def percentage(self, obj):
         return f"{obj.commission_bps / 100:g} %"
 
-    @admin.display(description="in force", boolean=True)
+    @admin.display(description=_("in force"), boolean=True)
     def in_force(self, obj):
         return obj.valid_from <= timezone.now()
 

@@ -1,17 +1,18 @@
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 class OrderStatus(models.TextChoices):
-    PENDING_PAYMENT = "pending_payment", "Pending payment"
-    PAID = "paid", "Paid (held in escrow)"
-    DELIVERED = "delivered", "Delivered"
-    SETTLED = "settled", "Settled"
-    DECLINED = "declined", "Declined"
-    CANCELLED = "cancelled", "Cancelled"
-    EXPIRED = "expired", "Expired"
-    PARTIALLY_REFUNDED = "partially_refunded", "Partially refunded"
-    REFUNDED = "refunded", "Refunded"
-    DISPUTED = "disputed", "Disputed"
+    PENDING_PAYMENT = "pending_payment", _("Pending payment")
+    PAID = "paid", _("Paid (held in escrow)")
+    DELIVERED = "delivered", _("Delivered")
+    SETTLED = "settled", _("Settled")
+    DECLINED = "declined", _("Declined")
+    CANCELLED = "cancelled", _("Cancelled")
+    EXPIRED = "expired", _("Expired")
+    PARTIALLY_REFUNDED = "partially_refunded", _("Partially refunded")
+    REFUNDED = "refunded", _("Refunded")
+    DISPUTED = "disputed", _("Disputed")
 
 
 _S = OrderStatus
@@ -31,9 +32,9 @@ ORDER_TRANSITIONS: dict[str, set[str]] = {
 
 
 class EntitlementStatus(models.TextChoices):
-    ACTIVE = "active", "Active"
-    EXPIRED = "expired", "Expired"
-    REVOKED = "revoked", "Revoked"
+    ACTIVE = "active", _("Active")
+    EXPIRED = "expired", _("Expired")
+    REVOKED = "revoked", _("Revoked")
 
 
 _E = EntitlementStatus
@@ -47,79 +48,81 @@ ENTITLEMENT_TRANSITIONS: dict[str, set[str]] = {
 
 
 class AccessRequestStatus(models.TextChoices):
-    PENDING = "pending", "Waiting for the merchant"
-    APPROVED = "approved", "Approved"
-    REJECTED = "rejected", "Rejected"
-    EXPIRED = "expired", "Expired (no answer in time)"
+    PENDING = "pending", _("Waiting for the merchant")
+    APPROVED = "approved", _("Approved")
+    REJECTED = "rejected", _("Rejected")
+    EXPIRED = "expired", _("Expired (no answer in time)")
 
 
 class RefundStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
+    PENDING = "pending", _("Pending")
+    SUCCEEDED = "succeeded", _("Succeeded")
+    FAILED = "failed", _("Failed")
 
 
 class DisputeStatus(models.TextChoices):
-    OPEN = "open", "Open"
-    WON = "won", "Won by the exchange"
-    LOST = "lost", "Lost (funds returned to the buyer)"
+    OPEN = "open", _("Open")
+    WON = "won", _("Won by the exchange")
+    LOST = "lost", _("Lost (funds returned to the buyer)")
 
 
 class SubscriptionStatus(models.TextChoices):
-    ACTIVE = "active", "Active"
-    PAST_DUE = "past_due", "Payment failed (grace period)"
-    CANCELLED = "cancelled", "Cancelled"
+    ACTIVE = "active", _("Active")
+    PAST_DUE = "past_due", _("Payment failed (grace period)")
+    CANCELLED = "cancelled", _("Cancelled")
 
 
 class DeliveryStatus(models.TextChoices):
-    PENDING = "pending", "Being prepared"
-    READY = "ready", "Ready to download"
-    CONFIRMED = "confirmed", "Confirmed"
-    FAILED = "failed", "Failed (order refunded)"
-    WITHDRAWN = "withdrawn", "Withdrawn (access ended)"
+    PENDING = "pending", _("Being prepared")
+    READY = "ready", _("Ready to download")
+    CONFIRMED = "confirmed", _("Confirmed")
+    FAILED = "failed", _("Failed (order refunded)")
+    WITHDRAWN = "withdrawn", _("Withdrawn (access ended)")
 
 
 class NotificationKind(models.TextChoices):
-    PURCHASE_CONFIRMED = "purchase_confirmed", "Purchase confirmed"
-    DELIVERY_READY = "delivery_ready", "Delivery ready"
-    DELIVERY_FAILED = "delivery_failed", "Delivery failed"
-    NEW_VERSION = "new_version", "New version available"
-    ENTITLEMENT_EXPIRING = "entitlement_expiring", "Access about to expire"
-    REFUND = "refund", "Refund"
-    SALE = "sale", "New sale"
+    PURCHASE_CONFIRMED = "purchase_confirmed", _("Purchase confirmed")
+    DELIVERY_READY = "delivery_ready", _("Delivery ready")
+    DELIVERY_FAILED = "delivery_failed", _("Delivery failed")
+    NEW_VERSION = "new_version", _("New version available")
+    ENTITLEMENT_EXPIRING = "entitlement_expiring", _("Access about to expire")
+    REFUND = "refund", _("Refund")
+    SALE = "sale", _("New sale")
 
 
 class OutboundEventStatus(models.TextChoices):
-    PENDING = "pending", "Waiting to be sent"
-    DELIVERED = "delivered", "Delivered"
-    FAILED = "failed", "Gave up after retries"
+    PENDING = "pending", _("Waiting to be sent")
+    DELIVERED = "delivered", _("Delivered")
+    FAILED = "failed", _("Gave up after retries")
 
 
 class UsageChannel(models.TextChoices):
-    API = "api", "Data API call"
-    DOWNLOAD = "download", "File download"
+    API = "api", _("Data API call")
+    DOWNLOAD = "download", _("File download")
 
 
 class PaymentEventStatus(models.TextChoices):
-    RECEIVED = "received", "Received"
-    PROCESSED = "processed", "Processed"
-    IGNORED = "ignored", "Ignored (type not handled)"
-    FAILED = "failed", "Failed"
+    RECEIVED = "received", _("Received")
+    PROCESSED = "processed", _("Processed")
+    IGNORED = "ignored", _("Ignored (type not handled)")
+    FAILED = "failed", _("Failed")
 
 
 class JournalKind(models.TextChoices):
-    PAYMENT = "payment", "Payment captured (held)"
-    REFUND = "refund", "Refund to the buyer"
-    DISPUTE = "dispute", "Funds withdrawn by a dispute"
-    DISPUTE_WON = "dispute_won", "Disputed funds returned"
-    SALE = "sale", "Sale settled (fee and merchant payable)"
-    PAYOUT_CREATED = "payout_created", "Payout created"
-    PAYOUT_SENT = "payout_sent", "Payout sent"
-    RECEIVABLE_NETTED = "receivable_netted", "Merchant receivable netted against the payable"
-    PAYOUT_RETURNED = "payout_returned", "Payout refused by the gateway, owed again"
+    PAYMENT = "payment", _("Payment captured (held)")
+    REFUND = "refund", _("Refund to the buyer")
+    DISPUTE = "dispute", _("Funds withdrawn by a dispute")
+    DISPUTE_WON = "dispute_won", _("Disputed funds returned")
+    SALE = "sale", _("Sale settled (fee and merchant payable)")
+    PAYOUT_CREATED = "payout_created", _("Payout created")
+    PAYOUT_SENT = "payout_sent", _("Payout sent")
+    RECEIVABLE_NETTED = "receivable_netted", _("Merchant receivable netted against the payable")
+    PAYOUT_RETURNED = "payout_returned", _("Payout refused by the gateway, owed again")
 
 
 class AccountKind(models.TextChoices):
+    # Not translated: ledger.account_get stores the label as the account's name, which must not depend on
+    # the language of whichever request happened to create the account.
     GATEWAY_CLEARING = "gateway_clearing", "Gateway clearing"
     ESCROW_HELD = "escrow_held", "Buyer funds held in escrow"
     PLATFORM_REVENUE = "platform_revenue", "Platform revenue (fees)"
@@ -133,24 +136,24 @@ MERCHANT_ACCOUNT_KINDS = (AccountKind.MERCHANT_PAYABLE, AccountKind.MERCHANT_REC
 
 
 class SettlementRunStatus(models.TextChoices):
-    RUNNING = "running", "Running"
-    COMPLETED = "completed", "Completed"
-    FAILED = "failed", "Failed"
+    RUNNING = "running", _("Running")
+    COMPLETED = "completed", _("Completed")
+    FAILED = "failed", _("Failed")
 
 
 class SettlementBatchStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    COMPLETED = "completed", "Completed"
-    FAILED = "failed", "Failed"
+    PENDING = "pending", _("Pending")
+    COMPLETED = "completed", _("Completed")
+    FAILED = "failed", _("Failed")
 
 
 class PayoutStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    SENT = "sent", "Sent"
-    FAILED = "failed", "Failed"
+    PENDING = "pending", _("Pending")
+    SENT = "sent", _("Sent")
+    FAILED = "failed", _("Failed")
 
 
 class SandboxSessionStatus(models.TextChoices):
-    OPEN = "open", "Open"
-    COMPLETE = "complete", "Complete"
-    DECLINED = "declined", "Declined"
+    OPEN = "open", _("Open")
+    COMPLETE = "complete", _("Complete")
+    DECLINED = "declined", _("Declined")

@@ -5,6 +5,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from common.money import CURRENCY_CHOICES, format_minor
 from exchange.choices import (
@@ -32,44 +33,73 @@ from merchants.models import Merchant
 
 
 class Order(models.Model):
-    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders")
-    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="orders")
-    plan = models.ForeignKey(PricingPlan, on_delete=models.PROTECT, related_name="orders")
-    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="orders")
-    amount = models.PositiveBigIntegerField()
-    currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES)
+    public_id = models.UUIDField(verbose_name=_("public id"), default=uuid.uuid4, unique=True, editable=False)
+    buyer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("buyer"), on_delete=models.PROTECT, related_name="orders"
+    )
+    listing = models.ForeignKey(Listing, verbose_name=_("listing"), on_delete=models.PROTECT, related_name="orders")
+    plan = models.ForeignKey(PricingPlan, verbose_name=_("plan"), on_delete=models.PROTECT, related_name="orders")
+    merchant = models.ForeignKey(Merchant, verbose_name=_("merchant"), on_delete=models.PROTECT, related_name="orders")
+    amount = models.PositiveBigIntegerField(verbose_name=_("amount"))
+    currency = models.CharField(verbose_name=_("currency"), max_length=3, choices=CURRENCY_CHOICES)
     service_fee = models.PositiveBigIntegerField(
-        default=0, help_text="The buyer service fee (minor units) included in amount; the platform keeps it."
+        verbose_name=_("service fee"),
+        default=0,
+        help_text=_("The buyer service fee (minor units) included in amount; the platform keeps it."),
     )
     # Assigned only by exchange.services.orders.order_transition.
     status = models.CharField(
-        max_length=30, choices=OrderStatus.choices, default=OrderStatus.PENDING_PAYMENT, editable=False
+        verbose_name=_("status"),
+        max_length=30,
+        choices=OrderStatus.choices,
+        default=OrderStatus.PENDING_PAYMENT,
+        editable=False,
     )
-    idempotency_key = models.CharField(max_length=100)
-    gateway = models.CharField(max_length=20)
-    gateway_session_id = models.CharField(max_length=120, unique=True, null=True, blank=True)
-    checkout_url = models.URLField(max_length=500, blank=True)
+    idempotency_key = models.CharField(verbose_name=_("idempotency key"), max_length=100)
+    gateway = models.CharField(verbose_name=_("gateway"), max_length=20)
+    gateway_session_id = models.CharField(
+        verbose_name=_("gateway session id"), max_length=120, unique=True, null=True, blank=True
+    )
+    checkout_url = models.URLField(verbose_name=_("checkout url"), max_length=500, blank=True)
     # The gateway's payment (Stripe PaymentIntent) id, learnt from the paid event; refunds need it.
-    gateway_payment_id = models.CharField(max_length=120, blank=True)
-    plan_kind = models.CharField(max_length=20, choices=PlanKind.choices, default=PlanKind.ONE_TIME)
-    refunded_amount = models.PositiveBigIntegerField(default=0)
+    gateway_payment_id = models.CharField(verbose_name=_("gateway payment id"), max_length=120, blank=True)
+    plan_kind = models.CharField(
+        verbose_name=_("plan kind"), max_length=20, choices=PlanKind.choices, default=PlanKind.ONE_TIME
+    )
+    refunded_amount = models.PositiveBigIntegerField(verbose_name=_("refunded amount"), default=0)
     access_request = models.ForeignKey(
-        "AccessRequest", on_delete=models.PROTECT, null=True, blank=True, related_name="orders"
+        "AccessRequest",
+        verbose_name=_("access request"),
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="orders",
     )
     # Set on the renewal orders a subscription creates each paid period.
     subscription = models.ForeignKey(
-        "Subscription", on_delete=models.PROTECT, null=True, blank=True, related_name="renewal_orders"
+        "Subscription",
+        verbose_name=_("subscription"),
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="renewal_orders",
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    paid_at = models.DateTimeField(null=True, blank=True)
-    delivered_at = models.DateTimeField(null=True, blank=True)
-    settled_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
+    paid_at = models.DateTimeField(verbose_name=_("paid at"), null=True, blank=True)
+    delivered_at = models.DateTimeField(verbose_name=_("delivered at"), null=True, blank=True)
+    settled_at = models.DateTimeField(verbose_name=_("settled at"), null=True, blank=True)
     settlement_run = models.ForeignKey(
-        "SettlementRun", on_delete=models.PROTECT, null=True, blank=True, related_name="orders"
+        "SettlementRun",
+        verbose_name=_("settlement run"),
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="orders",
     )
 
     class Meta:
+        verbose_name = _("order")
+        verbose_name_plural = _("orders")
         ordering = ["-created_at", "-pk"]
         constraints = [
             models.UniqueConstraint(fields=["buyer", "idempotency_key"], name="order_buyer_idempotency_key_unique"),
@@ -105,16 +135,19 @@ class Order(models.Model):
 
 
 class OrderStatusHistory(models.Model):
-    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="history")
-    from_status = models.CharField(max_length=30, choices=OrderStatus.choices)
-    to_status = models.CharField(max_length=30, choices=OrderStatus.choices)
-    reason = models.CharField(max_length=300, blank=True)
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    order = models.ForeignKey(Order, verbose_name=_("order"), on_delete=models.CASCADE, related_name="history")
+    from_status = models.CharField(verbose_name=_("from status"), max_length=30, choices=OrderStatus.choices)
+    to_status = models.CharField(verbose_name=_("to status"), max_length=30, choices=OrderStatus.choices)
+    reason = models.CharField(verbose_name=_("reason"), max_length=300, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("actor"), on_delete=models.SET_NULL, null=True, blank=True
+    )
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
 
     class Meta:
+        verbose_name = _("order status history")
         ordering = ["created_at", "pk"]
-        verbose_name_plural = "order status history"
+        verbose_name_plural = _("order status history")
 
     def __str__(self):
         return f"{self.order_id}: {self.from_status or '∅'} → {self.to_status}"
@@ -123,17 +156,21 @@ class OrderStatusHistory(models.Model):
 class PaymentEvent(models.Model):
     """A gateway notification, inserted under its unique id before any processing."""
 
-    gateway = models.CharField(max_length=20)
-    event_id = models.CharField(max_length=120)
-    type = models.CharField(max_length=80)
-    payload = models.JSONField()
-    status = models.CharField(max_length=20, choices=PaymentEventStatus.choices, default=PaymentEventStatus.RECEIVED)
-    error = models.TextField(blank=True)
-    attempts = models.PositiveIntegerField(default=0)
-    received_at = models.DateTimeField(auto_now_add=True)
-    processed_at = models.DateTimeField(null=True, blank=True)
+    gateway = models.CharField(verbose_name=_("gateway"), max_length=20)
+    event_id = models.CharField(verbose_name=_("event id"), max_length=120)
+    type = models.CharField(verbose_name=_("type"), max_length=80)
+    payload = models.JSONField(verbose_name=_("payload"))
+    status = models.CharField(
+        verbose_name=_("status"), max_length=20, choices=PaymentEventStatus.choices, default=PaymentEventStatus.RECEIVED
+    )
+    error = models.TextField(verbose_name=_("error"), blank=True)
+    attempts = models.PositiveIntegerField(verbose_name=_("attempts"), default=0)
+    received_at = models.DateTimeField(verbose_name=_("received at"), auto_now_add=True)
+    processed_at = models.DateTimeField(verbose_name=_("processed at"), null=True, blank=True)
 
     class Meta:
+        verbose_name = _("payment event")
+        verbose_name_plural = _("payment events")
         ordering = ["-received_at", "-pk"]
         constraints = [models.UniqueConstraint(fields=["gateway", "event_id"], name="payment_event_unique")]
         indexes = [models.Index(fields=["status", "received_at"], name="payment_event_status_idx")]
@@ -143,24 +180,38 @@ class PaymentEvent(models.Model):
 
 
 class Entitlement(models.Model):
-    order = models.OneToOneField(Order, on_delete=models.PROTECT, related_name="entitlement")
-    buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="entitlements")
-    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="entitlements")
-    plan = models.ForeignKey(PricingPlan, on_delete=models.PROTECT, null=True, related_name="entitlements")
+    order = models.OneToOneField(Order, verbose_name=_("order"), on_delete=models.PROTECT, related_name="entitlement")
+    buyer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("buyer"), on_delete=models.PROTECT, related_name="entitlements"
+    )
+    listing = models.ForeignKey(
+        Listing, verbose_name=_("listing"), on_delete=models.PROTECT, related_name="entitlements"
+    )
+    plan = models.ForeignKey(
+        PricingPlan, verbose_name=_("plan"), on_delete=models.PROTECT, null=True, related_name="entitlements"
+    )
     # Assigned only by exchange.services.entitlements (its one transition function).
     status = models.CharField(
-        max_length=20, choices=EntitlementStatus.choices, default=EntitlementStatus.ACTIVE, editable=False
+        verbose_name=_("status"),
+        max_length=20,
+        choices=EntitlementStatus.choices,
+        default=EntitlementStatus.ACTIVE,
+        editable=False,
     )
     # None: perpetual (one-time purchases). Subscriptions: the end of the paid period (+ grace).
-    valid_until = models.DateTimeField(null=True, blank=True)
-    version_access = models.CharField(max_length=20, choices=VersionAccess.choices, default=VersionAccess.ALL)
+    valid_until = models.DateTimeField(verbose_name=_("valid until"), null=True, blank=True)
+    version_access = models.CharField(
+        verbose_name=_("version access"), max_length=20, choices=VersionAccess.choices, default=VersionAccess.ALL
+    )
     # The use scenario the merchant approved (access requests), recorded with the right to use the data.
-    scenario = models.TextField(blank=True)
-    granted_at = models.DateTimeField(auto_now_add=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    revoked_reason = models.CharField(max_length=300, blank=True)
+    scenario = models.TextField(verbose_name=_("scenario"), blank=True)
+    granted_at = models.DateTimeField(verbose_name=_("granted at"), auto_now_add=True)
+    revoked_at = models.DateTimeField(verbose_name=_("revoked at"), null=True, blank=True)
+    revoked_reason = models.CharField(verbose_name=_("revoked reason"), max_length=300, blank=True)
 
     class Meta:
+        verbose_name = _("entitlement")
+        verbose_name_plural = _("entitlements")
         ordering = ["-granted_at", "-pk"]
         indexes = [models.Index(fields=["status", "valid_until"], name="entitlement_status_valid_idx")]
 
@@ -169,15 +220,20 @@ class Entitlement(models.Model):
 
 
 class EntitlementStatusHistory(models.Model):
-    entitlement = models.ForeignKey(Entitlement, on_delete=models.CASCADE, related_name="history")
-    from_status = models.CharField(max_length=20, choices=EntitlementStatus.choices, blank=True)
-    to_status = models.CharField(max_length=20, choices=EntitlementStatus.choices)
-    reason = models.CharField(max_length=300, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    entitlement = models.ForeignKey(
+        Entitlement, verbose_name=_("entitlement"), on_delete=models.CASCADE, related_name="history"
+    )
+    from_status = models.CharField(
+        verbose_name=_("from status"), max_length=20, choices=EntitlementStatus.choices, blank=True
+    )
+    to_status = models.CharField(verbose_name=_("to status"), max_length=20, choices=EntitlementStatus.choices)
+    reason = models.CharField(verbose_name=_("reason"), max_length=300, blank=True)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
 
     class Meta:
+        verbose_name = _("entitlement status history")
         ordering = ["created_at", "pk"]
-        verbose_name_plural = "entitlement status history"
+        verbose_name_plural = _("entitlement status history")
 
     def __str__(self):
         return f"{self.entitlement_id}: {self.from_status or '∅'} → {self.to_status}"
@@ -186,22 +242,37 @@ class EntitlementStatusHistory(models.Model):
 class AccessRequest(models.Model):
     """A buyer's request to buy a listing that requires the merchant's approval."""
 
-    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="access_requests")
-    buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="access_requests")
-    organisation = models.CharField(max_length=200)
-    use_scenario = models.TextField()
+    listing = models.ForeignKey(
+        Listing, verbose_name=_("listing"), on_delete=models.PROTECT, related_name="access_requests"
+    )
+    buyer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("buyer"), on_delete=models.PROTECT, related_name="access_requests"
+    )
+    organisation = models.CharField(verbose_name=_("organisation"), max_length=200)
+    use_scenario = models.TextField(verbose_name=_("use scenario"))
     status = models.CharField(
-        max_length=20, choices=AccessRequestStatus.choices, default=AccessRequestStatus.PENDING, editable=False
+        verbose_name=_("status"),
+        max_length=20,
+        choices=AccessRequestStatus.choices,
+        default=AccessRequestStatus.PENDING,
+        editable=False,
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    expires_at = models.DateTimeField()
-    decided_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
+    expires_at = models.DateTimeField(verbose_name=_("expires at"))
+    decided_at = models.DateTimeField(verbose_name=_("decided at"), null=True, blank=True)
     decided_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("decided by"),
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
     )
-    decision_note = models.TextField(blank=True)
+    decision_note = models.TextField(verbose_name=_("decision note"), blank=True)
 
     class Meta:
+        verbose_name = _("access request")
+        verbose_name_plural = _("access requests")
         ordering = ["-created_at", "-pk"]
         constraints = [
             models.UniqueConstraint(
@@ -216,20 +287,28 @@ class AccessRequest(models.Model):
 class Refund(models.Model):
     """Money returned to a buyer, partially or fully; unique by idempotency key."""
 
-    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="refunds")
-    amount = models.PositiveBigIntegerField()
-    currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES)
-    status = models.CharField(max_length=20, choices=RefundStatus.choices, default=RefundStatus.PENDING)
-    reason = models.CharField(max_length=300)
-    source = models.CharField(max_length=20, default="admin")  # admin, gateway, delivery_failure
-    idempotency_key = models.CharField(max_length=150, unique=True)
-    gateway_refund_id = models.CharField(max_length=120, blank=True)
-    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
-    error = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    completed_at = models.DateTimeField(null=True, blank=True)
+    order = models.ForeignKey(Order, verbose_name=_("order"), on_delete=models.PROTECT, related_name="refunds")
+    amount = models.PositiveBigIntegerField(verbose_name=_("amount"))
+    currency = models.CharField(verbose_name=_("currency"), max_length=3, choices=CURRENCY_CHOICES)
+    status = models.CharField(
+        verbose_name=_("status"), max_length=20, choices=RefundStatus.choices, default=RefundStatus.PENDING
+    )
+    reason = models.CharField(verbose_name=_("reason"), max_length=300)
+    source = models.CharField(
+        verbose_name=_("source"), max_length=20, default="admin"
+    )  # admin, gateway, delivery_failure
+    idempotency_key = models.CharField(verbose_name=_("idempotency key"), max_length=150, unique=True)
+    gateway_refund_id = models.CharField(verbose_name=_("gateway refund id"), max_length=120, blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("requested by"), on_delete=models.SET_NULL, null=True, blank=True
+    )
+    error = models.TextField(verbose_name=_("error"), blank=True)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
+    completed_at = models.DateTimeField(verbose_name=_("completed at"), null=True, blank=True)
 
     class Meta:
+        verbose_name = _("refund")
+        verbose_name_plural = _("refunds")
         ordering = ["-created_at", "-pk"]
         constraints = [models.CheckConstraint(condition=models.Q(amount__gt=0), name="refund_amount_positive")]
 
@@ -238,16 +317,20 @@ class Refund(models.Model):
 
 
 class Dispute(models.Model):
-    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="disputes")
-    gateway_dispute_id = models.CharField(max_length=120, unique=True)
-    amount = models.PositiveBigIntegerField()
-    currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES)
-    status = models.CharField(max_length=20, choices=DisputeStatus.choices, default=DisputeStatus.OPEN)
-    reason = models.CharField(max_length=120, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    closed_at = models.DateTimeField(null=True, blank=True)
+    order = models.ForeignKey(Order, verbose_name=_("order"), on_delete=models.PROTECT, related_name="disputes")
+    gateway_dispute_id = models.CharField(verbose_name=_("gateway dispute id"), max_length=120, unique=True)
+    amount = models.PositiveBigIntegerField(verbose_name=_("amount"))
+    currency = models.CharField(verbose_name=_("currency"), max_length=3, choices=CURRENCY_CHOICES)
+    status = models.CharField(
+        verbose_name=_("status"), max_length=20, choices=DisputeStatus.choices, default=DisputeStatus.OPEN
+    )
+    reason = models.CharField(verbose_name=_("reason"), max_length=120, blank=True)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
+    closed_at = models.DateTimeField(verbose_name=_("closed at"), null=True, blank=True)
 
     class Meta:
+        verbose_name = _("dispute")
+        verbose_name_plural = _("disputes")
         ordering = ["-created_at", "-pk"]
 
     def __str__(self):
@@ -257,18 +340,32 @@ class Dispute(models.Model):
 class Subscription(models.Model):
     """A recurring purchase; each paid period extends the entitlement."""
 
-    order = models.OneToOneField(Order, on_delete=models.PROTECT, related_name="subscription_started")
-    buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="subscriptions")
-    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="subscriptions")
-    plan = models.ForeignKey(PricingPlan, on_delete=models.PROTECT, related_name="subscriptions")
-    gateway = models.CharField(max_length=20)
-    gateway_subscription_id = models.CharField(max_length=120, unique=True, null=True, blank=True)
-    status = models.CharField(max_length=20, choices=SubscriptionStatus.choices, default=SubscriptionStatus.ACTIVE)
-    current_period_end = models.DateTimeField()
-    created_at = models.DateTimeField(auto_now_add=True)
-    cancelled_at = models.DateTimeField(null=True, blank=True)
+    order = models.OneToOneField(
+        Order, verbose_name=_("order"), on_delete=models.PROTECT, related_name="subscription_started"
+    )
+    buyer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("buyer"), on_delete=models.PROTECT, related_name="subscriptions"
+    )
+    listing = models.ForeignKey(
+        Listing, verbose_name=_("listing"), on_delete=models.PROTECT, related_name="subscriptions"
+    )
+    plan = models.ForeignKey(
+        PricingPlan, verbose_name=_("plan"), on_delete=models.PROTECT, related_name="subscriptions"
+    )
+    gateway = models.CharField(verbose_name=_("gateway"), max_length=20)
+    gateway_subscription_id = models.CharField(
+        verbose_name=_("gateway subscription id"), max_length=120, unique=True, null=True, blank=True
+    )
+    status = models.CharField(
+        verbose_name=_("status"), max_length=20, choices=SubscriptionStatus.choices, default=SubscriptionStatus.ACTIVE
+    )
+    current_period_end = models.DateTimeField(verbose_name=_("current period end"))
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
+    cancelled_at = models.DateTimeField(verbose_name=_("cancelled at"), null=True, blank=True)
 
     class Meta:
+        verbose_name = _("subscription")
+        verbose_name_plural = _("subscriptions")
         ordering = ["-created_at", "-pk"]
 
     def __str__(self):
@@ -276,26 +373,35 @@ class Subscription(models.Model):
 
 
 class Delivery(models.Model):
-    entitlement = models.ForeignKey(Entitlement, on_delete=models.PROTECT, related_name="deliveries")
-    version = models.ForeignKey(ListingVersion, on_delete=models.PROTECT, related_name="deliveries")
-    status = models.CharField(max_length=20, choices=DeliveryStatus.choices, default=DeliveryStatus.READY)
-    prepared_at = models.DateTimeField(auto_now_add=True)
-    ready_at = models.DateTimeField(null=True, blank=True)
-    confirmed_at = models.DateTimeField(null=True, blank=True)
-    confirmed_by = models.CharField(max_length=40, blank=True)  # download, api_call, buyer, auto
-    download_count = models.PositiveIntegerField(default=0)
+    entitlement = models.ForeignKey(
+        Entitlement, verbose_name=_("entitlement"), on_delete=models.PROTECT, related_name="deliveries"
+    )
+    version = models.ForeignKey(
+        ListingVersion, verbose_name=_("version"), on_delete=models.PROTECT, related_name="deliveries"
+    )
+    status = models.CharField(
+        verbose_name=_("status"), max_length=20, choices=DeliveryStatus.choices, default=DeliveryStatus.READY
+    )
+    prepared_at = models.DateTimeField(verbose_name=_("prepared at"), auto_now_add=True)
+    ready_at = models.DateTimeField(verbose_name=_("ready at"), null=True, blank=True)
+    confirmed_at = models.DateTimeField(verbose_name=_("confirmed at"), null=True, blank=True)
+    confirmed_by = models.CharField(
+        verbose_name=_("confirmed by"), max_length=40, blank=True
+    )  # download, api_call, buyer, auto
+    download_count = models.PositiveIntegerField(verbose_name=_("download count"), default=0)
     # Preparation attempts (file checks); after DELIVERY_MAX_ATTEMPTS failures the order is refunded.
-    attempts = models.PositiveIntegerField(default=0)
-    last_error = models.TextField(blank=True)
-    failed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(verbose_name=_("attempts"), default=0)
+    last_error = models.TextField(verbose_name=_("last error"), blank=True)
+    failed_at = models.DateTimeField(verbose_name=_("failed at"), null=True, blank=True)
     # The receipt as issued when the delivery became ready: files (name, size, sha256), licence,
     # scenario, order reference, times. Frozen so the buyer can prove what was handed over.
-    receipt = models.JSONField(default=dict, blank=True)
-    receipt_sha256 = models.CharField(max_length=64, blank=True)
+    receipt = models.JSONField(verbose_name=_("receipt"), default=dict, blank=True)
+    receipt_sha256 = models.CharField(verbose_name=_("receipt sha256"), max_length=64, blank=True)
 
     class Meta:
+        verbose_name = _("delivery")
         ordering = ["-prepared_at", "-pk"]
-        verbose_name_plural = "deliveries"
+        verbose_name_plural = _("deliveries")
         constraints = [
             models.UniqueConstraint(fields=["entitlement", "version"], name="delivery_entitlement_version_unique")
         ]
@@ -307,36 +413,43 @@ class Delivery(models.Model):
 class DeliveryStatusHistory(models.Model):
     """Each move of a delivery's status, written by ``delivery_transition``."""
 
-    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="history")
-    from_status = models.CharField(max_length=20, choices=DeliveryStatus.choices, blank=True)
-    to_status = models.CharField(max_length=20, choices=DeliveryStatus.choices)
-    reason = models.CharField(max_length=300, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    delivery = models.ForeignKey(Delivery, verbose_name=_("delivery"), on_delete=models.CASCADE, related_name="history")
+    from_status = models.CharField(
+        verbose_name=_("from status"), max_length=20, choices=DeliveryStatus.choices, blank=True
+    )
+    to_status = models.CharField(verbose_name=_("to status"), max_length=20, choices=DeliveryStatus.choices)
+    reason = models.CharField(verbose_name=_("reason"), max_length=300, blank=True)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
 
     class Meta:
+        verbose_name = _("delivery status history")
         ordering = ["created_at", "pk"]
-        verbose_name_plural = "delivery status history"
+        verbose_name_plural = _("delivery status history")
 
     def __str__(self):
         return f"{self.delivery_id}: {self.from_status} → {self.to_status}"
 
 
 class DownloadLog(models.Model):
-    delivery = models.ForeignKey(Delivery, on_delete=models.PROTECT, related_name="downloads")
-    file = models.ForeignKey(DataFile, on_delete=models.PROTECT, related_name="downloads")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True)
-    bytes_sent = models.BigIntegerField(default=0)
-    completed = models.BooleanField(default=False)
-    ip_address = models.GenericIPAddressField(null=True, blank=True)
-    user_agent = models.CharField(max_length=300, blank=True)
+    delivery = models.ForeignKey(
+        Delivery, verbose_name=_("delivery"), on_delete=models.PROTECT, related_name="downloads"
+    )
+    file = models.ForeignKey(DataFile, verbose_name=_("file"), on_delete=models.PROTECT, related_name="downloads")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, verbose_name=_("user"), on_delete=models.SET_NULL, null=True)
+    bytes_sent = models.BigIntegerField(verbose_name=_("bytes sent"), default=0)
+    completed = models.BooleanField(verbose_name=_("completed"), default=False)
+    ip_address = models.GenericIPAddressField(verbose_name=_("ip address"), null=True, blank=True)
+    user_agent = models.CharField(verbose_name=_("user agent"), max_length=300, blank=True)
     # The byte range asked for (None: the whole file) and how it was served (django, xaccel, s3).
-    range_start = models.BigIntegerField(null=True, blank=True)
-    range_end = models.BigIntegerField(null=True, blank=True)
-    mode = models.CharField(max_length=10, default="django")
-    started_at = models.DateTimeField(auto_now_add=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
+    range_start = models.BigIntegerField(verbose_name=_("range start"), null=True, blank=True)
+    range_end = models.BigIntegerField(verbose_name=_("range end"), null=True, blank=True)
+    mode = models.CharField(verbose_name=_("mode"), max_length=10, default="django")
+    started_at = models.DateTimeField(verbose_name=_("started at"), auto_now_add=True)
+    finished_at = models.DateTimeField(verbose_name=_("finished at"), null=True, blank=True)
 
     class Meta:
+        verbose_name = _("download log")
+        verbose_name_plural = _("download logs")
         ordering = ["-started_at", "-pk"]
         indexes = [models.Index(fields=["file", "-started_at"], name="downloadlog_file_started_idx")]
 
@@ -345,12 +458,16 @@ class DownloadLog(models.Model):
 
 
 class LedgerAccount(models.Model):
-    code = models.CharField(max_length=80, unique=True)
-    kind = models.CharField(max_length=30, choices=AccountKind.choices)
-    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, null=True, blank=True, related_name="accounts")
-    name = models.CharField(max_length=200)
+    code = models.CharField(verbose_name=_("code"), max_length=80, unique=True)
+    kind = models.CharField(verbose_name=_("kind"), max_length=30, choices=AccountKind.choices)
+    merchant = models.ForeignKey(
+        Merchant, verbose_name=_("merchant"), on_delete=models.PROTECT, null=True, blank=True, related_name="accounts"
+    )
+    name = models.CharField(verbose_name=_("name"), max_length=200)
 
     class Meta:
+        verbose_name = _("ledger account")
+        verbose_name_plural = _("ledger accounts")
         ordering = ["code"]
 
     def __str__(self):
@@ -360,8 +477,12 @@ class LedgerAccount(models.Model):
 class LedgerChainHead(models.Model):
     """The tip of the ledger's chain of blocks; its row lock orders the (short) appends of blocks."""
 
-    sequence = models.BigIntegerField(default=0)  # the last block's sequence
-    block_hash = models.CharField(max_length=64, default="0" * 64)
+    sequence = models.BigIntegerField(verbose_name=_("sequence"), default=0)  # the last block's sequence
+    block_hash = models.CharField(verbose_name=_("block hash"), max_length=64, default="0" * 64)
+
+    class Meta:
+        verbose_name = _("ledger chain head")
+        verbose_name_plural = _("ledger chain heads")
 
     def __str__(self):
         return f"Ledger head: block #{self.sequence}"
@@ -378,14 +499,16 @@ class LedgerBlock(models.Model):
     only to append the block (DESIGN.md §5.5).
     """
 
-    sequence = models.BigIntegerField(unique=True)
-    entry_count = models.PositiveIntegerField()
-    root_hash = models.CharField(max_length=64)
-    created_at = models.DateTimeField()
-    prev_hash = models.CharField(max_length=64)
-    block_hash = models.CharField(max_length=64, unique=True)
+    sequence = models.BigIntegerField(verbose_name=_("sequence"), unique=True)
+    entry_count = models.PositiveIntegerField(verbose_name=_("entry count"))
+    root_hash = models.CharField(verbose_name=_("root hash"), max_length=64)
+    created_at = models.DateTimeField(verbose_name=_("created at"))
+    prev_hash = models.CharField(verbose_name=_("prev hash"), max_length=64)
+    block_hash = models.CharField(verbose_name=_("block hash"), max_length=64, unique=True)
 
     class Meta:
+        verbose_name = _("ledger block")
+        verbose_name_plural = _("ledger blocks")
         ordering = ["sequence"]
 
     def __str__(self):
@@ -400,25 +523,35 @@ class JournalEntry(models.Model):
     block runs 1..entry_count).
     """
 
-    sequence = models.BigIntegerField(unique=True)
+    sequence = models.BigIntegerField(verbose_name=_("sequence"), unique=True)
     # No database foreign key: the block row is inserted last, after the checks deferred to the commit have run
     # (ledger.block_append); ledger_verify reports an entry whose block does not exist.
-    block = models.ForeignKey(LedgerBlock, on_delete=models.PROTECT, related_name="entries", db_constraint=False)
-    position = models.PositiveIntegerField()
-    idempotency_key = models.CharField(max_length=150, unique=True)
-    kind = models.CharField(max_length=30, choices=JournalKind.choices)
-    order = models.ForeignKey(Order, on_delete=models.PROTECT, null=True, blank=True, related_name="journal_entries")
-    payout = models.ForeignKey(
-        "Payout", on_delete=models.PROTECT, null=True, blank=True, related_name="journal_entries"
+    block = models.ForeignKey(
+        LedgerBlock, verbose_name=_("block"), on_delete=models.PROTECT, related_name="entries", db_constraint=False
     )
-    memo = models.CharField(max_length=300, blank=True)
-    created_at = models.DateTimeField()
-    prev_hash = models.CharField(max_length=64)
-    entry_hash = models.CharField(max_length=64, unique=True)
+    position = models.PositiveIntegerField(verbose_name=_("position"))
+    idempotency_key = models.CharField(verbose_name=_("idempotency key"), max_length=150, unique=True)
+    kind = models.CharField(verbose_name=_("kind"), max_length=30, choices=JournalKind.choices)
+    order = models.ForeignKey(
+        Order, verbose_name=_("order"), on_delete=models.PROTECT, null=True, blank=True, related_name="journal_entries"
+    )
+    payout = models.ForeignKey(
+        "Payout",
+        verbose_name=_("payout"),
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="journal_entries",
+    )
+    memo = models.CharField(verbose_name=_("memo"), max_length=300, blank=True)
+    created_at = models.DateTimeField(verbose_name=_("created at"))
+    prev_hash = models.CharField(verbose_name=_("prev hash"), max_length=64)
+    entry_hash = models.CharField(verbose_name=_("entry hash"), max_length=64, unique=True)
 
     class Meta:
+        verbose_name = _("journal entry")
         ordering = ["sequence"]
-        verbose_name_plural = "journal entries"
+        verbose_name_plural = _("journal entries")
         constraints = [models.UniqueConstraint(fields=["block", "position"], name="journal_entry_block_position")]
 
     def __str__(self):
@@ -428,12 +561,16 @@ class JournalEntry(models.Model):
 class Posting(models.Model):
     """One leg of a journal entry: positive is a debit, negative a credit."""
 
-    entry = models.ForeignKey(JournalEntry, on_delete=models.PROTECT, related_name="postings")
-    account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="postings")
-    amount = models.BigIntegerField()
-    currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES)
+    entry = models.ForeignKey(JournalEntry, verbose_name=_("entry"), on_delete=models.PROTECT, related_name="postings")
+    account = models.ForeignKey(
+        LedgerAccount, verbose_name=_("account"), on_delete=models.PROTECT, related_name="postings"
+    )
+    amount = models.BigIntegerField(verbose_name=_("amount"))
+    currency = models.CharField(verbose_name=_("currency"), max_length=3, choices=CURRENCY_CHOICES)
 
     class Meta:
+        verbose_name = _("posting")
+        verbose_name_plural = _("postings")
         ordering = ["pk"]
         constraints = [models.CheckConstraint(condition=~models.Q(amount=0), name="posting_amount_nonzero")]
 
@@ -443,21 +580,31 @@ class Posting(models.Model):
 
 class SettlementRun(models.Model):
     status = models.CharField(
-        max_length=20, choices=SettlementRunStatus.choices, default=SettlementRunStatus.RUNNING, editable=False
+        verbose_name=_("status"),
+        max_length=20,
+        choices=SettlementRunStatus.choices,
+        default=SettlementRunStatus.RUNNING,
+        editable=False,
     )
-    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
-    trigger = models.CharField(max_length=20, default="manual")
-    started_at = models.DateTimeField(auto_now_add=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    cutoff = models.DateTimeField(null=True, blank=True, help_text="Orders delivered up to this time are settled.")
-    orders_total = models.PositiveIntegerField(default=0)
-    batches_total = models.PositiveIntegerField(default=0)
-    batches_done = models.PositiveIntegerField(default=0)
-    orders_settled = models.PositiveIntegerField(default=0)
-    payouts_created = models.PositiveIntegerField(default=0)
-    error = models.TextField(blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("requested by"), on_delete=models.SET_NULL, null=True, blank=True
+    )
+    trigger = models.CharField(verbose_name=_("trigger"), max_length=20, default="manual")
+    started_at = models.DateTimeField(verbose_name=_("started at"), auto_now_add=True)
+    finished_at = models.DateTimeField(verbose_name=_("finished at"), null=True, blank=True)
+    cutoff = models.DateTimeField(
+        verbose_name=_("cutoff"), null=True, blank=True, help_text=_("Orders delivered up to this time are settled.")
+    )
+    orders_total = models.PositiveIntegerField(verbose_name=_("orders total"), default=0)
+    batches_total = models.PositiveIntegerField(verbose_name=_("batches total"), default=0)
+    batches_done = models.PositiveIntegerField(verbose_name=_("batches done"), default=0)
+    orders_settled = models.PositiveIntegerField(verbose_name=_("orders settled"), default=0)
+    payouts_created = models.PositiveIntegerField(verbose_name=_("payouts created"), default=0)
+    error = models.TextField(verbose_name=_("error"), blank=True)
 
     class Meta:
+        verbose_name = _("settlement run")
+        verbose_name_plural = _("settlement runs")
         ordering = ["-started_at", "-pk"]
         constraints = [
             # Only one run at a time, enforced by the database.
@@ -473,26 +620,38 @@ class SettlementRun(models.Model):
 class SettlementBatch(models.Model):
     """A slice of a run's orders (a primary-key range), settled in one transaction as one ledger block."""
 
-    run = models.ForeignKey(SettlementRun, on_delete=models.PROTECT, related_name="batches")
-    number = models.PositiveIntegerField()
-    first_order_pk = models.BigIntegerField()
-    last_order_pk = models.BigIntegerField()
+    run = models.ForeignKey(SettlementRun, verbose_name=_("run"), on_delete=models.PROTECT, related_name="batches")
+    number = models.PositiveIntegerField(verbose_name=_("number"))
+    first_order_pk = models.BigIntegerField(verbose_name=_("first order pk"))
+    last_order_pk = models.BigIntegerField(verbose_name=_("last order pk"))
     status = models.CharField(
-        max_length=20, choices=SettlementBatchStatus.choices, default=SettlementBatchStatus.PENDING
+        verbose_name=_("status"),
+        max_length=20,
+        choices=SettlementBatchStatus.choices,
+        default=SettlementBatchStatus.PENDING,
     )
-    orders_settled = models.PositiveIntegerField(default=0)
-    ledger_rows = models.PositiveIntegerField(default=0)
-    totals = models.JSONField(default=dict, blank=True)  # {currency: {"gross": int, "fee": int}}
-    attempts = models.PositiveIntegerField(default=0)
-    error = models.TextField(blank=True)
+    orders_settled = models.PositiveIntegerField(verbose_name=_("orders settled"), default=0)
+    ledger_rows = models.PositiveIntegerField(verbose_name=_("ledger rows"), default=0)
+    totals = models.JSONField(
+        verbose_name=_("totals"), default=dict, blank=True
+    )  # {currency: {"gross": int, "fee": int}}
+    attempts = models.PositiveIntegerField(verbose_name=_("attempts"), default=0)
+    error = models.TextField(verbose_name=_("error"), blank=True)
     block = models.ForeignKey(  # written before its block exists (see JournalEntry.block)
-        LedgerBlock, on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_constraint=False
+        LedgerBlock,
+        verbose_name=_("block"),
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_constraint=False,
     )
-    finished_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(verbose_name=_("finished at"), null=True, blank=True)
 
     class Meta:
+        verbose_name = _("settlement batch")
         ordering = ["run", "number"]
-        verbose_name_plural = "settlement batches"
+        verbose_name_plural = _("settlement batches")
         constraints = [models.UniqueConstraint(fields=["run", "number"], name="settlement_batch_number")]
 
     def __str__(self):
@@ -500,20 +659,24 @@ class SettlementBatch(models.Model):
 
 
 class Payout(models.Model):
-    run = models.ForeignKey(SettlementRun, on_delete=models.PROTECT, related_name="payouts")
-    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="payouts")
-    amount = models.PositiveBigIntegerField()
-    currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES)
-    status = models.CharField(max_length=20, choices=PayoutStatus.choices, default=PayoutStatus.PENDING)
-    idempotency_key = models.CharField(max_length=100, unique=True)
-    gateway = models.CharField(max_length=20)
-    gateway_reference = models.CharField(max_length=120, blank=True)
-    attempts = models.PositiveIntegerField(default=0)
-    error = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    sent_at = models.DateTimeField(null=True, blank=True)
+    run = models.ForeignKey(SettlementRun, verbose_name=_("run"), on_delete=models.PROTECT, related_name="payouts")
+    merchant = models.ForeignKey(Merchant, verbose_name=_("merchant"), on_delete=models.PROTECT, related_name="payouts")
+    amount = models.PositiveBigIntegerField(verbose_name=_("amount"))
+    currency = models.CharField(verbose_name=_("currency"), max_length=3, choices=CURRENCY_CHOICES)
+    status = models.CharField(
+        verbose_name=_("status"), max_length=20, choices=PayoutStatus.choices, default=PayoutStatus.PENDING
+    )
+    idempotency_key = models.CharField(verbose_name=_("idempotency key"), max_length=100, unique=True)
+    gateway = models.CharField(verbose_name=_("gateway"), max_length=20)
+    gateway_reference = models.CharField(verbose_name=_("gateway reference"), max_length=120, blank=True)
+    attempts = models.PositiveIntegerField(verbose_name=_("attempts"), default=0)
+    error = models.TextField(verbose_name=_("error"), blank=True)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
+    sent_at = models.DateTimeField(verbose_name=_("sent at"), null=True, blank=True)
 
     class Meta:
+        verbose_name = _("payout")
+        verbose_name_plural = _("payouts")
         ordering = ["-created_at", "-pk"]
         constraints = [
             models.UniqueConstraint(fields=["run", "merchant", "currency"], name="payout_one_per_merchant_per_run")
@@ -530,19 +693,25 @@ class Payout(models.Model):
 class SandboxCheckoutSession(models.Model):
     """The sandbox gateway's own record of a checkout (what Stripe would hold)."""
 
-    id = models.CharField(primary_key=True, max_length=60)
-    order_public_id = models.UUIDField()
-    amount = models.PositiveBigIntegerField()
-    currency = models.CharField(max_length=3)
-    description = models.CharField(max_length=300)
-    success_url = models.CharField(max_length=500)
-    cancel_url = models.CharField(max_length=500)
-    status = models.CharField(max_length=20, choices=SandboxSessionStatus.choices, default=SandboxSessionStatus.OPEN)
-    mode = models.CharField(max_length=20, default="payment")  # payment, subscription, setup
-    interval = models.CharField(max_length=10, blank=True)
-    payment_intent = models.CharField(max_length=60, blank=True)
-    subscription_id = models.CharField(max_length=60, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    id = models.CharField(verbose_name=_("id"), primary_key=True, max_length=60)
+    order_public_id = models.UUIDField(verbose_name=_("order public id"))
+    amount = models.PositiveBigIntegerField(verbose_name=_("amount"))
+    currency = models.CharField(verbose_name=_("currency"), max_length=3)
+    description = models.CharField(verbose_name=_("description"), max_length=300)
+    success_url = models.CharField(verbose_name=_("success url"), max_length=500)
+    cancel_url = models.CharField(verbose_name=_("cancel url"), max_length=500)
+    status = models.CharField(
+        verbose_name=_("status"), max_length=20, choices=SandboxSessionStatus.choices, default=SandboxSessionStatus.OPEN
+    )
+    mode = models.CharField(verbose_name=_("mode"), max_length=20, default="payment")  # payment, subscription, setup
+    interval = models.CharField(verbose_name=_("interval"), max_length=10, blank=True)
+    payment_intent = models.CharField(verbose_name=_("payment intent"), max_length=60, blank=True)
+    subscription_id = models.CharField(verbose_name=_("subscription id"), max_length=60, blank=True)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("sandbox checkout session")
+        verbose_name_plural = _("sandbox checkout sessions")
 
     def __str__(self):
         return self.id
@@ -555,12 +724,16 @@ class SandboxCheckoutSession(models.Model):
 class SandboxTransfer(models.Model):
     """The sandbox gateway's record of a payout transfer, unique by idempotency key."""
 
-    id = models.CharField(primary_key=True, max_length=60)
-    idempotency_key = models.CharField(max_length=100, unique=True)
-    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT)
-    amount = models.PositiveBigIntegerField()
-    currency = models.CharField(max_length=3)
-    created_at = models.DateTimeField(auto_now_add=True)
+    id = models.CharField(verbose_name=_("id"), primary_key=True, max_length=60)
+    idempotency_key = models.CharField(verbose_name=_("idempotency key"), max_length=100, unique=True)
+    merchant = models.ForeignKey(Merchant, verbose_name=_("merchant"), on_delete=models.PROTECT)
+    amount = models.PositiveBigIntegerField(verbose_name=_("amount"))
+    currency = models.CharField(verbose_name=_("currency"), max_length=3)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("sandbox transfer")
+        verbose_name_plural = _("sandbox transfers")
 
     def __str__(self):
         return self.id
@@ -574,24 +747,41 @@ class UsageRecord(models.Model):
     durable record the monthly aggregate (billing) is computed from.
     """
 
-    channel = models.CharField(max_length=10, choices=UsageChannel.choices, default=UsageChannel.API)
-    buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="usage_records")
-    entitlement = models.ForeignKey(Entitlement, on_delete=models.PROTECT, related_name="usage_records")
-    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="usage_records")
-    file = models.ForeignKey(DataFile, on_delete=models.PROTECT, null=True, blank=True, related_name="usage_records")
-    api_key = models.ForeignKey(
-        "accounts.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="usage_records"
+    channel = models.CharField(
+        verbose_name=_("channel"), max_length=10, choices=UsageChannel.choices, default=UsageChannel.API
     )
-    rows = models.BigIntegerField(default=0)
-    bytes = models.BigIntegerField(default=0)
+    buyer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("buyer"), on_delete=models.PROTECT, related_name="usage_records"
+    )
+    entitlement = models.ForeignKey(
+        Entitlement, verbose_name=_("entitlement"), on_delete=models.PROTECT, related_name="usage_records"
+    )
+    listing = models.ForeignKey(
+        Listing, verbose_name=_("listing"), on_delete=models.PROTECT, related_name="usage_records"
+    )
+    file = models.ForeignKey(
+        DataFile, verbose_name=_("file"), on_delete=models.PROTECT, null=True, blank=True, related_name="usage_records"
+    )
+    api_key = models.ForeignKey(
+        "accounts.ApiKey",
+        verbose_name=_("api key"),
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="usage_records",
+    )
+    rows = models.BigIntegerField(verbose_name=_("rows"), default=0)
+    bytes = models.BigIntegerField(verbose_name=_("bytes"), default=0)
     # Billable units for the plan's metered unit (calls, or thousands of rows, rounded up).
-    units = models.BigIntegerField(default=0)
-    status_code = models.PositiveSmallIntegerField(default=200)
-    duration_ms = models.PositiveIntegerField(default=0)
-    ip_address = models.GenericIPAddressField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    units = models.BigIntegerField(verbose_name=_("units"), default=0)
+    status_code = models.PositiveSmallIntegerField(verbose_name=_("status code"), default=200)
+    duration_ms = models.PositiveIntegerField(verbose_name=_("duration ms"), default=0)
+    ip_address = models.GenericIPAddressField(verbose_name=_("ip address"), null=True, blank=True)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True, db_index=True)
 
     class Meta:
+        verbose_name = _("usage record")
+        verbose_name_plural = _("usage records")
         ordering = ["-created_at", "-pk"]
         indexes = [
             models.Index(fields=["entitlement", "created_at"], name="usage_entitlement_at_idx"),
@@ -605,22 +795,33 @@ class UsageRecord(models.Model):
 class UsageMonthly(models.Model):
     """Usage per entitlement and calendar month (UTC), rebuilt by a beat task from UsageRecord: the billing basis."""
 
-    entitlement = models.ForeignKey(Entitlement, on_delete=models.PROTECT, related_name="usage_months")
-    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="usage_months")
-    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="usage_months")
-    month = models.DateField(help_text="First day of the month (UTC).")
-    calls = models.BigIntegerField(default=0)
-    rows = models.BigIntegerField(default=0)
-    bytes = models.BigIntegerField(default=0)
-    units = models.BigIntegerField(default=0)
-    billable_units = models.BigIntegerField(default=0, help_text="Units beyond the plan's free allowance.")
-    amount = models.BigIntegerField(default=0, help_text="Billable units times the unit price, minor units.")
-    currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    entitlement = models.ForeignKey(
+        Entitlement, verbose_name=_("entitlement"), on_delete=models.PROTECT, related_name="usage_months"
+    )
+    listing = models.ForeignKey(
+        Listing, verbose_name=_("listing"), on_delete=models.PROTECT, related_name="usage_months"
+    )
+    merchant = models.ForeignKey(
+        Merchant, verbose_name=_("merchant"), on_delete=models.PROTECT, related_name="usage_months"
+    )
+    month = models.DateField(verbose_name=_("month"), help_text=_("First day of the month (UTC)."))
+    calls = models.BigIntegerField(verbose_name=_("calls"), default=0)
+    rows = models.BigIntegerField(verbose_name=_("rows"), default=0)
+    bytes = models.BigIntegerField(verbose_name=_("bytes"), default=0)
+    units = models.BigIntegerField(verbose_name=_("units"), default=0)
+    billable_units = models.BigIntegerField(
+        verbose_name=_("billable units"), default=0, help_text=_("Units beyond the plan's free allowance.")
+    )
+    amount = models.BigIntegerField(
+        verbose_name=_("amount"), default=0, help_text=_("Billable units times the unit price, minor units.")
+    )
+    currency = models.CharField(verbose_name=_("currency"), max_length=3, choices=CURRENCY_CHOICES, blank=True)
+    updated_at = models.DateTimeField(verbose_name=_("updated at"), auto_now=True)
 
     class Meta:
+        verbose_name = _("monthly usage")
         ordering = ["-month", "pk"]
-        verbose_name_plural = "monthly usage"
+        verbose_name_plural = _("monthly usage")
         constraints = [
             models.UniqueConstraint(fields=["entitlement", "month"], name="usage_monthly_entitlement_month_unique")
         ]
@@ -632,18 +833,22 @@ class UsageMonthly(models.Model):
 class Notification(models.Model):
     """An in-app notification (also sent by email). ``dedupe_key`` makes a re-run task notify once."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
-    kind = models.CharField(max_length=30, choices=NotificationKind.choices)
-    title = models.CharField(max_length=200)
-    body = models.TextField(blank=True)
-    url = models.CharField(max_length=300, blank=True)
-    data = models.JSONField(default=dict, blank=True)
-    dedupe_key = models.CharField(max_length=150, unique=True, null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    read_at = models.DateTimeField(null=True, blank=True)
-    emailed_at = models.DateTimeField(null=True, blank=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("user"), on_delete=models.CASCADE, related_name="notifications"
+    )
+    kind = models.CharField(verbose_name=_("kind"), max_length=30, choices=NotificationKind.choices)
+    title = models.CharField(verbose_name=_("title"), max_length=200)
+    body = models.TextField(verbose_name=_("body"), blank=True)
+    url = models.CharField(verbose_name=_("url"), max_length=300, blank=True)
+    data = models.JSONField(verbose_name=_("data"), default=dict, blank=True)
+    dedupe_key = models.CharField(verbose_name=_("dedupe key"), max_length=150, unique=True, null=True, blank=True)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
+    read_at = models.DateTimeField(verbose_name=_("read at"), null=True, blank=True)
+    emailed_at = models.DateTimeField(verbose_name=_("emailed at"), null=True, blank=True)
 
     class Meta:
+        verbose_name = _("notification")
+        verbose_name_plural = _("notifications")
         ordering = ["-created_at", "-pk"]
         indexes = [models.Index(fields=["user", "-created_at"], name="notification_user_at_idx")]
 
@@ -654,17 +859,23 @@ class Notification(models.Model):
 class WebhookEndpoint(models.Model):
     """A buyer's (or merchant's) outbound webhook: events are POSTed to ``url``, signed with ``secret``."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_endpoints")
-    url = models.URLField(max_length=500)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("user"), on_delete=models.CASCADE, related_name="webhook_endpoints"
+    )
+    url = models.URLField(verbose_name=_("url"), max_length=500)
     # Needed in clear to sign each event (HMAC-SHA256); shown to its owner once, at creation.
-    secret = models.CharField(max_length=100)
-    description = models.CharField(max_length=200, blank=True)
-    event_types = models.JSONField(default=list, blank=True, help_text="Empty: every event type.")
-    is_active = models.BooleanField(default=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    disabled_at = models.DateTimeField(null=True, blank=True)
+    secret = models.CharField(verbose_name=_("secret"), max_length=100)
+    description = models.CharField(verbose_name=_("description"), max_length=200, blank=True)
+    event_types = models.JSONField(
+        verbose_name=_("event types"), default=list, blank=True, help_text=_("Empty: every event type.")
+    )
+    is_active = models.BooleanField(verbose_name=_("is active"), default=True)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
+    disabled_at = models.DateTimeField(verbose_name=_("disabled at"), null=True, blank=True)
 
     class Meta:
+        verbose_name = _("webhook endpoint")
+        verbose_name_plural = _("webhook endpoints")
         ordering = ["-created_at", "-pk"]
 
     def __str__(self):
@@ -674,18 +885,27 @@ class WebhookEndpoint(models.Model):
 class OutboundEvent(models.Model):
     """One event to deliver to one endpoint; every attempt is recorded (OutboundAttempt)."""
 
-    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="events")
-    type = models.CharField(max_length=60)
-    payload = models.JSONField()
-    dedupe_key = models.CharField(max_length=150)
-    status = models.CharField(max_length=20, choices=OutboundEventStatus.choices, default=OutboundEventStatus.PENDING)
-    attempts = models.PositiveIntegerField(default=0)
-    next_attempt_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    delivered_at = models.DateTimeField(null=True, blank=True)
+    public_id = models.UUIDField(verbose_name=_("public id"), default=uuid.uuid4, unique=True, editable=False)
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, verbose_name=_("endpoint"), on_delete=models.CASCADE, related_name="events"
+    )
+    type = models.CharField(verbose_name=_("type"), max_length=60)
+    payload = models.JSONField(verbose_name=_("payload"))
+    dedupe_key = models.CharField(verbose_name=_("dedupe key"), max_length=150)
+    status = models.CharField(
+        verbose_name=_("status"),
+        max_length=20,
+        choices=OutboundEventStatus.choices,
+        default=OutboundEventStatus.PENDING,
+    )
+    attempts = models.PositiveIntegerField(verbose_name=_("attempts"), default=0)
+    next_attempt_at = models.DateTimeField(verbose_name=_("next attempt at"), null=True, blank=True)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
+    delivered_at = models.DateTimeField(verbose_name=_("delivered at"), null=True, blank=True)
 
     class Meta:
+        verbose_name = _("outbound event")
+        verbose_name_plural = _("outbound events")
         ordering = ["-created_at", "-pk"]
         constraints = [
             models.UniqueConstraint(fields=["endpoint", "dedupe_key"], name="outbound_event_endpoint_dedupe_unique")
@@ -697,14 +917,18 @@ class OutboundEvent(models.Model):
 
 
 class OutboundAttempt(models.Model):
-    event = models.ForeignKey(OutboundEvent, on_delete=models.CASCADE, related_name="attempt_log")
-    attempted_at = models.DateTimeField(auto_now_add=True)
-    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
-    error = models.CharField(max_length=500, blank=True)
-    response_excerpt = models.CharField(max_length=500, blank=True)
-    duration_ms = models.PositiveIntegerField(default=0)
+    event = models.ForeignKey(
+        OutboundEvent, verbose_name=_("event"), on_delete=models.CASCADE, related_name="attempt_log"
+    )
+    attempted_at = models.DateTimeField(verbose_name=_("attempted at"), auto_now_add=True)
+    status_code = models.PositiveSmallIntegerField(verbose_name=_("status code"), null=True, blank=True)
+    error = models.CharField(verbose_name=_("error"), max_length=500, blank=True)
+    response_excerpt = models.CharField(verbose_name=_("response excerpt"), max_length=500, blank=True)
+    duration_ms = models.PositiveIntegerField(verbose_name=_("duration ms"), default=0)
 
     class Meta:
+        verbose_name = _("outbound attempt")
+        verbose_name_plural = _("outbound attempts")
         ordering = ["-attempted_at", "-pk"]
 
     def __str__(self):
@@ -714,16 +938,18 @@ class OutboundAttempt(models.Model):
 class LedgerVerification(models.Model):
     """One run of ``ledger_verify`` (command, admin or beat): the chain and every balance recomputed."""
 
-    started_at = models.DateTimeField(auto_now_add=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    ok = models.BooleanField(default=False)
-    entries_checked = models.BigIntegerField(default=0)
-    first_break_sequence = models.BigIntegerField(null=True, blank=True)
-    first_break_block = models.BigIntegerField(null=True, blank=True)
-    message = models.TextField(blank=True)
-    trigger = models.CharField(max_length=20, default="command")  # command, admin, schedule
+    started_at = models.DateTimeField(verbose_name=_("started at"), auto_now_add=True)
+    finished_at = models.DateTimeField(verbose_name=_("finished at"), null=True, blank=True)
+    ok = models.BooleanField(verbose_name=_("ok"), default=False)
+    entries_checked = models.BigIntegerField(verbose_name=_("entries checked"), default=0)
+    first_break_sequence = models.BigIntegerField(verbose_name=_("first break sequence"), null=True, blank=True)
+    first_break_block = models.BigIntegerField(verbose_name=_("first break block"), null=True, blank=True)
+    message = models.TextField(verbose_name=_("message"), blank=True)
+    trigger = models.CharField(verbose_name=_("trigger"), max_length=20, default="command")  # command, admin, schedule
 
     class Meta:
+        verbose_name = _("ledger verification")
+        verbose_name_plural = _("ledger verifications")
         ordering = ["-started_at", "-pk"]
 
     def __str__(self):
@@ -747,15 +973,19 @@ class TransactionCertificate(models.Model):
     public key (sha256 of its raw bytes, hex, first 16 characters).
     """
 
-    number = models.CharField(max_length=40, unique=True)
-    order = models.OneToOneField(Order, on_delete=models.PROTECT, related_name="certificate")
-    journal_entry = models.ForeignKey(JournalEntry, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
-    document = models.TextField()
-    signature = models.CharField(max_length=120)
-    key_id = models.CharField(max_length=32)
-    issued_at = models.DateTimeField(default=timezone.now)
+    number = models.CharField(verbose_name=_("number"), max_length=40, unique=True)
+    order = models.OneToOneField(Order, verbose_name=_("order"), on_delete=models.PROTECT, related_name="certificate")
+    journal_entry = models.ForeignKey(
+        JournalEntry, verbose_name=_("journal entry"), on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    document = models.TextField(verbose_name=_("document"))
+    signature = models.CharField(verbose_name=_("signature"), max_length=120)
+    key_id = models.CharField(verbose_name=_("key id"), max_length=32)
+    issued_at = models.DateTimeField(verbose_name=_("issued at"), default=timezone.now)
 
     class Meta:
+        verbose_name = _("transaction certificate")
+        verbose_name_plural = _("transaction certificates")
         ordering = ["-issued_at", "-pk"]
 
     def __str__(self):
@@ -771,19 +1001,35 @@ class FeeRule(models.Model):
     all, settings.PLATFORM_FEE_BPS.
     """
 
-    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, null=True, blank=True, related_name="fee_rules")
+    merchant = models.ForeignKey(
+        Merchant, verbose_name=_("merchant"), on_delete=models.PROTECT, null=True, blank=True, related_name="fee_rules"
+    )
     category = models.ForeignKey(
-        "listings.Category", on_delete=models.PROTECT, null=True, blank=True, related_name="fee_rules"
+        "listings.Category",
+        verbose_name=_("category"),
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="fee_rules",
     )
-    commission_bps = models.PositiveIntegerField(help_text="Commission in basis points (100 = 1 %), 0 to 10000.")
-    valid_from = models.DateTimeField()
-    note = models.CharField(max_length=200, blank=True)
+    commission_bps = models.PositiveIntegerField(
+        verbose_name=_("commission bps"), help_text=_("Commission in basis points (100 = 1 %), 0 to 10000.")
+    )
+    valid_from = models.DateTimeField(verbose_name=_("valid from"))
+    note = models.CharField(verbose_name=_("note"), max_length=200, blank=True)
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("created by"),
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
     )
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
 
     class Meta:
+        verbose_name = _("fee rule")
+        verbose_name_plural = _("fee rules")
         ordering = ["-valid_from", "-pk"]
         constraints = [
             models.CheckConstraint(

@@ -6,6 +6,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
 
 from listings.choices import REVIEW_CHECKLIST, ListingStatus, ReviewDecision
 from listings.models import (
@@ -20,24 +21,29 @@ from listings.models import (
 )
 from listings.services import listing_approve, listing_reinstate, listing_reject, listing_suspend
 
+# The admin's own stylesheet (CSP-friendly: no inline styles in the admin templates).
+ADMIN_CSS = {"all": ("admin_ext/admin.css",)}
+
 
 class ReasonForm(forms.Form):
-    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 60}))
+    reason = forms.CharField(label=_("Reason"), widget=forms.Textarea(attrs={"rows": 3, "cols": 60}))
 
 
 class ReviewDecisionForm(forms.Form):
     """The reviewer's checklist and decision; fields follow REVIEW_CHECKLIST."""
 
     notes = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 4, "cols": 70}),
+        label=_("Notes / reason"),
+        widget=forms.Textarea(attrs={"rows": 4, "class": "review-notes"}),
         required=False,
-        help_text="Required when rejecting: the merchant sees it and can act on it.",
+        help_text=_("Required when rejecting: the merchant sees it and can act on it."),
     )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         for field, question in REVIEW_CHECKLIST.items():
-            self.fields[field] = forms.BooleanField(label=question, required=False)
+            # The questions are catalogued in listings.models (_CHECKLIST_MESSAGES).
+            self.fields[field] = forms.BooleanField(label=_(question), required=False)
 
     def checklist(self) -> dict[str, bool]:
         return {field: self.cleaned_data.get(field, False) for field in REVIEW_CHECKLIST}
@@ -57,6 +63,9 @@ class ListingReviewAdmin(admin.ModelAdmin):
     list_select_related = ("listing__merchant", "reviewer", "version")
     ordering = ("submitted_at",)
 
+    class Media:
+        css = ADMIN_CSS
+
     def has_add_permission(self, request):
         return False
 
@@ -69,24 +78,24 @@ class ListingReviewAdmin(admin.ModelAdmin):
             return redirect(f"{request.path}?decision__exact={ReviewDecision.PENDING}")
         return super().changelist_view(request, extra_context)
 
-    @admin.display(description="Listing", ordering="listing__title")
+    @admin.display(description=_("Listing"), ordering="listing__title")
     def listing_link(self, obj):
         return obj.listing.title
 
-    @admin.display(description="Merchant", ordering="listing__merchant__name")
+    @admin.display(description=_("Merchant"), ordering="listing__merchant__name")
     def merchant(self, obj):
         return obj.listing.merchant
 
-    @admin.display(description="Declared sensitivity")
+    @admin.display(description=_("Declared sensitivity"))
     def sensitivity(self, obj):
         return obj.listing.get_sensitivity_display()
 
-    @admin.display(description="PII flags found")
+    @admin.display(description=_("PII flags found"))
     def pii_summary(self, obj):
         if obj.version_id is None:
             return "—"
         flags = sorted({flag for f in obj.version.files.all() for c in f.columns for flag in c.get("pii") or []})
-        return ", ".join(flags) or "none"
+        return ", ".join(flags) or _("none")
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         review = get_object_or_404(
@@ -107,7 +116,7 @@ class ListingReviewAdmin(admin.ModelAdmin):
                         checklist=form.checklist(),
                         notes=form.cleaned_data["notes"],
                     )
-                    messages.success(request, f"Approved and published “{listing.title}”.")
+                    messages.success(request, _("Approved and published “%(title)s”.") % {"title": listing.title})
                 elif "_reject" in request.POST:
                     listing_reject(
                         listing=listing,
@@ -115,9 +124,11 @@ class ListingReviewAdmin(admin.ModelAdmin):
                         reason=form.cleaned_data["notes"],
                         checklist=form.checklist(),
                     )
-                    messages.success(request, f"Rejected “{listing.title}”; the merchant has been told why.")
+                    messages.success(
+                        request, _("Rejected “%(title)s”; the merchant has been told why.") % {"title": listing.title}
+                    )
                 else:
-                    raise ValidationError("Choose Approve or Reject.")
+                    raise ValidationError(_("Choose Approve or Reject."))
             except ValidationError as exc:
                 for message in exc.messages:
                     form.add_error(None, message)
@@ -127,7 +138,7 @@ class ListingReviewAdmin(admin.ModelAdmin):
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
-            "title": f"Review: {listing.title}",
+            "title": _("Review: %(title)s") % {"title": listing.title},
             "review": review,
             "listing": listing,
             "files": files,
@@ -184,9 +195,10 @@ def _reason_action(modeladmin, request, queryset, *, service, verb, button, acti
                 service(listing=listing, reviewer=request.user, reason=form.cleaned_data["reason"])
                 done += 1
             except (ValidationError, PermissionDenied) as exc:
-                messages.error(request, f"{listing}: {'; '.join(getattr(exc, 'messages', [str(exc)]))}")
+                text = "; ".join(getattr(exc, "messages", [str(exc)]))
+                messages.error(request, _("%(listing)s: %(error)s") % {"listing": listing, "error": text})
         if done:
-            messages.success(request, f"{verb} {done} listing(s).")
+            messages.success(request, _("%(verb)s %(count)s listing(s).") % {"verb": verb, "count": done})
         return None
     return TemplateResponse(
         request,
@@ -203,28 +215,28 @@ def _reason_action(modeladmin, request, queryset, *, service, verb, button, acti
     )
 
 
-@admin.action(description="Suspend selected listings (take out of the catalog)…")
+@admin.action(description=_("Suspend selected listings (take out of the catalog)…"))
 def suspend_listings(modeladmin, request, queryset):
     return _reason_action(
         modeladmin,
         request,
         queryset,
         service=listing_suspend,
-        verb="Suspended",
-        button="Suspend",
+        verb=_("Suspended"),
+        button=_("Suspend"),
         action_name="suspend_listings",
     )
 
 
-@admin.action(description="Reinstate selected suspended listings…")
+@admin.action(description=_("Reinstate selected suspended listings…"))
 def reinstate_listings(modeladmin, request, queryset):
     return _reason_action(
         modeladmin,
         request,
         queryset,
         service=listing_reinstate,
-        verb="Reinstated",
-        button="Reinstate",
+        verb=_("Reinstated"),
+        button=_("Reinstate"),
         action_name="reinstate_listings",
     )
 
@@ -249,13 +261,13 @@ class ListingAdmin(admin.ModelAdmin):
     list_select_related = ("merchant", "category")
     autocomplete_fields = ("tags",)
 
-    @admin.display(description="Review")
+    @admin.display(description=_("Review"))
     def review_link(self, obj):
         review = obj.reviews.filter(decision=ReviewDecision.PENDING).first()
         if review is None:
             return "—"
         url = reverse("admin:listings_listingreview_change", args=[review.pk])
-        return format_html('<a href="{}">Open review</a>', url)
+        return format_html('<a href="{}">{}</a>', url, _("Open review"))
 
 
 class DataFileInline(admin.TabularInline):
@@ -290,7 +302,7 @@ class CategoryAdmin(admin.ModelAdmin):
         published = Q(listings__status=ListingStatus.PUBLISHED)
         return super().get_queryset(request).annotate(_listings=Count("listings", filter=published))
 
-    @admin.display(description="Published listings", ordering="_listings")
+    @admin.display(description=_("Published listings"), ordering="_listings")
     def listing_count(self, obj):
         return obj._listings
 

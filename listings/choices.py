@@ -1,14 +1,15 @@
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 class ListingStatus(models.TextChoices):
-    DRAFT = "draft", "Draft"
-    SUBMITTED = "submitted", "Submitted"
-    IN_REVIEW = "in_review", "In review"
-    APPROVED = "approved", "Approved"
-    PUBLISHED = "published", "Published"
-    SUSPENDED = "suspended", "Suspended"
-    REJECTED = "rejected", "Rejected"
+    DRAFT = "draft", _("Draft")
+    SUBMITTED = "submitted", _("Submitted")
+    IN_REVIEW = "in_review", _("In review")
+    APPROVED = "approved", _("Approved")
+    PUBLISHED = "published", _("Published")
+    SUSPENDED = "suspended", _("Suspended")
+    REJECTED = "rejected", _("Rejected")
 
 
 # The one table of allowed moves (DESIGN.md §5.3).
@@ -27,6 +28,7 @@ EDITABLE_STATUSES = {ListingStatus.DRAFT, ListingStatus.REJECTED}
 
 
 class Licence(models.TextChoices):
+    # Not translated: licence names are proper names, and delivery receipts (hashed, kept as evidence) store them.
     CC_BY_4 = "CC-BY-4.0", "CC BY 4.0"
     CC_BY_SA_4 = "CC-BY-SA-4.0", "CC BY-SA 4.0"
     CC_BY_NC_4 = "CC-BY-NC-4.0", "CC BY-NC 4.0"
@@ -39,63 +41,63 @@ class Licence(models.TextChoices):
 
 
 class UpdateFrequency(models.TextChoices):
-    ONCE = "once", "One-off"
-    REALTIME = "realtime", "Real time"
-    DAILY = "daily", "Daily"
-    WEEKLY = "weekly", "Weekly"
-    MONTHLY = "monthly", "Monthly"
-    QUARTERLY = "quarterly", "Quarterly"
-    YEARLY = "yearly", "Yearly"
-    IRREGULAR = "irregular", "Irregular"
+    ONCE = "once", _("One-off")
+    REALTIME = "realtime", _("Real time")
+    DAILY = "daily", _("Daily")
+    WEEKLY = "weekly", _("Weekly")
+    MONTHLY = "monthly", _("Monthly")
+    QUARTERLY = "quarterly", _("Quarterly")
+    YEARLY = "yearly", _("Yearly")
+    IRREGULAR = "irregular", _("Irregular")
 
 
 class Sensitivity(models.TextChoices):
-    NONE = "none", "No personal data"
-    SENSITIVE = "sensitive", "Sensitive but not personal"
-    DEIDENTIFIED = "deidentified", "De-identified personal data"
-    PERSONAL = "personal", "Personal data"
+    NONE = "none", _("No personal data")
+    SENSITIVE = "sensitive", _("Sensitive but not personal")
+    DEIDENTIFIED = "deidentified", _("De-identified personal data")
+    PERSONAL = "personal", _("Personal data")
 
 
 class PlanKind(models.TextChoices):
-    FREE = "free", "Free"
-    ONE_TIME = "one_time", "One-time purchase"
-    SUBSCRIPTION = "subscription", "Subscription"
-    METERED = "metered", "Metered (pay per use)"
+    FREE = "free", _("Free")
+    ONE_TIME = "one_time", _("One-time purchase")
+    SUBSCRIPTION = "subscription", _("Subscription")
+    METERED = "metered", _("Metered (pay per use)")
 
 
 class BillingInterval(models.TextChoices):
-    MONTH = "month", "Monthly"
-    YEAR = "year", "Yearly"
+    MONTH = "month", _("Monthly")
+    YEAR = "year", _("Yearly")
 
 
 class MeteredUnit(models.TextChoices):
-    CALL = "call", "per API call"
-    THOUSAND_ROWS = "thousand_rows", "per 1,000 rows"
+    CALL = "call", _("per API call")
+    THOUSAND_ROWS = "thousand_rows", _("per 1,000 rows")
 
 
 class VersionAccess(models.TextChoices):
-    ALL = "all", "All versions"
-    WHILE_ENTITLED = "while_entitled", "Versions published while entitled"
-    LATEST = "latest", "Latest version only"
+    ALL = "all", _("All versions")
+    WHILE_ENTITLED = "while_entitled", _("Versions published while entitled")
+    LATEST = "latest", _("Latest version only")
 
 
 class FileFormat(models.TextChoices):
-    CSV = "csv", "CSV"
-    TSV = "tsv", "TSV"
-    JSONL = "jsonl", "JSON Lines"
-    PARQUET = "parquet", "Parquet"
+    CSV = "csv", _("CSV")
+    TSV = "tsv", _("TSV")
+    JSONL = "jsonl", _("JSON Lines")
+    PARQUET = "parquet", _("Parquet")
 
 
 class ProfileStatus(models.TextChoices):
-    PENDING = "pending", "Waiting for profiling"
-    DONE = "done", "Profiled"
-    FAILED = "failed", "Profiling failed"
+    PENDING = "pending", _("Waiting for profiling")
+    DONE = "done", _("Profiled")
+    FAILED = "failed", _("Profiling failed")
 
 
 class ReviewDecision(models.TextChoices):
-    PENDING = "pending", "Pending"
-    APPROVED = "approved", "Approved"
-    REJECTED = "rejected", "Rejected"
+    PENDING = "pending", _("Pending")
+    APPROVED = "approved", _("Approved")
+    REJECTED = "rejected", _("Rejected")
 
 
 # The compliance checklist a reviewer completes before approving (the

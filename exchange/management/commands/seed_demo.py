@@ -22,7 +22,7 @@ from listings.services import (
     pricing_plan_set,
     version_upload,
 )
-from merchants.services import merchant_create
+from merchants.services import merchant_create, merchant_verify
 
 DEMO_PASSWORD = "exchange-demo"
 REVIEWER = "reviewer@demo.exchange"
@@ -142,6 +142,7 @@ class Command(BaseCommand):
             if user.merchant_memberships.exists():
                 continue
             merchant = merchant_create(user=user, name=spec["name"])
+            merchant = merchant_verify(merchant=merchant, actor=reviewer, note="Demo merchant: registration checked.")
             for product in spec["products"]:
                 product = dict(product)
                 csv_text, price = product.pop("csv"), product.pop("price")
