@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.utils.translation import gettext
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
@@ -50,5 +51,9 @@ def api_key_revoke_view(request, prefix):
         key = api_key_revoke(user=request.user, prefix=prefix)
     except ApiKey.DoesNotExist:
         raise Http404("No such API key.") from None
-    messages.success(request, f"The key {key.name} ({key.prefix}…) is revoked; it no longer works.")
+    messages.success(
+        request,
+        gettext("The key %(name)s (%(prefix)s…) is revoked; it no longer works.")
+        % {"name": key.name, "prefix": key.prefix},
+    )
     return redirect("accounts:api_keys")

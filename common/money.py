@@ -39,8 +39,9 @@ def to_minor(amount: str | Decimal, currency: str) -> int:
 def format_minor(amount: int, currency: str) -> str:
     """Human form of a minor-unit amount: ``format_minor(1250, "CNY") == "¥12.50 CNY"``."""
     exponent = CURRENCY_EXPONENT.get(currency, 2)
-    major = Decimal(amount).scaleb(-exponent).quantize(Decimal(1).scaleb(-exponent))
-    return f"{CURRENCY_SYMBOL.get(currency, '')}{major:,} {currency}"
+    major = Decimal(abs(amount)).scaleb(-exponent).quantize(Decimal(1).scaleb(-exponent))
+    sign = "-" if amount < 0 else ""  # the sign before the symbol: "-¥11.11 CNY"
+    return f"{sign}{CURRENCY_SYMBOL.get(currency, '')}{major:,} {currency}"
 
 
 def share_of(amount: int, part: int, whole: int) -> int:

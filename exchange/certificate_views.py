@@ -10,6 +10,7 @@ from django import forms
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.http import content_disposition_header
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_http_methods
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers
@@ -39,9 +40,9 @@ class VerifyForm(forms.Form):
     bundle = forms.CharField(
         required=False,
         widget=forms.Textarea(attrs={"rows": 10, "placeholder": '{"document": "…", "signature": "…", "key_id": "…"}'}),
-        label="Certificate bundle (JSON)",
+        label=_("Certificate bundle (JSON)"),
     )
-    upload = forms.FileField(required=False, label="…or upload the bundle file")
+    upload = forms.FileField(required=False, label=_("…or upload the bundle file"))
 
     def clean(self):
         cleaned = super().clean()
@@ -49,7 +50,8 @@ class VerifyForm(forms.Form):
         if upload is not None:
             if upload.size > MAX_BUNDLE_BYTES:
                 raise forms.ValidationError(
-                    f"The file is {upload.size} bytes; certificate bundles are at most {MAX_BUNDLE_BYTES} bytes."
+                    _("The file is %(size)s bytes; certificate bundles are at most %(limit)s bytes."),
+                    params={"size": upload.size, "limit": MAX_BUNDLE_BYTES},
                 )
             cleaned["raw"] = upload.read()
         else:

@@ -1,6 +1,15 @@
 """Response headers the exchange adds to every answer (issue 9)."""
 
+import functools
+
 from django.conf import settings
+
+
+def _policy_header() -> str:
+    """The header the policy goes in: report-only (``settings.CSP_REPORT_ONLY``) or enforced."""
+    if getattr(settings, "CSP_REPORT_ONLY", False):
+        return "Content-Security-Policy-Report-Only"
+    return "Content-Security-Policy"
 
 
 class ContentSecurityPolicyMiddleware:
@@ -18,11 +27,38 @@ class ContentSecurityPolicyMiddleware:
         response = self.get_response(request)
         policy = getattr(settings, "CSP_POLICY", "")
         if policy:
-            header = (
-                "Content-Security-Policy-Report-Only"
-                if getattr(settings, "CSP_REPORT_ONLY", False)
-                else "Content-Security-Policy"
-            )
+            header = _policy_header()
             if "Content-Security-Policy" not in response.headers and header not in response.headers:
                 response.headers[header] = policy
         return response
+
+
+def _with_inline_styles(policy: str) -> str:
+    """``policy`` with ``'unsafe-inline'`` added to its style-src (a style-src is added when it has none)."""
+    directives = [part.strip() for part in policy.split(";") if part.strip()]
+    for i, directive in enumerate(directives):
+        name, _, sources = directive.partition(" ")
+        if name.lower() == "style-src":
+            if "'unsafe-inline'" not in sources.split():
+                directives[i] = f"{directive} 'unsafe-inline'"
+            break
+    else:
+        directives.append("style-src 'self' 'unsafe-inline'")
+    return "; ".join(directives)
+
+
+def inline_styles_allowed(view):
+    """Let one view's page use inline styles (Swagger UI and Redoc inject them); the rest of the policy stays.
+
+    The middleware keeps a policy the view has set, so only the decorated pages carry the relaxed one.
+    """
+
+    @functools.wraps(view)
+    def wrapped(request, *args, **kwargs):
+        response = view(request, *args, **kwargs)
+        policy = getattr(settings, "CSP_POLICY", "")
+        if policy:
+            response.headers[_policy_header()] = _with_inline_styles(policy)
+        return response
+
+    return wrapped

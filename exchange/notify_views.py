@@ -8,6 +8,8 @@ from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
 from exchange.choices import NotificationKind
@@ -33,13 +35,14 @@ _SECRET_SESSION_KEY = "webhook_secret_reveal"
 
 class WebhookEndpointForm(forms.Form):
     # Scheme, address and limit rules live in the service (webhook_endpoint_create), which says what is wrong.
-    url = forms.CharField(label="URL", max_length=500, widget=forms.URLInput(attrs={"placeholder": "https://"}))
-    description = forms.CharField(max_length=200, required=False)
+    url = forms.CharField(label=_("URL"), max_length=500, widget=forms.URLInput(attrs={"placeholder": "https://"}))
+    description = forms.CharField(label=_("Description"), max_length=200, required=False)
     event_types = forms.MultipleChoiceField(
         choices=NotificationKind.choices,
         required=False,
         widget=forms.CheckboxSelectMultiple,
-        help_text="None ticked: every event type.",
+        label=_("Event types"),
+        help_text=_("None ticked: every event type."),
     )
 
 
@@ -68,7 +71,7 @@ def notification_read(request, pk):
 @require_POST
 def notifications_read_all(request):
     count = notifications_mark_all_read(user=request.user)
-    messages.success(request, f"Marked {count} notification(s) read.")
+    messages.success(request, gettext("Marked %(count)s notification(s) read.") % {"count": count})
     return redirect("notify:notifications")
 
 
@@ -93,7 +96,9 @@ def webhook_create(request):
             form.add_error(None, exc)
         else:
             request.session[_SECRET_SESSION_KEY] = {"pk": endpoint.pk, "secret": endpoint.secret}
-            messages.success(request, "Webhook endpoint added. Copy its signing secret now: it is shown only once.")
+            messages.success(
+                request, gettext("Webhook endpoint added. Copy its signing secret now: it is shown only once.")
+            )
             return redirect("notify:webhook_detail", pk=endpoint.pk)
     return _webhooks_page(request, form, status=400)
 
@@ -117,23 +122,23 @@ def webhook_detail(request, pk):
 
 def _disable(request, endpoint):
     webhook_endpoint_set_active(endpoint=endpoint, active=False)
-    messages.success(request, "Endpoint disabled: events wait until you enable it again.")
+    messages.success(request, gettext("Endpoint disabled: events wait until you enable it again."))
 
 
 def _enable(request, endpoint):
     webhook_endpoint_set_active(endpoint=endpoint, active=True)
-    messages.success(request, "Endpoint enabled: waiting events are being sent.")
+    messages.success(request, gettext("Endpoint enabled: waiting events are being sent."))
 
 
 def _rotate(request, endpoint):
     endpoint = webhook_endpoint_rotate_secret(endpoint=endpoint)
     request.session[_SECRET_SESSION_KEY] = {"pk": endpoint.pk, "secret": endpoint.secret}
-    messages.success(request, "New signing secret made; the old one no longer signs events. Copy it now.")
+    messages.success(request, gettext("New signing secret made; the old one no longer signs events. Copy it now."))
 
 
 def _send_test(request, endpoint):
     webhook_endpoint_send_test(endpoint=endpoint)
-    messages.success(request, "Test event queued; its attempt appears below.")
+    messages.success(request, gettext("Test event queued; its attempt appears below."))
 
 
 _ACTIONS = {"disable": _disable, "enable": _enable, "rotate-secret": _rotate, "send-test": _send_test}
@@ -145,7 +150,7 @@ def webhook_action(request, pk, action):
     endpoint = _own_endpoint(request, pk)
     if action == "delete":
         webhook_endpoint_delete(endpoint=endpoint)
-        messages.success(request, f"Endpoint {endpoint.url} deleted.")
+        messages.success(request, gettext("Endpoint %(url)s deleted.") % {"url": endpoint.url})
         return redirect("notify:webhooks")
     handler = _ACTIONS.get(action)
     if handler is None:

@@ -61,6 +61,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_beat",
+    "django_htmx",
+    "template_partials",
     "accounts",
     "merchants",
     "listings",
@@ -74,12 +76,15 @@ MIDDLEWARE = [
     "exchange.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "exchange.timezones.TimezoneMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
     "audit.middleware.RequestContextMiddleware",
     "axes.middleware.AxesMiddleware",
 ]
@@ -96,6 +101,7 @@ TEMPLATES = [
         "OPTIONS": {
             "context_processors": [
                 "django.template.context_processors.request",
+                "django.template.context_processors.i18n",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "merchants.context_processors.current_merchant",
@@ -269,6 +275,11 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Data Exchange <no-reply@exch
 
 # --- i18n -----------------------------------------------------------------
 LANGUAGE_CODE = "en"
+# The web pages speak English and Simplified Chinese; LocaleMiddleware picks one from the language cookie set by
+# /i18n/setlang/ (exchange/i18n.py) or from Accept-Language. Messages of templates/ live in locale/, an app's in
+# <app>/locale/. exchange.timezones.TimezoneMiddleware shows times in the zone of the browser's `tz` cookie.
+LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
@@ -289,6 +300,8 @@ _LOCAL_STORAGE = {
 
 
 def _s3_storage() -> dict:
+    from botocore.config import Config
+
     bucket = env_str("AWS_STORAGE_BUCKET_NAME")
     if not bucket:
         raise ImproperlyConfigured("STORAGE_BACKEND=s3 needs AWS_STORAGE_BUCKET_NAME")
@@ -305,6 +318,14 @@ def _s3_storage() -> dict:
         "region_name": env_str("AWS_S3_REGION_NAME") or None,
         # Presigned download URLs use SigV4 (X-Amz-Expires); every region accepts it, new ones only it.
         "signature_version": "s3v4",
+        # botocore waits 60 s to connect and 60 s per read by default, and retries. client_config replaces the
+        # Config django-storages builds, so the signature version is repeated here. (/healthz uses 2 s, no retry.)
+        "client_config": Config(
+            signature_version="s3v4",
+            connect_timeout=env_int("S3_CONNECT_TIMEOUT", 5, minimum=1),
+            read_timeout=env_int("S3_READ_TIMEOUT", 30, minimum=1),
+            retries={"max_attempts": env_int("S3_MAX_RETRIES", 3, minimum=0), "mode": "standard"},
+        ),
     }
     if access_key:  # otherwise boto3's own chain (instance role, ~/.aws) supplies credentials
         options.update(access_key=access_key, secret_key=secret_key)
@@ -324,6 +345,8 @@ STORAGES = {
 
 # --- the exchange ---------------------------------------------------------
 UPLOAD_MAX_BYTES = env_int("UPLOAD_MAX_BYTES", 100 * 1024 * 1024, minimum=1)
+# The most one merchant may keep stored: the data files of every version of all its products (default 5 GiB).
+MERCHANT_STORAGE_QUOTA_BYTES = env_int("MERCHANT_STORAGE_QUOTA_BYTES", 5 * 1024**3, minimum=1)
 PROFILE_SAMPLE_ROWS = env_int("PROFILE_SAMPLE_ROWS", 10, minimum=0, maximum=1000)
 # Let Django spill uploads to a temporary file early, so a large upload never
 # sits in memory; the service streams from it to storage.

@@ -21,14 +21,15 @@ from exchange.env import env_str as _env_str
 _DEPLOY_ENV = _env_choice("DJANGO_ENV", "development", {"development", "test", "production"})
 _PRODUCTION = _DEPLOY_ENV == "production"
 
-# The pages need no inline script (the one script is static/js/upload.js), but several templates carry
-# inline style attributes and <style> blocks (certificates, the admin review page, redoc): styles stay
-# 'unsafe-inline' until those move into static/css/exchange.css, after which style-src 'self' tightens it.
+# Strict: scripts and stylesheets only from the site itself, no inline <script>/<style> or style="" attributes, no
+# eval. The pages load htmx (django-htmx's static copy, configured by base.html's htmx-config meta tag not to inject
+# its indicator styles nor evaluate code), static/js/*.js, Pico CSS (static/vendor/pico) and static/css/*.css.
+# Setting element.style from a script (CSSOM) stays allowed. The icons Pico draws are data: SVGs (img-src data:).
 # Swagger UI and redoc (drf-spectacular's sidecar) load from /static/ and redoc runs a blob: worker.
 DEFAULT_CSP = (
     "default-src 'self'; "
     "script-src 'self'; "
-    "style-src 'self' 'unsafe-inline'; "
+    "style-src 'self'; "
     "img-src 'self' data:; "
     "font-src 'self' data:; "
     "connect-src 'self'; "
@@ -38,6 +39,8 @@ DEFAULT_CSP = (
     "form-action 'self'; "
     "frame-ancestors 'none'"
 )
+# Swagger UI and Redoc (the API docs, drf-spectacular's sidecar) inject inline styles (Redoc fails to render
+# without them): only their two pages add 'unsafe-inline' to style-src (exchange.middleware.inline_styles_allowed).
 # The policy, whole (CSP overrides it); an empty CSP switches the header off.
 CSP_POLICY = _env_str("CSP", DEFAULT_CSP).strip()
 # Report-only outside production unless told otherwise: the browser reports violations but blocks nothing.

@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from exchange import views
+from exchange.middleware import inline_styles_allowed
 from listings.api import views as catalog_api_views
 
 exchange_patterns = (
@@ -30,11 +31,15 @@ admin.site.site_title = "Data Exchange admin"
 urlpatterns = [
     path("", include("exchange.health_urls")),
     path("admin/", admin.site.urls),
+    path("i18n/", include("exchange.i18n")),
     path("accounts/", include("allauth.urls")),
     path("merchants/", include("merchants.urls")),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="api_schema"),
-    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api_schema"), name="api_docs"),
-    path("api/redoc/", SpectacularRedocView.as_view(url_name="api_schema"), name="api_redoc"),
+    # Swagger UI and Redoc inject inline styles: only their two pages allow them (exchange.middleware).
+    path(
+        "api/docs/", inline_styles_allowed(SpectacularSwaggerSplitView.as_view(url_name="api_schema")), name="api_docs"
+    ),
+    path("api/redoc/", inline_styles_allowed(SpectacularRedocView.as_view(url_name="api_schema")), name="api_redoc"),
     path("api/v1/", include("exchange.api.urls")),
     path("api/v1/merchant/", include("listings.api.merchant_urls")),
     path("api/v1/merchant/", include("exchange.api.merchant_urls")),

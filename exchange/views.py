@@ -5,6 +5,7 @@ from django.core.exceptions import ValidationError
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import content_disposition_header
+from django.utils.translation import gettext
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -39,13 +40,13 @@ def order_buy(request, slug):
     listing = listing_visible(slug=slug, user=request.user)
     form = BuyForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "The purchase form was incomplete; please try again.")
+        messages.error(request, gettext("The purchase form was incomplete; please try again."))
         return redirect("listings:detail", slug=slug)
     plan = None
     if form.cleaned_data.get("plan"):
         plan = listing.plans.filter(pk=form.cleaned_data["plan"]).first()
         if plan is None:
-            messages.error(request, "That pricing plan is not available for this data product.")
+            messages.error(request, gettext("That pricing plan is not available for this data product."))
             return redirect("listings:detail", slug=slug)
     try:
         # One form token per page; each plan's button makes its own purchase, a double click the same one.
@@ -57,7 +58,10 @@ def order_buy(request, slug):
             messages.error(request, message)
         return redirect("listings:detail", slug=slug)
     except GatewayError as exc:
-        messages.error(request, f"The payment provider could not start the checkout: {exc}. Please try again.")
+        messages.error(
+            request,
+            gettext("The payment provider could not start the checkout: %(error)s. Please try again.") % {"error": exc},
+        )
         return redirect("listings:detail", slug=slug)
     return redirect(url)
 
@@ -154,13 +158,15 @@ def sandbox_checkout(request, session_id):
     if request.method == "POST" and session.status == SandboxSessionStatus.OPEN:
         decision = request.POST.get("decision")
         if decision not in ("approve", "decline", "approve_later"):
-            messages.error(request, "Choose approve or decline.")
+            messages.error(request, gettext("Choose approve or decline."))
             return redirect(request.path)
         if decision == "approve_later":
             # The provider answers later, like a bank transfer clearing: a task notifies the app.
             sandbox_checkout_resolve.apply_async((session.pk, True), countdown=settings.SANDBOX_DELAY_SECONDS)
             messages.info(
-                request, f"The sandbox will confirm this payment in {settings.SANDBOX_DELAY_SECONDS} seconds."
+                request,
+                gettext("The sandbox will confirm this payment in %(seconds)s seconds.")
+                % {"seconds": settings.SANDBOX_DELAY_SECONDS},
             )
             return redirect(session.success_url)
         approve = decision == "approve"
@@ -183,10 +189,10 @@ def order_action(request, public_id, action):
     try:
         if action == "confirm":
             order_confirm_receipt(order=order, actor=request.user)
-            messages.success(request, "Thank you: receipt confirmed, the payment is released to the merchant.")
+            messages.success(request, gettext("Thank you: receipt confirmed, the payment is released to the merchant."))
         elif action == "cancel":
             order_cancel(order=order, actor=request.user)
-            messages.success(request, "Order cancelled; nothing was charged.")
+            messages.success(request, gettext("Order cancelled; nothing was charged."))
         else:
             raise Http404("No such action.")
     except ValidationError as exc:
@@ -207,7 +213,9 @@ def access_request_new(request, slug):
             for message in exc.messages:
                 messages.error(request, message)
         else:
-            messages.success(request, "Request sent. The merchant will answer within a few days; you will see it here.")
+            messages.success(
+                request, gettext("Request sent. The merchant will answer within a few days; you will see it here.")
+            )
     else:
         for errors in form.errors.values():
             for message in errors:
@@ -234,7 +242,7 @@ def access_requests(request):
             for message in exc.messages:
                 messages.error(request, message)
         else:
-            messages.success(request, "Decision saved; the buyer can see it.")
+            messages.success(request, gettext("Decision saved; the buyer can see it."))
         return redirect("exchange:access_requests")
     items = AccessRequest.objects.filter(listing__merchant=merchant).select_related("listing", "buyer")[:200]
     return render(request, "exchange/access_requests.html", {"merchant": merchant, "items": items})
@@ -249,7 +257,7 @@ def connect_onboarding(request):
     gateway = get_gateway()
     if request.method == "POST":
         if gateway.name != "stripe":
-            messages.info(request, "The sandbox pays merchants without an account; nothing to connect.")
+            messages.info(request, gettext("The sandbox pays merchants without an account; nothing to connect."))
             return redirect("exchange:connect")
         try:
             url = merchant_connect_start(merchant=merchant, actor=request.user)
@@ -265,6 +273,9 @@ def sales(request):
     merchant = merchant_for_user(user=request.user)
     if merchant is None:
         raise Http404("You are not a merchant.")
+    from exchange.sales_charts import sales_charts_for_request  # local: keeps this change out of the shared imports
+
+    charts = sales_charts_for_request(merchant=merchant, params=request.GET)  # a bad ?days= is a 400 with its message
     return render(
         request,
         "exchange/sales.html",
@@ -272,5 +283,7 @@ def sales(request):
             "merchant": merchant,
             "orders": merchant_sales(merchant=merchant)[:100],
             "payouts": merchant_payouts(merchant=merchant)[:100],
+            "charts": charts,
         },
+        status=charts.status_code,
     )

@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 import django_filters
 from django import forms
 from django.db.models import Exists, Model, OuterRef, QuerySet
+from django.utils.translation import gettext_lazy as _
 from django_filters.constants import EMPTY_VALUES
 
 from listings.choices import FileFormat, Licence, PlanKind, UpdateFrequency
@@ -93,15 +94,23 @@ class CatalogFilterForm(forms.Form):
 
 
 class ListingFilter(django_filters.FilterSet):
-    q = django_filters.CharFilter(method="filter_passthrough", max_length=QUERY_MAX_LENGTH, label="Search", strip=True)
-    category = django_filters.ModelChoiceFilter(queryset=Category.objects.all(), to_field_name="slug", label="Category")
-    price_type = django_filters.ChoiceFilter(choices=PlanKind.choices, method="filter_price_type", label="Price type")
-    licence = django_filters.ChoiceFilter(choices=Licence.choices, label="Licence")
-    format = django_filters.ChoiceFilter(field_name="primary_format", choices=FileFormat.choices, label="Format")
-    merchant = django_filters.ModelChoiceFilter(queryset=Merchant.objects.all(), to_field_name="slug", label="Merchant")
-    update_frequency = django_filters.ChoiceFilter(choices=UpdateFrequency.choices, label="Update frequency")
-    sort = django_filters.ChoiceFilter(choices=SORT_CHOICES, method="filter_passthrough", label="Sort by")
-    cursor = django_filters.CharFilter(method="filter_passthrough", max_length=40, label="Cursor")
+    q = django_filters.CharFilter(
+        method="filter_passthrough", max_length=QUERY_MAX_LENGTH, label=_("Search"), strip=True
+    )
+    category = django_filters.ModelChoiceFilter(
+        queryset=Category.objects.all(), to_field_name="slug", label=_("Category")
+    )
+    price_type = django_filters.ChoiceFilter(
+        choices=PlanKind.choices, method="filter_price_type", label=_("Price type")
+    )
+    licence = django_filters.ChoiceFilter(choices=Licence.choices, label=_("Licence"))
+    format = django_filters.ChoiceFilter(field_name="primary_format", choices=FileFormat.choices, label=_("Format"))
+    merchant = django_filters.ModelChoiceFilter(
+        queryset=Merchant.objects.all(), to_field_name="slug", label=_("Merchant")
+    )
+    update_frequency = django_filters.ChoiceFilter(choices=UpdateFrequency.choices, label=_("Update frequency"))
+    sort = django_filters.ChoiceFilter(choices=SORT_CHOICES, method="filter_passthrough", label=_("Sort by"))
+    cursor = django_filters.CharFilter(method="filter_passthrough", max_length=40, label=_("Cursor"))
 
     class Meta:
         model = Listing

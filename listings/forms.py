@@ -2,6 +2,7 @@ import re
 
 from django import forms
 from django.conf import settings
+from django.utils.translation import gettext_lazy as _
 
 from common.money import CURRENCY_CHOICES, MoneyError, to_minor
 from listings.choices import (
@@ -28,38 +29,59 @@ class DateInput(forms.DateInput):
 class ListingForm(forms.Form):
     """A data product's descriptive fields; the services validate the rules, this parses the input."""
 
-    title = forms.CharField(max_length=200)
-    summary = forms.CharField(max_length=300, required=False, help_text="One sentence shown in the catalog.")
+    title = forms.CharField(label=_("Title"), max_length=200)
+    summary = forms.CharField(
+        label=_("Summary"), max_length=300, required=False, help_text=_("One sentence shown in the catalog.")
+    )
     description = forms.CharField(
+        label=_("Description"),
         widget=forms.Textarea(attrs={"rows": 10}),
         required=False,
-        help_text="Markdown: headings, lists, tables, links and code blocks. HTML is removed.",
+        help_text=_("Markdown: headings, lists, tables, links and code blocks. HTML is removed."),
     )
     category = forms.ModelChoiceField(
-        queryset=Category.objects.all(), required=False, empty_label="— choose a category —"
+        label=_("Category"),
+        queryset=Category.objects.all(),
+        required=False,
+        empty_label=_("— choose a category —"),
     )
     tags = forms.CharField(
-        max_length=600, required=False, help_text="Up to 10 keywords, separated by commas (e.g. traffic, guiyang)."
+        label=_("Tags"),
+        max_length=600,
+        required=False,
+        help_text=_("Up to 10 keywords, separated by commas (e.g. traffic, guiyang)."),
     )
-    licence = forms.ChoiceField(choices=Licence.choices, initial=Licence.CC_BY_4)
+    licence = forms.ChoiceField(label=_("Licence"), choices=Licence.choices, initial=Licence.CC_BY_4)
     licence_terms = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 4}), required=False, help_text="Required for a custom licence."
+        label=_("Licence terms"),
+        widget=forms.Textarea(attrs={"rows": 4}),
+        required=False,
+        help_text=_("Required for a custom licence."),
     )
-    update_frequency = forms.ChoiceField(choices=UpdateFrequency.choices, initial=UpdateFrequency.ONCE)
-    temporal_start = forms.DateField(required=False, widget=DateInput, label="Period covered: from")
-    temporal_end = forms.DateField(required=False, widget=DateInput, label="Period covered: to")
-    geographic_coverage = forms.CharField(max_length=200, required=False, help_text="e.g. Guizhou province, China")
+    update_frequency = forms.ChoiceField(
+        label=_("Update frequency"), choices=UpdateFrequency.choices, initial=UpdateFrequency.ONCE
+    )
+    temporal_start = forms.DateField(required=False, widget=DateInput, label=_("Period covered: from"))
+    temporal_end = forms.DateField(required=False, widget=DateInput, label=_("Period covered: to"))
+    geographic_coverage = forms.CharField(
+        label=_("Geographic coverage"),
+        max_length=200,
+        required=False,
+        help_text=_("e.g. Guizhou province, China"),
+    )
     use_scenarios = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 4}),
         required=False,
-        label="Allowed use scenarios",
-        help_text="One per line.",
+        label=_("Allowed use scenarios"),
+        help_text=_("One per line."),
     )
-    sensitivity = forms.ChoiceField(choices=Sensitivity.choices, initial=Sensitivity.NONE, widget=forms.RadioSelect)
+    sensitivity = forms.ChoiceField(
+        label=_("Sensitivity"), choices=Sensitivity.choices, initial=Sensitivity.NONE, widget=forms.RadioSelect
+    )
     requires_access_request = forms.BooleanField(
         required=False,
-        label="Buyers must request access first",
-        help_text="Buyers state their organisation and use scenario; you approve each one before they can buy.",
+        label=_("Buyers must request access first"),
+        help_text=_("Buyers state their organisation and use scenario; you approve each one before they can buy."),
     )
 
     def clean_tags(self) -> list[str]:
@@ -78,14 +100,15 @@ ListingCreateForm = ListingForm
 
 class VersionUploadForm(forms.Form):
     file = forms.FileField(
-        help_text="CSV or TSV (UTF-8 or GB18030), JSON Lines, or Parquet. Profiled automatically after upload."
+        label=_("File"),
+        help_text=_("CSV or TSV (UTF-8 or GB18030), JSON Lines, or Parquet. Profiled automatically after upload."),
     )
-    changelog = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    changelog = forms.CharField(label=_("Changelog"), widget=forms.Textarea(attrs={"rows": 2}), required=False)
 
 
 class PriceForm(forms.Form):
-    price = forms.CharField(max_length=20, help_text="One-time price in major units, e.g. 99.00")
-    currency = forms.ChoiceField(choices=CURRENCY_CHOICES, initial=settings.DEFAULT_CURRENCY)
+    price = forms.CharField(label=_("Price"), max_length=20, help_text=_("One-time price in major units, e.g. 99.00"))
+    currency = forms.ChoiceField(label=_("Currency"), choices=CURRENCY_CHOICES, initial=settings.DEFAULT_CURRENCY)
 
     def clean(self):
         data = super().clean()
@@ -96,7 +119,7 @@ class PriceForm(forms.Form):
                 self.add_error("price", str(exc))
             else:
                 if data["amount"] <= 0:
-                    self.add_error("price", "A one-time price must be greater than zero.")
+                    self.add_error("price", _("A one-time price must be greater than zero."))
         return data
 
 
@@ -116,16 +139,20 @@ class PlanForm(forms.Form):
     The kind is chosen by the caller (the view reads it from the unprefixed ``kind`` field).
     """
 
-    name = forms.CharField(max_length=80, required=False, help_text="Optional, e.g. “Research licence”.")
-    price = forms.CharField(max_length=20, help_text="In major units, e.g. 99.00")
-    currency = forms.ChoiceField(choices=CURRENCY_CHOICES, initial=settings.DEFAULT_CURRENCY)
-    interval = forms.ChoiceField(choices=BillingInterval.choices, label="Billed")
-    metered_unit = forms.ChoiceField(choices=MeteredUnit.choices, label="Price")
-    free_units_per_month = forms.IntegerField(min_value=0, initial=0, label="Free units per month")
-    monthly_cap_units = forms.IntegerField(
-        min_value=1, required=False, label="Monthly cap (units)", help_text="Leave empty for no cap."
+    name = forms.CharField(
+        label=_("Name"), max_length=80, required=False, help_text=_("Optional, e.g. “Research licence”.")
     )
-    version_access = forms.ChoiceField(choices=VersionAccess.choices, initial=VersionAccess.ALL)
+    price = forms.CharField(label=_("Price"), max_length=20, help_text=_("In major units, e.g. 99.00"))
+    currency = forms.ChoiceField(label=_("Currency"), choices=CURRENCY_CHOICES, initial=settings.DEFAULT_CURRENCY)
+    interval = forms.ChoiceField(choices=BillingInterval.choices, label=_("Billed"))
+    metered_unit = forms.ChoiceField(choices=MeteredUnit.choices, label=_("Price"))
+    free_units_per_month = forms.IntegerField(min_value=0, initial=0, label=_("Free units per month"))
+    monthly_cap_units = forms.IntegerField(
+        min_value=1, required=False, label=_("Monthly cap (units)"), help_text=_("Leave empty for no cap.")
+    )
+    version_access = forms.ChoiceField(
+        label=_("Version access"), choices=VersionAccess.choices, initial=VersionAccess.ALL
+    )
 
     def __init__(self, *args, kind: str, **kwargs):
         kwargs.setdefault("prefix", f"plan-{kind}")
@@ -136,10 +163,10 @@ class PlanForm(forms.Form):
             if name not in wanted:
                 del self.fields[name]
         if kind == PlanKind.METERED:
-            self.fields["price"].label = "Price per unit"
-            self.fields["price"].help_text = "In major units, e.g. 0.05"
+            self.fields["price"].label = _("Price per unit")
+            self.fields["price"].help_text = _("In major units, e.g. 0.05")
         elif kind == PlanKind.SUBSCRIPTION:
-            self.fields["price"].label = "Price per interval"
+            self.fields["price"].label = _("Price per interval")
 
     @property
     def title(self) -> str:
@@ -188,7 +215,7 @@ class DataDictionaryForm(forms.Form):
                 max_length=MAX_DICTIONARY_ENTRY_LENGTH,
                 initial=dictionary.get(name, ""),
                 help_text=column.get("type", ""),
-                widget=forms.TextInput(attrs={"placeholder": "What this column means, its unit, its source"}),
+                widget=forms.TextInput(attrs={"placeholder": _("What this column means, its unit, its source")}),
             )
 
     def descriptions(self) -> dict[str, str]:

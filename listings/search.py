@@ -424,13 +424,19 @@ def _card_from_json(text: str, related: dict) -> Listing:
     for name in _DATETIME_COLUMNS:
         if fields[name]:
             fields[name] = datetime.fromisoformat(fields[name])
-    merchant_slug, merchant_name, category_slug, category_name = values[len(_CARD_COLUMNS) :]
+    merchant_slug, merchant_name, merchant_verification, category_slug, category_name = values[len(_CARD_COLUMNS) :]
     listing = _from_db(Listing, fields)
     # One instance per merchant and category on the page (``related`` caches them across cards).
     merchant_key, category_key = ("m", fields["merchant_id"]), ("c", fields["category_id"])
     if merchant_key not in related:
         related[merchant_key] = _from_db(
-            Merchant, {"id": fields["merchant_id"], "slug": merchant_slug, "name": merchant_name}
+            Merchant,
+            {
+                "id": fields["merchant_id"],
+                "slug": merchant_slug,
+                "name": merchant_name,
+                "verification_status": merchant_verification,
+            },
         )
     if category_key not in related:
         related[category_key] = (
@@ -444,7 +450,7 @@ def _card_from_json(text: str, related: dict) -> Listing:
 
 
 # A card as a plain dict (``catalog_query(cards=True)``, the API's path): the card columns, plus these.
-CARD_RELATED_KEYS = ("merchant_slug", "merchant_name", "category_slug", "category_name")
+CARD_RELATED_KEYS = ("merchant_slug", "merchant_name", "merchant_verification_status", "category_slug", "category_name")
 
 
 _CARD_DICT_KEYS = (*_CARD_COLUMNS, *CARD_RELATED_KEYS)  # the JSON array's items
@@ -468,6 +474,7 @@ def _card_dict_from_listing(listing: Listing) -> dict:
     card.update(
         merchant_slug=merchant.slug,
         merchant_name=merchant.name,
+        merchant_verification_status=merchant.verification_status,
         category_slug=category.slug if category else None,
         category_name=category.name if category else None,
         price_types=listing.price_types,
@@ -690,7 +697,8 @@ def _ranked_page_sql() -> str:
     listing, merchant, category = Listing._meta.db_table, Merchant._meta.db_table, Category._meta.db_table
     card_columns = ", ".join(f"l.{name}" for name in _CARD_COLUMNS)
     return (
-        f" UNION ALL SELECT 'page', '', CAST(json_build_array({card_columns}, m.slug, m.name, x.slug, x.name)"
+        f" UNION ALL SELECT 'page', '', CAST(json_build_array({card_columns}, m.slug, m.name,"
+        " m.verification_status, x.slug, x.name)"
         " AS TEXT), p.n"
         f" FROM (SELECT c.id, ROW_NUMBER() OVER (ORDER BY {_RANK_ORDER}) AS n FROM (SELECT c.id, c.rank,"
         f" c.published_at FROM c ORDER BY {_RANK_ORDER} LIMIT %s OFFSET %s) c) p JOIN {listing} l ON l.id = p.id"

@@ -1,12 +1,18 @@
 import uuid
+from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.cache import patch_vary_headers
+from django.utils.translation import gettext
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST
+from django_htmx.http import push_url
 
 from listings.choices import EDITABLE_STATUSES, ListingStatus, PlanKind
 from listings.filters import ListingFilter
@@ -33,26 +39,44 @@ from listings.services import (
     version_upload,
 )
 from listings.services.products import DICTIONARY_EDITABLE_STATUSES, listing_submission_problems
+from listings.upload_handlers import install_upload_limits, upload_limits
+from listings.uploads import merchant_storage_used
 from merchants.models import Merchant
 from merchants.selectors import merchant_for_user, merchant_is_member
 
 
 def catalog(request):
-    """The public catalog: search, facets with counts, sorting and cursor pages (one FilterSet with the API)."""
+    """The public catalog: search, facets with counts, sorting and cursor pages (one FilterSet with the API).
+
+    A normal GET gets the whole page. An htmx request (the search box, a facet, the sort menu, a page link) gets
+    only the page's ``results`` partial, with ``HX-Push-Url`` set to the catalog URL of the filters in use, so
+    the address bar shows a link that reloads (or shares) the same results; htmx's history restore asks for the
+    whole page again. Bad parameters answer 400 with what was wrong, in either form, and change nothing.
+    """
+    htmx = getattr(request, "htmx", None)
+    fragment = bool(htmx) and not htmx.history_restore_request
+    template = "listings/catalog.html#results" if fragment else "listings/catalog.html"
     filterset = ListingFilter(request.GET, queryset=listings_published(), request=request)
     if not filterset.is_valid():
-        # Bad parameters change nothing: show what was wrong and a way back, with a 400.
         context = {"filterset": filterset, "errors": filterset.error_list(), "params": {}, "page": None}
-        return render(request, "listings/catalog.html", context, status=400)
-    page = filterset.page()
-    context = {
-        "filterset": filterset,
-        "page": page,
-        "params": filterset.active_filters(),
-        "facet_groups": filterset.facet_groups(page),
-        "errors": None,
-    }
-    return render(request, "listings/catalog.html", context)
+        response = render(request, template, context, status=400)
+    else:
+        page = filterset.page()
+        params = filterset.active_filters()
+        context = {
+            "filterset": filterset,
+            "page": page,
+            "params": params,
+            "facet_groups": filterset.facet_groups(page),
+            "errors": None,
+        }
+        response = render(request, template, context)
+        if fragment:
+            query = {**params, "cursor": request.GET["cursor"]} if request.GET.get("cursor") else params
+            push_url(response, reverse("listings:catalog") + (f"?{urlencode(query)}" if query else ""))
+    # The same URL answers with a page or a fragment: caches must keep them apart.
+    patch_vary_headers(response, ("HX-Request",))
+    return response
 
 
 def listing_detail(request, slug):
@@ -109,7 +133,7 @@ def listing_new(request):
                 form.add_error(None, exc)
             else:
                 messages.success(
-                    request, "Draft created. Upload a CSV file and set a price, then submit it for review."
+                    request, gettext("Draft created. Upload a CSV file and set a price, then submit it for review.")
                 )
                 return redirect("listings:manage", pk=listing.pk)
         return render(request, "listings/new.html", {"form": form}, status=400)
@@ -120,7 +144,7 @@ def listing_new(request):
 def listing_edit(request, pk):
     listing = listing_for_member(pk=pk, user=request.user)
     if listing.status not in EDITABLE_STATUSES:
-        messages.error(request, "Only a draft or a rejected product can be edited.")
+        messages.error(request, gettext("Only a draft or a rejected product can be edited."))
         return redirect("listings:manage", pk=listing.pk)
     if request.method != "POST":
         form = ListingForm(initial=ListingForm.initial_for(listing))
@@ -132,7 +156,7 @@ def listing_edit(request, pk):
         except ValidationError as exc:
             form.add_error(None, exc)
         else:
-            messages.success(request, "Product details saved.")
+            messages.success(request, gettext("Product details saved."))
             return redirect("listings:manage", pk=listing.pk)
     return render(request, "listings/edit.html", {"form": form, "listing": listing}, status=400)
 
@@ -166,6 +190,8 @@ def _render_manage(
             "submission_problems": listing_submission_problems(listing=listing),
             "can_edit_dictionary": listing.status in DICTIONARY_EDITABLE_STATUSES,
             "upload_form": upload_form or VersionUploadForm(),
+            "storage_used": merchant_storage_used(merchant_pk=listing.merchant_id),
+            "storage_quota": settings.MERCHANT_STORAGE_QUOTA_BYTES,
             "price_form": price_form
             or PriceForm(initial={"price": plan and plan.amount / 100, "currency": plan and plan.currency}),
             "plan_forms": plan_forms,
@@ -186,11 +212,42 @@ def _wants_json(request) -> bool:
     return request.headers.get("X-Requested-With") == "XMLHttpRequest"
 
 
+def _upload_failed(request, listing, form, *, status):
+    if _wants_json(request):
+        errors = [message for messages_ in form.errors.values() for message in messages_]
+        return JsonResponse({"ok": False, "errors": errors}, status=status)
+    return _render_manage(request, listing, upload_form=form, status=status)
+
+
+def _upload_refused(request, listing, refusal):
+    """413 with the refusal as the file field's only error (the page, or JSON for the progress script)."""
+    form = VersionUploadForm(data={}, files={})
+    form.is_valid()
+    form.errors["file"] = form.error_class([refusal.message])
+    return _upload_failed(request, listing, form, status=413)
+
+
+# CSRF is checked in _listing_upload, once the upload limits are installed: CsrfViewMiddleware would read
+# request.POST, and so the whole body, with Django's unlimited upload handlers (Django's documented pattern).
+@csrf_exempt
 @login_required
 @require_POST
 def listing_upload(request, pk):
     listing = listing_for_member(pk=pk, user=request.user)
+    limiter = install_upload_limits(request, limits=upload_limits(merchant_pk=listing.merchant_id))
+    # A body declared too large is refused unread. Before the CSRF check, which would read it; the refusal
+    # changes nothing, so answering it to a forged request is harmless.
+    refusal = limiter.check_declared_length(request.META)
+    if refusal is not None:
+        return _upload_refused(request, listing, refusal)
+    return _listing_upload(request, listing, limiter)
+
+
+@csrf_protect
+def _listing_upload(request, listing, limiter):
     form = VersionUploadForm(request.POST, request.FILES)
+    if limiter.refusal is not None:  # the file passed a limit while it streamed in
+        return _upload_refused(request, listing, limiter.refusal)
     if form.is_valid():
         try:
             version = version_upload(
@@ -202,14 +259,14 @@ def listing_upload(request, pk):
         except ValidationError as exc:
             form.add_error("file", exc)
         else:
-            messages.success(request, f"Uploaded {version.label}.")
+            messages.success(request, gettext("Uploaded %(label)s.") % {"label": version.label})
             if _wants_json(request):
                 return JsonResponse({"ok": True, "redirect": reverse("listings:manage", args=[listing.pk])})
             return redirect("listings:manage", pk=listing.pk)
-    if _wants_json(request):
-        errors = [message for messages_ in form.errors.values() for message in messages_]
-        return JsonResponse({"ok": False, "errors": errors}, status=400)
-    return _render_manage(request, listing, upload_form=form, status=400)
+    # The service's own size and quota refusals (a file that slipped past the handler's count) are 413 too.
+    codes = {error.code for error in form.errors.as_data().get("file", [])}
+    status = 413 if codes & {"too_large", "quota_exceeded"} else 400
+    return _upload_failed(request, listing, form, status=status)
 
 
 @login_required
@@ -228,7 +285,7 @@ def listing_price(request, pk):
         except ValidationError as exc:
             form.add_error(None, exc)
         else:
-            messages.success(request, "Price saved.")
+            messages.success(request, gettext("Price saved."))
             return redirect("listings:manage", pk=listing.pk)
     return _render_manage(request, listing, price_form=form, status=400)
 
@@ -239,7 +296,7 @@ def listing_plan_add(request, pk):
     listing = listing_for_member(pk=pk, user=request.user)
     kind = request.POST.get("kind", "")
     if kind not in PlanKind.values:
-        messages.error(request, "Choose a kind of plan.")
+        messages.error(request, gettext("Choose a kind of plan."))
         return redirect("listings:manage", pk=listing.pk)
     form = PlanForm(request.POST, kind=kind)
     if form.is_valid():
@@ -248,7 +305,10 @@ def listing_plan_add(request, pk):
         except ValidationError as exc:
             _add_service_error(form, exc)
         else:
-            messages.success(request, f"Plan added: {plan.display_name} {plan.price_display}.")
+            messages.success(
+                request,
+                gettext("Plan added: %(name)s %(price)s.") % {"name": plan.display_name, "price": plan.price_display},
+            )
             return redirect("listings:manage", pk=listing.pk)
     return _render_manage(request, listing, plan_form=form, status=400)
 
@@ -273,7 +333,10 @@ def listing_plan_deactivate(request, pk, plan_pk):
         for message in exc.messages:
             messages.error(request, message)
     else:
-        messages.success(request, f"Plan withdrawn: {plan.display_name} {plan.price_display}.")
+        messages.success(
+            request,
+            gettext("Plan withdrawn: %(name)s %(price)s.") % {"name": plan.display_name, "price": plan.price_display},
+        )
     return redirect("listings:manage", pk=listing.pk)
 
 
@@ -290,7 +353,7 @@ def listing_dictionary(request, pk):
         except ValidationError as exc:
             form.add_error(None, exc.messages)
         else:
-            messages.success(request, "Data dictionary saved.")
+            messages.success(request, gettext("Data dictionary saved."))
             return redirect("listings:manage", pk=listing.pk)
     return _render_manage(request, listing, dictionary_form=form, status=400)
 
@@ -305,7 +368,7 @@ def listing_submit_view(request, pk):
         for message in exc.messages:
             messages.error(request, message)
     else:
-        messages.success(request, "Submitted for compliance review. You will see the outcome here.")
+        messages.success(request, gettext("Submitted for compliance review. You will see the outcome here."))
     return redirect("listings:manage", pk=listing.pk)
 
 
@@ -320,5 +383,9 @@ def listing_version_publish(request, pk, version_pk):
         for message in exc.messages:
             messages.error(request, message)
     else:
-        messages.success(request, f"{version.label} is published; entitled buyers get it under their plan's rules.")
+        messages.success(
+            request,
+            gettext("%(label)s is published; entitled buyers get it under their plan's rules.")
+            % {"label": version.label},
+        )
     return redirect("listings:manage", pk=listing.pk)

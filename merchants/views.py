@@ -3,6 +3,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext
 
 from merchants.forms import MerchantCreateForm
 from merchants.selectors import merchant_for_user
@@ -30,6 +31,6 @@ def merchant_onboard(request):
         except ValidationError as exc:
             form.add_error(None, exc)
         else:
-            messages.success(request, "Your merchant organisation is ready.")
+            messages.success(request, gettext("Your merchant organisation is ready."))
             return redirect(_next_url(request))
     return render(request, "merchants/onboard.html", {"form": form, "next": _next_url(request)})

@@ -126,7 +126,7 @@ def test_statement_page_shows_the_figures_and_paginates(month, merchant, merchan
     response = client.get(url, {"from": "2026-03-01", "to": "2026-03-31"})
     assert response.status_code == 200
     html = response.content.decode()
-    assert '<tr id="CNY-closing"><th>Closing balance</th><td>¥-11.11 CNY</td></tr>' in html
+    assert '<tr id="CNY-closing"><th>Closing balance</th><td>-¥11.11 CNY</td></tr>' in html
     assert '<tr id="CNY-sales"><th>Sales (gross)</th><td>¥24.68 CNY</td></tr>' in html
     assert [line.kind for line in response.context["lines"]] == ["sale", "payout_created", "refund", "sale"]
     second = client.get(url, {"from": "2026-03-01", "to": "2026-03-31", "page": 2})
@@ -188,11 +188,11 @@ def test_statement_csv_is_exact(month, merchant, merchant_user, client):
             "-1111",
             "0",
             "-1111",
-            "¥-11.11 CNY",
+            "-¥11.11 CNY",
             "¥0.00 CNY",
-            "¥-11.11 CNY",
+            "-¥11.11 CNY",
         ],
-        [t10, str(seq[2]), "refund", a, "CNY", "-617", "-62", "-555", "¥-6.17 CNY", "¥-0.62 CNY", "¥-5.55 CNY"],
+        [t10, str(seq[2]), "refund", a, "CNY", "-617", "-62", "-555", "-¥6.17 CNY", "-¥0.62 CNY", "-¥5.55 CNY"],
         [t15, str(seq[3]), "sale", c, "CNY", "1234", "123", "1111", "¥12.34 CNY", "¥1.23 CNY", "¥11.11 CNY"],
         [
             t15,
@@ -203,11 +203,11 @@ def test_statement_csv_is_exact(month, merchant, merchant_user, client):
             "-556",
             "0",
             "-556",
-            "¥-5.56 CNY",
+            "-¥5.56 CNY",
             "¥0.00 CNY",
-            "¥-5.56 CNY",
+            "-¥5.56 CNY",
         ],
-        [t20, str(seq[5]), "dispute", b, "CNY", "-1234", "-123", "-1111", "¥-12.34 CNY", "¥-1.23 CNY", "¥-11.11 CNY"],
+        [t20, str(seq[5]), "dispute", b, "CNY", "-1234", "-123", "-1111", "-¥12.34 CNY", "-¥1.23 CNY", "-¥11.11 CNY"],
         [],
         [period, "", "total:opening", "", "CNY", "", "", "0", "", "", "¥0.00 CNY"],
         [period, "", "total:sales", "", "CNY", "", "", "2468", "", "", "¥24.68 CNY"],
@@ -216,7 +216,7 @@ def test_statement_csv_is_exact(month, merchant, merchant_user, client):
         [period, "", "total:disputes", "", "CNY", "", "", "1234", "", "", "¥12.34 CNY"],
         [period, "", "total:payouts", "", "CNY", "", "", "1667", "", "", "¥16.67 CNY"],
         [period, "", "total:other", "", "CNY", "", "", "0", "", "", "¥0.00 CNY"],
-        [period, "", "total:closing", "", "CNY", "", "", "-1111", "", "", "¥-11.11 CNY"],
+        [period, "", "total:closing", "", "CNY", "", "", "-1111", "", "", "-¥11.11 CNY"],
         [period, "", "total:payouts_sent", "", "CNY", "", "", "1667", "", "", "¥16.67 CNY"],
     ]
 
