@@ -224,7 +224,7 @@ class Buyer(_Browsing, FastHttpUser):
         headers = {**self.headers, "X-CSRFToken": self.csrf, "Content-Type": "application/x-www-form-urlencoded"}
         with self.client.post(
             f"/buy/{slug}/",
-            data=f"token={uuid.uuid4()}",
+            data=f"token={uuid.uuid4()}&accept_licence=1",
             headers=headers,
             name="checkout",
             allow_redirects=False,

@@ -7,6 +7,8 @@ class BuyForm(forms.Form):
     token = forms.UUIDField(widget=forms.HiddenInput)
     # Which of the listing's plans; empty means the one-time plan.
     plan = forms.IntegerField(required=False, widget=forms.HiddenInput)
+    # The buyer ticks "I accept the licence" (the order records which licence, and when).
+    accept_licence = forms.BooleanField(required=True)
 
 
 class AccessRequestForm(forms.Form):

@@ -27,7 +27,7 @@ from exchange.choices import (
     SubscriptionStatus,
     UsageChannel,
 )
-from listings.choices import PlanKind, VersionAccess
+from listings.choices import Licence, PlanKind, VersionAccess
 from listings.models import DataFile, Listing, ListingVersion, PricingPlan
 from merchants.models import Merchant
 
@@ -67,6 +67,11 @@ class Order(models.Model):
         verbose_name=_("plan kind"), max_length=20, choices=PlanKind.choices, default=PlanKind.ONE_TIME
     )
     refunded_amount = models.PositiveBigIntegerField(verbose_name=_("refunded amount"), default=0)
+    # The licence the buyer accepted by placing the order, as it stood then (order_create): its code, and for a
+    # custom licence the sha256 of its text, so the terms agreed can be proven even after the merchant edits them.
+    licence = models.CharField(verbose_name=_("licence"), max_length=20, choices=Licence.choices, blank=True)
+    licence_terms_sha256 = models.CharField(verbose_name=_("licence terms sha256"), max_length=64, blank=True)
+    licence_accepted_at = models.DateTimeField(verbose_name=_("licence accepted at"), null=True, blank=True)
     access_request = models.ForeignKey(
         "AccessRequest",
         verbose_name=_("access request"),

@@ -40,7 +40,12 @@ def order_buy(request, slug):
     listing = listing_visible(slug=slug, user=request.user)
     form = BuyForm(request.POST)
     if not form.is_valid():
-        messages.error(request, gettext("The purchase form was incomplete; please try again."))
+        if "accept_licence" in form.errors:
+            messages.error(
+                request, gettext("Accept the data product's licence to buy it: tick “I accept the licence”.")
+            )
+        if set(form.errors) - {"accept_licence"}:
+            messages.error(request, gettext("The purchase form was incomplete; please try again."))
         return redirect("listings:detail", slug=slug)
     plan = None
     if form.cleaned_data.get("plan"):

@@ -17,6 +17,10 @@ from exchange.services.entitlements import entitlement_is_usable
 
 
 class OrderCreateInput(serializers.Serializer):
+    """A purchase. Creating the order accepts the product's licence as the catalog shows it (``licence``, and
+    ``licence_terms`` for a custom one); the order records it (``licence``, ``licence_terms_sha256``,
+    ``licence_accepted_at``)."""
+
     listing = serializers.SlugField(max_length=200, help_text="The data product's slug (as in the catalog).")
     plan = serializers.IntegerField(
         required=False,
@@ -115,6 +119,9 @@ class OrderSerializer(serializers.ModelSerializer):
             "service_fee",
             "refunded_amount",
             "currency",
+            "licence",
+            "licence_terms_sha256",
+            "licence_accepted_at",
             "created_at",
             "paid_at",
             "delivered_at",

@@ -1,5 +1,6 @@
 """Orders: creation with idempotency, checkout, and the order state machine."""
 
+import hashlib
 from datetime import timedelta
 
 from django.conf import settings
@@ -13,7 +14,7 @@ from exchange.choices import ORDER_TRANSITIONS, AccessRequestStatus, DeliverySta
 from exchange.gateways import get_gateway
 from exchange.models import AccessRequest, Entitlement, Order, OrderStatusHistory
 from exchange.services.entitlements import usable_q
-from listings.choices import PlanKind
+from listings.choices import Licence, PlanKind
 from listings.models import Listing, PricingPlan
 from listings.selectors import listing_active_plan
 from merchants.selectors import merchant_is_member
@@ -129,6 +130,11 @@ def order_create(
     reusing a key for another purchase is an error. Free plans complete at
     once (no gateway); metered plans grant access once the gateway has a
     payment method on file (usage is billed later).
+
+    Placing the order is the buyer's acceptance of the listing's licence as it
+    stands now: the order records its code, the sha256 of a custom licence's
+    text and the time (the web checkout asks for the acceptance explicitly,
+    the API documents it).
     """
     key = (idempotency_key or "").strip()
     if not key or len(key) > 100:
@@ -164,6 +170,7 @@ def order_create(
                 idempotency_key=key,
                 gateway="none" if plan.kind == PlanKind.FREE else get_gateway().name,
                 access_request=access_request,
+                **licence_acceptance(listing),
             )
             OrderStatusHistory.objects.create(
                 order=order, from_status="", to_status=OrderStatus.PENDING_PAYMENT, reason="order placed", actor=buyer
@@ -177,6 +184,16 @@ def order_create(
             return _same_purchase(existing, listing, plan), False
         return _open_checkout(buyer=buyer, listing=listing, plan=plan), False
     return order, True
+
+
+def licence_acceptance(listing: Listing) -> dict:
+    """The order fields that record the buyer accepting ``listing``'s licence now."""
+    terms = listing.licence_terms if listing.licence == Licence.CUSTOM else ""
+    return {
+        "licence": listing.licence,
+        "licence_terms_sha256": hashlib.sha256(terms.encode()).hexdigest() if terms else "",
+        "licence_accepted_at": timezone.now(),
+    }
 
 
 def _open_checkout(*, buyer, listing: Listing, plan: PricingPlan) -> Order | None:

@@ -114,7 +114,10 @@ def buy(client, user: User, listing: Listing, capture, *, kind: str = "one_time"
     client.force_login(user)
     plan = listing.plans.get(kind=kind, is_active=True)
     with capture(execute=True):
-        client.post(reverse("exchange:order_buy", args=[listing.slug]), {"token": str(uuid.uuid4()), "plan": plan.pk})
+        client.post(
+            reverse("exchange:order_buy", args=[listing.slug]),
+            {"accept_licence": "1", "token": str(uuid.uuid4()), "plan": plan.pk},
+        )
         order = Order.objects.filter(buyer=user, plan=plan).latest("pk")
         if order.status == OrderStatus.PENDING_PAYMENT:
             approve_in_sandbox(client, order.checkout_url)

@@ -217,6 +217,10 @@ def test_trade_in_the_browser(web, viewport, celery_worker_process, categories):
     expect(buyer.get_by_role("heading", name=TITLE, level=1)).to_be_visible()
     web.screenshot(buyer, "listing")
 
+    # The licence is accepted explicitly: without the tick the browser keeps the form (the box is required).
+    licence = buyer.get_by_label("I accept the licence: CC BY 4.0")
+    expect(licence).not_to_be_checked()
+    licence.check()
     buyer.get_by_role("button", name="Buy now").click()
     expect(buyer.get_by_role("heading", name="Sandbox payment gateway")).to_be_visible()
     order = Order.objects.get(listing=listing)

@@ -11,7 +11,9 @@ from exchange.models import Order
 
 def buy(client, listing, token=None):
     """POST the listing's buy form; return the response (a redirect to the gateway)."""
-    return client.post(reverse("exchange:order_buy", args=[listing.slug]), {"token": str(token or uuid.uuid4())})
+    return client.post(
+        reverse("exchange:order_buy", args=[listing.slug]), {"accept_licence": "1", "token": str(token or uuid.uuid4())}
+    )
 
 
 def approve_in_sandbox(client, checkout_url, decision="approve"):

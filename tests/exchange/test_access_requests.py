@@ -33,7 +33,9 @@ def test_buyer_needs_approval_then_buys_with_the_scenario_recorded(
 ):
     client.force_login(buyer)
     refused = client.post(
-        reverse("exchange:order_buy", args=[gated.slug]), {"token": "1b4e28ba-2fa1-11d2-883f-0016d3cca427"}, follow=True
+        reverse("exchange:order_buy", args=[gated.slug]),
+        {"accept_licence": "1", "token": "1b4e28ba-2fa1-11d2-883f-0016d3cca427"},
+        follow=True,
     )
     assert "needs the merchant&#x27;s approval first" in refused.content.decode()
     assert Order.objects.count() == 0

@@ -54,8 +54,24 @@ def test_buying_submitted_listing_as_staff_is_refused(client, staff, merchant, m
 def test_buy_form_without_token_is_refused(client, buyer, published_listing):
     client.force_login(buyer)
     before = _counts()
-    response = client.post(reverse("exchange:order_buy", args=[published_listing.slug]), {"token": "not-a-uuid"})
+    response = client.post(
+        reverse("exchange:order_buy", args=[published_listing.slug]), {"accept_licence": "1", "token": "not-a-uuid"}
+    )
     assert "incomplete" in client.get(response.url).content.decode()
+    assert _counts() == before
+
+
+@pytest.mark.parametrize("accept", [None, "", "false"])
+def test_buying_without_accepting_the_licence_is_refused(client, buyer, published_listing, accept):
+    client.force_login(buyer)
+    before = _counts()
+    body = {"token": "1b4e28ba-2fa1-11d2-883f-0016d3cca427"}
+    if accept is not None:
+        body["accept_licence"] = accept
+    response = client.post(reverse("exchange:order_buy", args=[published_listing.slug]), body)
+    page = client.get(response.url).content.decode()
+    assert "Accept the data product&#x27;s licence to buy it" in page
+    assert "incomplete" not in page
     assert _counts() == before
 
 

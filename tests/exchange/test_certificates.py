@@ -57,7 +57,7 @@ def _buy_and_settle(client, buyer, listing, capture, kind="one_time") -> Order:
     with capture(execute=True):
         client.post(
             reverse("exchange:order_buy", args=[listing.slug]),
-            {"token": "5c1d5d9e-7b86-4a57-8f4d-5b0f6a2a4c11", "plan": plan.pk},
+            {"accept_licence": "1", "token": "5c1d5d9e-7b86-4a57-8f4d-5b0f6a2a4c11", "plan": plan.pk},
         )
         order = Order.objects.get(plan=plan)
         if order.status == OrderStatus.PENDING_PAYMENT:
@@ -324,7 +324,8 @@ def test_an_order_not_yet_settled_has_no_certificate(client, buyer, listing, dja
     client.force_login(buyer)
     with django_capture_on_commit_callbacks(execute=True):
         client.post(
-            reverse("exchange:order_buy", args=[listing.slug]), {"token": "8d2c7e0f-1d7c-4c8e-9c43-1f1d7e8e6a01"}
+            reverse("exchange:order_buy", args=[listing.slug]),
+            {"accept_licence": "1", "token": "8d2c7e0f-1d7c-4c8e-9c43-1f1d7e8e6a01"},
         )
         order = Order.objects.get()
         approve_in_sandbox(client, order.checkout_url)

@@ -101,7 +101,7 @@ def purchase(client, buyer, listing, capture, *, kind="one_time") -> Order:
     with capture(execute=True):
         client.post(
             reverse("exchange:order_buy", args=[listing.slug]),
-            {"token": "6f1c2a9e-2fa1-11d2-883f-0016d3cca427", "plan": plan.pk},
+            {"accept_licence": "1", "token": "6f1c2a9e-2fa1-11d2-883f-0016d3cca427", "plan": plan.pk},
         )
         order = Order.objects.get(plan=plan, buyer=buyer)
         if order.status == OrderStatus.PENDING_PAYMENT:
@@ -472,7 +472,7 @@ def test_concurrent_calls_never_exceed_the_monthly_cap(categories, buyer, mercha
     plan = listing.plans.get(kind="metered")
     client.post(
         reverse("exchange:order_buy", args=[listing.slug]),
-        {"token": "7d2e0c11-2fa1-11d2-883f-0016d3cca427", "plan": plan.pk},
+        {"accept_licence": "1", "token": "7d2e0c11-2fa1-11d2-883f-0016d3cca427", "plan": plan.pk},
     )
     order = Order.objects.get(plan=plan)
     if order.status == OrderStatus.PENDING_PAYMENT:

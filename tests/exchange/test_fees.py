@@ -57,7 +57,7 @@ def _delivered_order(client, buyer, listing, capture) -> Order:
     with capture(execute=True):
         client.post(
             reverse("exchange:order_buy", args=[listing.slug]),
-            {"token": "5c1d5d9e-7b86-4a57-8f4d-5b0f6a2a4c11", "plan": plan.pk},
+            {"accept_licence": "1", "token": "5c1d5d9e-7b86-4a57-8f4d-5b0f6a2a4c11", "plan": plan.pk},
         )
         order = Order.objects.get(plan=plan, buyer=buyer)
         approve_in_sandbox(client, order.checkout_url)

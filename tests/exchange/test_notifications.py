@@ -41,7 +41,7 @@ def _buy_plan(client, buyer, listing, capture, kind):
     with capture(execute=True):
         client.post(
             reverse("exchange:order_buy", args=[listing.slug]),
-            {"token": "1b4e28ba-2fa1-11d2-883f-0016d3cca427", "plan": plan.pk},
+            {"accept_licence": "1", "token": "1b4e28ba-2fa1-11d2-883f-0016d3cca427", "plan": plan.pk},
         )
         order = Order.objects.get(plan=plan)
         if order.status == OrderStatus.PENDING_PAYMENT:

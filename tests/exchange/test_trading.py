@@ -58,7 +58,7 @@ def _pay(client, buyer, listing, capture, kind="one_time"):
     with capture(execute=True):
         response = client.post(
             reverse("exchange:order_buy", args=[listing.slug]),
-            {"token": "1b4e28ba-2fa1-11d2-883f-0016d3cca427", "plan": plan.pk},
+            {"accept_licence": "1", "token": "1b4e28ba-2fa1-11d2-883f-0016d3cca427", "plan": plan.pk},
         )
         order = Order.objects.get(plan=plan)
         if order.status == OrderStatus.PENDING_PAYMENT:
@@ -333,7 +333,7 @@ def test_bad_plan_choices_are_refused(client, buyer, listing, other_merchant_use
     client.force_login(buyer)
     response = client.post(
         reverse("exchange:order_buy", args=[listing.slug]),
-        {"token": "1b4e28ba-2fa1-11d2-883f-0016d3cca427", "plan": other.plans.get().pk},
+        {"accept_licence": "1", "token": "1b4e28ba-2fa1-11d2-883f-0016d3cca427", "plan": other.plans.get().pk},
         follow=True,
     )
     assert "not available" in response.content.decode()
