@@ -193,8 +193,13 @@ def celery_worker_argv(*, queues: str, concurrency: int, name: str) -> list[str]
     ]
 
 
-def celery_worker(*, env: dict[str, str], log_path: Path, queues: str, concurrency: int, name: str) -> ServerProcess:
+def celery_worker(
+    *, env: dict[str, str], log_path: Path, queues: str, concurrency: int, name: str, nice: int = 0
+) -> ServerProcess:
+    """A Celery worker process; ``nice`` > 0 runs it at a lower CPU priority than the web server (``nice -n``)."""
     argv = celery_worker_argv(queues=queues, concurrency=concurrency, name=name)
+    if nice:
+        argv = ["nice", "-n", str(nice), *argv]
     return ServerProcess("celery worker", argv, env=env, log_path=log_path)
 
 

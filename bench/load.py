@@ -23,6 +23,11 @@ the baseline measured in the same run.
    0.5 s) against ``max_connections``, and afterwards the server's and the
    worker's logs are searched for connection-exhaustion errors.
 
+Knobs (the defaults are the profile measured in the README): ``--think MIN MAX``
+(seconds a user waits between requests, 0.5 to 1.5), ``--web-workers`` and
+``--web-threads`` (gunicorn, 2 x 16), ``--worker-nice`` (the Celery worker's
+nice value, 0), ``--steady-seconds``, ``--step-seconds``, ``--start-users``.
+
 Goals (issue 9, this 2-core machine, at 70% of the break point): error rate <
 0.1%, p99 browse (catalog browse, search and listing pages together) <= 300
 ms, no database connection exhaustion.
@@ -99,6 +104,11 @@ class Sizes:
     steady_seconds: float
     cool_down: float
     budget: float  # seconds the stepping may take at most
+    think_min: float = 0.5  # seconds a user waits between two requests (uniform between min and max)
+    think_max: float = 1.5
+    worker_nice: int = 0  # the Celery worker's nice value (deploy/systemd runs workers at Nice=10 beside web)
+    web_workers: int = 2  # gunicorn processes (gthread)
+    web_threads: int = 16  # threads per gunicorn process
 
 
 FULL = Sizes(
@@ -402,8 +412,12 @@ def summarise(locust_result: dict, *, sizes: Sizes, connections: dict, counts: d
             "buyers_with_downloads": sizes.buyers,
             "pending_orders_for_webhooks": sizes.pending_orders,
         },
-        "server": "gunicorn gthread 2 workers x 16 threads; celery prefork -c 2 on every queue; PostgreSQL; Redis",
+        "server": (
+            f"gunicorn gthread {sizes.web_workers} workers x {sizes.web_threads} threads; "
+            f"celery prefork -c 2 on every queue (nice {sizes.worker_nice}); PostgreSQL; Redis"
+        ),
         "client": f"locust {locust_result['locust']} FastHttpUser, headless, in its own process on the same cores",
+        "think_seconds": [sizes.think_min, sizes.think_max],
         "steps": [
             {
                 key: step.get(key)
@@ -469,6 +483,9 @@ def run_locust(*, port: int, manifest: Path, out: Path, sizes: Sizes, log_path: 
         str(sizes.cool_down),
         "--budget",
         str(sizes.budget),
+        "--think",
+        str(sizes.think_min),
+        str(sizes.think_max),
     ]
     # Bounded: the stepping's budget, a last step, the refinement, the steady phase, cool-downs, start-up.
     timeout = sizes.budget + (2 + sizes.refine) * sizes.step_seconds + sizes.steady_seconds + 4 * sizes.cool_down + 90
@@ -537,10 +554,17 @@ def run(*, sizes: Sizes, database_url: str, redis_url: str) -> dict:
                 queues=WORKER_QUEUES,
                 concurrency=2,
                 name=f"bench-load-{secrets.token_hex(3)}",
+                nice=sizes.worker_nice,
             )
             servers.append(worker)
             worker.wait_ready(lambda: celery_ready(worker), timeout=60)
-            web = gunicorn(port=port, env=env, log_path=scratch / "gunicorn.log")
+            web = gunicorn(
+                port=port,
+                env=env,
+                log_path=scratch / "gunicorn.log",
+                workers=sizes.web_workers,
+                threads=sizes.web_threads,
+            )
             servers.append(web)
             web.wait_ready(lambda: _ping_ok(port), timeout=60)
             # Every server thread opens its database connection, as a long-running server's have.
@@ -579,12 +603,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steady-seconds", type=float, default=None, help="length of the steady phase (60)")
     parser.add_argument("--step-seconds", type=float, default=None, help="length of each step (20)")
     parser.add_argument("--start-users", type=int, default=None, help="users in the first step (10)")
+    parser.add_argument(
+        "--think",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="seconds a user waits between requests, uniform between MIN and MAX (0.5 1.5)",
+    )
+    parser.add_argument("--worker-nice", type=int, default=None, help="the Celery worker's nice value (0)")
+    parser.add_argument("--web-workers", type=int, default=None, help="gunicorn processes (2)")
+    parser.add_argument("--web-threads", type=int, default=None, help="threads per gunicorn process (16)")
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
     overrides = {
         "steady_seconds": args.steady_seconds,
         "step_seconds": args.step_seconds,
         "start_users": args.start_users,
+        "web_workers": args.web_workers,
+        "web_threads": args.web_threads,
+        "worker_nice": args.worker_nice,
+        "think_min": args.think[0] if args.think else None,
+        "think_max": args.think[1] if args.think else None,
     }
     overrides = {key: value for key, value in overrides.items() if value is not None}
     if overrides:
@@ -592,6 +632,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--steady-seconds must be 1..600 and --step-seconds 1..120")
         if not 1 <= overrides.get("start_users", 1) <= sizes.max_users:
             parser.error(f"--start-users must be 1..{sizes.max_users}")
+        if not 1 <= overrides.get("web_workers", 1) <= 16 or not 1 <= overrides.get("web_threads", 1) <= 64:
+            parser.error("--web-workers must be 1..16 and --web-threads 1..64")
+        if not 0 <= overrides.get("think_min", 0) <= overrides.get("think_max", 60) <= 60:
+            parser.error("--think needs 0 <= MIN <= MAX <= 60")
         sizes = Sizes(**{**asdict(sizes), **overrides})
     result = run(
         sizes=sizes,

@@ -412,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steady-seconds", type=float, default=60.0)
     parser.add_argument("--cool-down", type=float, default=5.0, help="seconds with no load before a phase")
     parser.add_argument("--budget", type=float, default=300.0, help="seconds the steps may take at most")
+    parser.add_argument(
+        "--think", type=float, nargs=2, default=(0.5, 1.5), metavar=("MIN", "MAX"), help="seconds between requests"
+    )
     args = parser.parse_args(argv)
     if not args.host.startswith(("http://127.0.0.1:", "http://localhost:")):
         parser.error("--host must be a loopback address (http://127.0.0.1:PORT)")
@@ -423,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.getLogger("locust").setLevel(logging.WARNING)
     Manifest.load(args.manifest)
+    if not 0 <= args.think[0] <= args.think[1] <= 60:
+        parser.error("--think needs 0 <= MIN <= MAX <= 60")
+    for user_class in (CatalogVisitor, Buyer, PaymentGateway):
+        user_class.wait_time = between(*args.think)
     driver = Driver(args.host, log=log)
     try:
         started = time.monotonic()
@@ -448,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         driver.close()
     result = {
         "locust": locust.__version__,
+        "think_seconds": list(args.think),
         "steps": found["steps"],
         "last_good": found["last_good"],
         "breaking": found["breaking"],

@@ -1,6 +1,7 @@
 from django.conf import settings
 from django.contrib.postgres.search import SearchVectorField
 from django.db import models
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import gettext_noop
 
@@ -286,11 +287,14 @@ class PricingPlan(models.Model):
 
     @property
     def price_display(self) -> str:
+        """The price for people, in the active language: "Free", "¥12.00 CNY", "¥30.00 CNY / month"."""
         if self.kind == PlanKind.FREE:
-            return "Free"
+            return gettext("Free")
         price = format_minor(self.amount, self.currency)
         if self.kind == PlanKind.SUBSCRIPTION:
-            return f"{price} / {self.get_interval_display().lower().removesuffix('ly')}"
+            if self.interval == BillingInterval.YEAR:
+                return gettext("%(price)s / year") % {"price": price}
+            return gettext("%(price)s / month") % {"price": price}
         if self.kind == PlanKind.METERED:
             return f"{price} {self.get_metered_unit_display()}"
         return price

@@ -152,7 +152,7 @@ def test_the_buyer_page_lists_last_months_from_the_aggregate(metered, buyer, cli
     assert [(m.month, m.calls, m.units, m.billable_units, m.amount) for m in months] == [
         (last_month.date().replace(day=1), 3, 3, 1, 5)
     ]
-    assert "1 units, 5 CNY" in response.content.decode()
+    assert "1 billable units, ¥0.05 CNY" in response.content.decode()
 
 
 def test_the_usage_api_needs_a_read_or_data_scope(metered, buyer):

@@ -389,3 +389,25 @@ def test_no_template_has_inline_styles_or_scripts(path):
     inline_scripts = [tag for tag in re.findall(r"<script\b[^>]*>", text, re.IGNORECASE) if "src=" not in tag]
     assert inline_scripts == []
     assert not re.search(r"<[a-z][^>]*\son[a-z]+\s*=", text, re.IGNORECASE), "inline event handler"
+
+
+def test_plan_prices_read_in_the_active_language():
+    from django.utils import translation
+
+    from listings.models import PricingPlan
+
+    monthly = PricingPlan(kind="subscription", amount=3000, currency="CNY", interval="month")
+    yearly = PricingPlan(kind="subscription", amount=30000, currency="USD", interval="year")
+    free = PricingPlan(kind="free", amount=0, currency="CNY")
+    with translation.override("en"):
+        assert [monthly.price_display, yearly.price_display, free.price_display] == [
+            "¥30.00 CNY / month",
+            "$300.00 USD / year",
+            "Free",
+        ]
+    with translation.override("zh-hans"):
+        assert [monthly.price_display, yearly.price_display, free.price_display] == [
+            "¥30.00 CNY / 月",
+            "$300.00 USD / 年",
+            "免费",
+        ]
