@@ -53,7 +53,7 @@ def test_every_stylesheet_and_script_the_page_links_is_served(client):
     scripts = [attrs(script)["src"] for script in elements(html, "script")]
     assert stylesheets[:2] == ["/static/vendor/pico/pico.min.css", "/static/css/exchange.css"]
     assert {"/static/css/pages.css", "/static/css/charts.css"} <= set(stylesheets)
-    assert {"/static/django_htmx/htmx-2.min.js", "/static/js/timezone.js"} <= set(scripts)
+    assert {"/static/django_htmx/htmx-2.min.js", "/static/js/timezone.js", "/static/js/enhance.js"} <= set(scripts)
     for url in stylesheets + scripts:
         status, _, body = served(client, url)
         assert status == 200 and body, url

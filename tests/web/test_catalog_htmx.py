@@ -227,5 +227,14 @@ def test_typing_swaps_the_results_in_place_under_the_enforced_csp(chromium, live
 
     assert page.evaluate("window.stillTheSamePage") is True
     assert page.locator("#catalog-q").input_value() == ""
+    # With JavaScript, changing the menu sorts: the Sort button is only for browsers without it.
+    assert page.locator(".sort-submit").is_hidden()
+
+    # The language switch comes back to the address the instant results left, not the one the page loaded with.
+    page.select_option("#language-select", "zh-hans")
+    page.locator("form.language-switch button[type=submit]").click()
+    page.wait_for_url("**/?category=government")
+    assert page.locator("html").get_attribute("lang") == "zh-hans"
+    assert page.locator("#catalog-results article").count() == 2
     assert problems == []  # no CSP violation, no script error, nothing missing
     page.close()
