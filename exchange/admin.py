@@ -47,7 +47,7 @@ from exchange.services.ledger import ledger_verify_record
 from exchange.services.orders import order_cancel
 from exchange.services.outbound import outbound_event_retry, webhook_endpoint_set_active
 from exchange.services.reconciliation import reconciliation_report, reconciliation_since
-from exchange.services.refunds import REFUNDABLE, order_refund
+from exchange.services.refunds import order_refund, refundable_amount
 from exchange.services.settlement import settlement_run_progress, settlement_run_start, settlement_runs_resume
 
 # The admin's own stylesheet (CSP-friendly: no inline styles in the admin templates).
@@ -76,6 +76,16 @@ class RefundForm(forms.Form):
     reason = forms.CharField(label=_("Reason"), widget=forms.Textarea(attrs={"rows": 2, "cols": 60}))
 
 
+def _refund_amount(raw: str, order: Order) -> int:
+    """The refund form's amount in minor units: the major units typed, or (empty) all that is not yet refunded.
+
+    Not ``refundable_amount``: for an order whose status allows no refund that is 0, and the service should
+    say why it refuses ("… is Pending payment; it cannot be refunded"), not that the amount is not positive.
+    """
+    raw = raw.strip()
+    return to_minor(raw, order.currency) if raw else order.amount - order.refunded_amount
+
+
 def _error_text(exc: Exception) -> str:
     """One line for a staff message from a service's ValidationError, a MoneyError or a GatewayError."""
     return "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
@@ -87,8 +97,7 @@ def refund_orders(modeladmin, request, queryset):
     if "apply" in request.POST and form.is_valid():
         for order in queryset:
             try:
-                raw = form.cleaned_data["amount"].strip()
-                amount = to_minor(raw, order.currency) if raw else order.amount - order.refunded_amount
+                amount = _refund_amount(form.cleaned_data["amount"], order)
                 refund = order_refund(
                     order=order, amount=amount, reason=form.cleaned_data["reason"], actor=request.user
                 )
@@ -177,11 +186,8 @@ class OrderRefundForm(RefundForm):
         self.order = order
 
     def clean_amount(self) -> int:
-        raw = self.cleaned_data["amount"].strip()
-        if not raw:
-            return self.order.amount - self.order.refunded_amount
         try:
-            return to_minor(raw, self.order.currency)
+            return _refund_amount(self.cleaned_data["amount"], self.order)
         except MoneyError as exc:
             raise ValidationError(str(exc)) from None
 
@@ -294,9 +300,7 @@ class OrderAdmin(ReadOnlyAdmin):
             extra_context = {
                 **(extra_context or {}),
                 "timeline": _order_timeline(order),
-                "can_refund": order.status in REFUNDABLE
-                and order.refunded_amount < order.amount
-                and self.has_refund_permission(request),
+                "can_refund": refundable_amount(order) > 0 and self.has_refund_permission(request),
                 "can_cancel": order.status == OrderStatus.PENDING_PAYMENT and self.has_cancel_permission(request),
             }
         return super().change_view(request, object_id, form_url, extra_context)
@@ -315,7 +319,7 @@ class OrderAdmin(ReadOnlyAdmin):
             "opts": self.opts,
             "order": order,
             "form": form,
-            "remaining": format_minor(order.amount - order.refunded_amount, order.currency),
+            "remaining": format_minor(refundable_amount(order), order.currency),
             "refunded": format_minor(order.refunded_amount, order.currency),
         }
         return TemplateResponse(request, template, context, status=status)

@@ -37,6 +37,16 @@ from exchange.services.orders import order_transition
 REFUNDABLE = {OrderStatus.PAID, OrderStatus.DELIVERED, OrderStatus.SETTLED, OrderStatus.PARTIALLY_REFUNDED}
 
 
+def refundable_amount(order: Order) -> int:
+    """What staff could still refund of ``order`` (minor units): nothing unless its status allows a refund.
+
+    A read of the row as given; ``order_refund`` asks it again of the row it locked.
+    """
+    if order.status not in REFUNDABLE:
+        return 0
+    return max(order.amount - order.refunded_amount, 0)
+
+
 class RefundConflict(ValidationError):
     """The refund would exceed what was paid, or the order cannot be refunded now."""
 
@@ -141,7 +151,7 @@ def order_refund(
                 f"Order {locked.reference} is {locked.get_status_display()}; it cannot be refunded.",
                 code="not_refundable",
             )
-        remaining = locked.amount - locked.refunded_amount
+        remaining = refundable_amount(locked)
         if amount > remaining:
             raise RefundConflict(
                 f"Refunding {amount} would exceed what was paid: {remaining} of {locked.amount} remains refundable.",
