@@ -78,6 +78,8 @@ EXECUTABLE_SIGNATURES = (
     b"\xcf\xfa\xed\xfe",
 )
 MAX_NAME_LENGTH = 200
+# The refusals that mean "too big" (HTTP 413 on the web page and in the API), not "malformed" (400).
+SIZE_REFUSAL_CODES = frozenset({"too_large", "quota_exceeded"})
 
 
 def sanitise_filename(name: str) -> str:

@@ -40,7 +40,7 @@ from listings.services import (
 )
 from listings.services.products import DICTIONARY_EDITABLE_STATUSES, listing_submission_problems
 from listings.upload_handlers import install_upload_limits, upload_limits
-from listings.uploads import merchant_storage_used
+from listings.uploads import SIZE_REFUSAL_CODES, merchant_storage_used
 from merchants.models import Merchant
 from merchants.selectors import merchant_for_user, merchant_is_member
 
@@ -265,7 +265,7 @@ def _listing_upload(request, listing, limiter):
             return redirect("listings:manage", pk=listing.pk)
     # The service's own size and quota refusals (a file that slipped past the handler's count) are 413 too.
     codes = {error.code for error in form.errors.as_data().get("file", [])}
-    status = 413 if codes & {"too_large", "quota_exceeded"} else 400
+    status = 413 if codes & SIZE_REFUSAL_CODES else 400
     return _upload_failed(request, listing, form, status=status)
 
 

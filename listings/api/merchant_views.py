@@ -43,6 +43,7 @@ from listings.services import (
     version_upload,
 )
 from listings.upload_handlers import install_upload_limits, upload_limits
+from listings.uploads import SIZE_REFUSAL_CODES
 from merchants.selectors import merchant_for_user
 
 MERCHANT_PERMISSIONS = [IsAuthenticated, HasScope("merchant")]
@@ -181,7 +182,6 @@ TOO_LARGE = OpenApiResponse(
     description="`too_large`: the file is over the upload limit; `quota_exceeded`: it does not fit in the "
     "merchant's storage quota. A body declared larger than the limit is refused without being read.",
 )
-SIZE_CODES = {"too_large", "quota_exceeded"}
 
 
 def _upload_limits_for(django_request, slug: str):
@@ -246,8 +246,8 @@ class VersionListCreateView(ProductScopedMixin, generics.ListCreateAPIView):
             )
         except DjangoValidationError as exc:
             codes = {error.code for error in getattr(exc, "error_list", [])}
-            if codes & SIZE_CODES:
-                raise PayloadTooLarge(detail=" ".join(exc.messages), code=(codes & SIZE_CODES).pop()) from None
+            if codes & SIZE_REFUSAL_CODES:
+                raise PayloadTooLarge(detail=" ".join(exc.messages), code=min(codes & SIZE_REFUSAL_CODES)) from None
             raise service_refusal(exc) from None
         # Read back: profiling may already have run (an eager or fast worker) once the upload committed.
         version = ListingVersion.objects.prefetch_related("files").get(pk=version.pk)
