@@ -17,15 +17,18 @@ from exchange.celery import app as celery_app
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def wait_for(predicate, *, timeout: float = 30.0, interval: float = 0.1, message: str = "condition"):
-    """Poll ``predicate`` until it returns a truthy value; fail with ``message`` after ``timeout`` seconds."""
+def wait_for(predicate, *, timeout: float = 30.0, interval: float = 0.1, message="condition"):
+    """Poll ``predicate`` until it returns a truthy value; fail with ``message`` after ``timeout`` seconds.
+
+    ``message`` may be a callable, called only on failure (for what is known then, such as log tails).
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {message}")
+    pytest.fail(f"timed out after {timeout}s waiting for {message() if callable(message) else message}")
 
 
 def _database_url() -> str:

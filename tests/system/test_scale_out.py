@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import redis
 from django.conf import settings
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
@@ -46,12 +47,35 @@ def _beat(tmp_path, redis_url: str) -> ServerProcess:
     return ServerProcess("celery beat", argv, env=env, log_path=tmp_path / "beat.log")
 
 
+def _unused_redis_url(base_url: str) -> str:
+    """A database of the tests' Redis server that no connected client has selected, emptied: the test's own broker.
+
+    Any consumer of another database (a worker some other run left behind on the suite's broker database)
+    would take this test's tasks from it and make its counts wrong; on a database nobody else uses, every
+    task beat sends can reach only this test's workers.
+    """
+    client = redis.Redis.from_url(base_url)
+    in_use = {int(entry["db"]) for entry in client.client_list()} | {client.connection_pool.connection_kwargs["db"]}
+    count = int(client.config_get("databases")["databases"])
+    free = [number for number in range(count - 1, 0, -1) if number not in in_use]
+    if not free:
+        pytest.fail(f"every database of the tests' Redis server has a client connected: {sorted(in_use)}")
+    url = f"{base_url.rsplit('/', 1)[0]}/{free[0]}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+def _logs(processes: dict) -> str:
+    return "\n".join(f"--- {name} (last lines)\n{process.log_tail(25)}" for name, process in processes.items())
+
+
 def _received(log: str, task: str) -> list[str]:
     return re.findall(rf"Task {re.escape(task)}\[([0-9a-f-]+)\] received", log)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_workers_on_their_queues_and_one_beat_share_one_redis(broker, _private_storage, tmp_path, workers):
+def test_two_workers_on_their_queues_and_one_beat_share_one_redis(_private_storage, tmp_path, workers):
+    redis_url = _unused_redis_url(settings.REDIS_URL)
     every_second = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.SECONDS)
     for task in SWEEPS:
         PeriodicTask.objects.create(name=f"scale-out {task}", task=task, interval=every_second)
@@ -60,16 +84,20 @@ def test_two_workers_on_their_queues_and_one_beat_share_one_redis(broker, _priva
         by_queue[queue] = start_worker(
             tmp_path,
             _private_storage,
-            redis_url=settings.REDIS_URL,
+            redis_url=redis_url,
             label=queue,
             concurrency=1,
             queues=queue,
             short_visibility=False,
         )
         workers.append(by_queue[queue])
-    beat = _beat(tmp_path, settings.REDIS_URL)
+    beat = _beat(tmp_path, redis_url)
     try:
-        wait_for(lambda: beat.log().count("Sending due task") >= 8, timeout=40, message="beat to send 8 tasks")
+        wait_for(
+            lambda: beat.log().count("Sending due task") >= 8,
+            timeout=40,
+            message=lambda: f"beat to send 8 tasks\n{_logs({'beat': beat, **by_queue})}",
+        )
     finally:
         beat.stop()
     sent = {task: len(re.findall(rf"Sending due task [^\n]*\({re.escape(task)}\)", beat.log())) for task in SWEEPS}
@@ -81,7 +109,7 @@ def test_two_workers_on_their_queues_and_one_beat_share_one_redis(broker, _priva
     wait_for(
         lambda: all(succeeded(queue, task) >= sent[task] for task, queue in SWEEPS.items()),
         timeout=30,
-        message=f"the workers to run every task beat sent: {sent}",
+        message=lambda: f"the workers to run every task beat sent: {sent}\n{_logs({'beat': beat, **by_queue})}",
     )
     time.sleep(1)  # anything sent twice would arrive by now
     for task, queue in SWEEPS.items():
