@@ -334,6 +334,18 @@ def exhaustion_errors(*servers: ServerProcess) -> int:
     return sum(1 for server in servers for line in server.log().splitlines() if EXHAUSTION.search(line))
 
 
+def server_errors(*servers: ServerProcess, keep: int = 3, lines: int = 30) -> dict:
+    """What the servers logged about failed requests and tasks: how many tracebacks, and the first ``keep`` of them
+    (each from the line before it, up to ``lines`` lines), so a failure in the figures can be explained."""
+    tracebacks = []
+    for server in servers:
+        log_lines = server.log().splitlines()
+        for index, line in enumerate(log_lines):
+            if line.startswith("Traceback (most recent call last):"):
+                tracebacks.append("\n".join([server.name, *log_lines[max(0, index - 1) : index + lines]]))
+    return {"tracebacks": len(tracebacks), "first": tracebacks[:keep]}
+
+
 def connection_report(sampler: ConnectionSampler, steady: dict, log_errors: int) -> dict:
     limits = sampler.limits
     usable = limits["max_connections"] - limits.get("superuser_reserved_connections", 0)
@@ -588,6 +600,9 @@ def run(*, sizes: Sizes, database_url: str, redis_url: str) -> dict:
                 server.stop()
         connections = connection_report(sampler, result["steady"], exhaustion_errors(*servers))
         summary = summarise(result, sizes=sizes, connections=connections, counts=counts)
+        summary["server_errors"] = server_errors(*servers)
+        for traceback in summary["server_errors"]["first"]:
+            log(f"a server logged:\n{traceback}")
         summary["duration_s"] = round(time.monotonic() - started, 1)
         # Context for the figures: what else the machine was running (1-minute load average, start and end).
         summary["load_average_1m"] = [round(load_at_start, 2), round(os.getloadavg()[0], 2)]

@@ -672,7 +672,9 @@ def delivery_confirm(*, delivery_pk: int, reason: str, by: str = "download") -> 
     if by not in CONFIRMED_BY:
         raise ValueError(f"Unknown confirmation kind {by!r}; expected one of {sorted(CONFIRMED_BY)}.")
     with transaction.atomic():
-        delivery = Delivery.objects.select_for_update().select_related("entitlement").get(pk=delivery_pk)
+        # Only the delivery's row, and FOR NO KEY UPDATE: downloads being logged (rows referencing it) go on.
+        locked = Delivery.objects.select_for_update(of=("self",), no_key=True)
+        delivery = locked.select_related("entitlement").get(pk=delivery_pk)
         if delivery.status not in (DeliveryStatus.READY, DeliveryStatus.CONFIRMED):
             raise DeliveryTransitionError(
                 f"Delivery {delivery.pk} is {delivery.get_status_display().lower()}; it cannot be confirmed.",

@@ -173,10 +173,13 @@ def download_log_finish(*, log_pk: int, bytes_sent: int) -> bool:
     Running it again for the same log changes nothing.
     """
     with transaction.atomic():
-        log = DownloadLog.objects.select_for_update().select_related("file").get(pk=log_pk)
+        # Row locks on this log and its delivery only, FOR NO KEY UPDATE: another download being logged at the
+        # same time takes KEY SHARE locks on the delivery and the file (its foreign keys), which a plain FOR UPDATE
+        # (and one spread over the joined file row) would wait for, in an order that deadlocked under load.
+        log = DownloadLog.objects.select_for_update(of=("self",), no_key=True).select_related("file").get(pk=log_pk)
         if log.finished_at is not None:
             return log.completed
-        delivery = Delivery.objects.select_for_update().get(pk=log.delivery_id)
+        delivery = Delivery.objects.select_for_update(no_key=True).get(pk=log.delivery_id)
         size = log.file.size
         start = log.range_start or 0
         bytes_sent = max(0, min(bytes_sent, size - start))

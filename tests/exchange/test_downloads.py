@@ -8,11 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 import time_machine
 from django.core.files.storage import default_storage
 from django.core.signals import request_finished
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.test import RequestFactory
 from django.urls import resolve, reverse
 
@@ -22,6 +23,7 @@ from exchange.services.downloads import (
     UnsafeStoragePath,
     download_link_make,
     download_log_finish,
+    download_log_start,
     storage_local_path,
     storage_name_check,
 )
@@ -279,6 +281,42 @@ def test_download_log_finish_twice_changes_nothing(client, purchase):
     log.refresh_from_db()
     assert (log.bytes_sent, log.completed) == (SIZE, True)
     assert Delivery.objects.get(pk=delivery.pk).download_count == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_finishing_a_download_does_not_wait_for_another_download_being_logged(client, purchase):
+    """Regression (make bench-load, 160+ users): finishing one download locked its log, the file (through the
+    join) and the delivery FOR UPDATE, while another download's log INSERT held KEY SHARE locks on the same delivery
+    and file (its foreign keys) and waited for the other: PostgreSQL broke the deadlock with a 500.
+
+    Now finishing takes FOR NO KEY UPDATE on the log and the delivery only, which KEY SHARE does not block.
+    """
+    _, delivery, data_file, _ = purchase
+    log = download_log_start(delivery=delivery, file=data_file, user=delivery.entitlement.buyer, ip_address=None)
+    settings_dict = connection.settings_dict
+    other = psycopg.connect(
+        dbname=settings_dict["NAME"],
+        user=settings_dict["USER"] or None,
+        password=settings_dict["PASSWORD"] or None,
+        host=settings_dict["HOST"] or "127.0.0.1",
+        port=settings_dict["PORT"] or 5432,
+    )
+    try:
+        # Another request, in the middle of inserting its DownloadLog row (the foreign keys' locks).
+        other.execute("SELECT 1 FROM exchange_delivery WHERE id = %s FOR KEY SHARE", [delivery.pk])
+        other.execute("SELECT 1 FROM listings_datafile WHERE id = %s FOR KEY SHARE", [data_file.pk])
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '3s'")  # waiting at all fails the test instead of hanging it
+        try:
+            assert download_log_finish(log_pk=log.pk, bytes_sent=data_file.size) is True
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")
+    finally:
+        other.rollback()
+        other.close()
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.download_count) == (DeliveryStatus.CONFIRMED, 1)
 
 
 # --- ranges ---------------------------------------------------------------------------------------------------
