@@ -347,6 +347,9 @@ STORAGES = {
 UPLOAD_MAX_BYTES = env_int("UPLOAD_MAX_BYTES", 100 * 1024 * 1024, minimum=1)
 # The most one merchant may keep stored: the data files of every version of all its products (default 5 GiB).
 MERCHANT_STORAGE_QUOTA_BYTES = env_int("MERCHANT_STORAGE_QUOTA_BYTES", 5 * 1024**3, minimum=1)
+# The web catalog's rendered results are shared for this long (listings.catalog_cache; any catalog change retires
+# them at once); 0 renders every request.
+CATALOG_CACHE_SECONDS = env_int("CATALOG_CACHE_SECONDS", 30, minimum=0, maximum=3600)
 PROFILE_SAMPLE_ROWS = env_int("PROFILE_SAMPLE_ROWS", 10, minimum=0, maximum=1000)
 # Let Django spill uploads to a temporary file early, so a large upload never
 # sits in memory; the service streams from it to storage.

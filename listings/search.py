@@ -52,6 +52,7 @@ from django.db import connection, router
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
+from listings.catalog_cache import catalog_changed
 from listings.choices import FileFormat, Licence, PlanKind, UpdateFrequency
 from listings.models import Category, DataFile, Listing, PricingPlan
 from merchants.models import Merchant
@@ -157,6 +158,7 @@ def listing_refresh_catalog_fields(*, listing_pk: int) -> None:
         "column_names": " ".join(dict.fromkeys(columns)),
     }
     Listing.objects.filter(pk=listing.pk).update(**fields)
+    catalog_changed()  # an UPDATE sends no model signal: retire the cached catalog pages here
     if connection.vendor == "postgresql":
         table = Listing._meta.db_table
         with connection.cursor() as cursor:

@@ -7,13 +7,16 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
+from django.utils.safestring import mark_safe
 from django.utils.translation import gettext
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST
 from django_htmx.http import push_url
 
+from listings.catalog_cache import cached_results
 from listings.choices import EDITABLE_STATUSES, ListingStatus, PlanKind
 from listings.filters import ListingFilter
 from listings.forms import DataDictionaryForm, ListingForm, PlanForm, PriceForm, VersionUploadForm
@@ -58,21 +61,28 @@ def catalog(request):
     template = "listings/catalog.html#results" if fragment else "listings/catalog.html"
     filterset = ListingFilter(request.GET, queryset=listings_published(), request=request)
     if not filterset.is_valid():
-        context = {"filterset": filterset, "errors": filterset.error_list(), "params": {}, "page": None}
+        context = {"filterset": filterset, "errors": filterset.error_list(), "params": {}, "results": None}
         response = render(request, template, context, status=400)
     else:
-        page = filterset.page()
         params = filterset.active_filters()
-        context = {
-            "filterset": filterset,
-            "page": page,
-            "params": params,
-            "facet_groups": filterset.facet_groups(page),
-            "errors": None,
-        }
-        response = render(request, template, context)
+        cursor = request.GET.get("cursor") or ""
+
+        def render_results() -> dict:
+            page = filterset.page()
+            facets = filterset.facet_groups(page)
+            context = {"filterset": filterset, "page": page, "params": params, "facet_groups": facets}
+            return {
+                "body": render_to_string("listings/catalog.html#results_body", context),
+                "status": render_to_string("listings/catalog.html#results_status", context),
+                "q": page.q,
+            }
+
+        results = cached_results(params=params, cursor=cursor, render=render_results)
+        # HTML our own templates rendered (escaped there), kept as text in the cache.
+        results = {**results, "body": mark_safe(results["body"]), "status": mark_safe(results["status"])}
+        response = render(request, template, {"params": params, "results": results, "errors": None})
         if fragment:
-            query = {**params, "cursor": request.GET["cursor"]} if request.GET.get("cursor") else params
+            query = {**params, "cursor": cursor} if cursor else params
             push_url(response, reverse("listings:catalog") + (f"?{urlencode(query)}" if query else ""))
     # The same URL answers with a page or a fragment: caches must keep them apart.
     patch_vary_headers(response, ("HX-Request",))

@@ -1,5 +1,6 @@
 """Published listings with the attributes the catalog filters on, built through the services."""
 
+from listings.catalog_cache import catalog_generation_bump
 from listings.models import DataFile, Listing, Tag
 from listings.search import listing_refresh_catalog_fields
 from tests.factories import make_listing
@@ -48,3 +49,9 @@ def publish(
     listing_refresh_catalog_fields(listing_pk=listing.pk)
     listing.refresh_from_db()
     return listing
+
+
+def without_catalog_bumps(callbacks: list) -> list:
+    """The on-commit callbacks other than the catalog cache's generation bump (listings.catalog_cache), which
+    any change to what the catalog shows schedules."""
+    return [callback for callback in callbacks if callback is not catalog_generation_bump]

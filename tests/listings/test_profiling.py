@@ -14,6 +14,7 @@ from listings.profiling import datafile_profile_run, json_safe, schema_diff
 from listings.services import version_upload
 from listings.tasks import datafile_profile, datafile_profile_sweep
 from listings.uploads import SNIFF_BYTES
+from tests.listings.catalog_data import without_catalog_bumps
 
 PEOPLE_CSV = (
     b"name,age,email,phone,score,joined\n"
@@ -35,7 +36,7 @@ def upload_profiled(draft_listing, merchant_user, django_capture_on_commit_callb
     def upload(content: bytes, name: str, listing: Listing = draft_listing) -> DataFile:
         with django_capture_on_commit_callbacks(execute=True) as callbacks:
             version = version_upload(listing=listing, actor=merchant_user, uploaded_file=_upload(content, name))
-        assert len(callbacks) == 1
+        assert len(without_catalog_bumps(callbacks)) == 1
         return version.files.get()
 
     return upload
@@ -45,9 +46,9 @@ def test_upload_schedules_profiling_on_commit(draft_listing, merchant_user, djan
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         version = version_upload(listing=draft_listing, actor=merchant_user, uploaded_file=_upload(PEOPLE_CSV, "p.csv"))
     data_file = version.files.get()
-    assert len(callbacks) == 1
+    (profile,) = without_catalog_bumps(callbacks)
     assert data_file.profile_status == ProfileStatus.PENDING  # nothing runs before the commit
-    callbacks[0]()
+    profile()
     data_file.refresh_from_db()
     assert data_file.profile_status == ProfileStatus.DONE
 

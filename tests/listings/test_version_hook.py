@@ -9,6 +9,7 @@ from listings.profiling import datafile_profile_run
 from listings.services import version_publish, version_upload
 from tests.exchange.helpers import approve_in_sandbox, buy
 from tests.factories import csv_upload
+from tests.listings.catalog_data import without_catalog_bumps
 
 pytestmark = pytest.mark.django_db
 
@@ -53,7 +54,7 @@ def test_no_subscribers_means_nothing_is_scheduled(bought, merchant_user, settin
     v2 = _profiled_v2(bought, merchant_user)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         version_publish(version=v2, actor=merchant_user)
-    assert callbacks == []
+    assert without_catalog_bumps(callbacks) == []
     assert not Delivery.objects.filter(version=v2).exists()
 
 
