@@ -13,9 +13,10 @@ the baseline measured in the same run.
 
 1. Steps: 10, 20, 40, 80... users (each ramped up, then measured for 20 s)
    until a step's error rate exceeds 0.1% or its p99 exceeds 1 s: the break
-   point; one more step halfway between the last good and the breaking count
-   narrows it down. If no step breaks (up to 1,280 users, or the steps'
-   time budget of 150 s), ``break_point_users`` is null and the steady phase
+   point; two more steps, each halfway between the last good and the lowest
+   breaking count, narrow it down (so 70% of it stays below the last good
+   count). If no step breaks (up to 1,280 users, or the steps' time budget
+   of 200 s), ``break_point_users`` is null and the steady phase
    runs at 70% of the highest count reached.
 2. Steady: after a cool-down, 70% of the break point's users for 60 s: the
    request rate, p50/p99 per request type, the error rate. While it runs,
@@ -119,10 +120,10 @@ FULL = Sizes(
     start_users=10,
     max_users=1280,
     step_seconds=20,
-    refine=1,
+    refine=2,
     steady_seconds=60,
     cool_down=5,
-    budget=150,
+    budget=200,
 )
 SMOKE = Sizes(
     listings=12,
