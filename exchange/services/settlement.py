@@ -420,7 +420,9 @@ def payout_send(*, payout_pk: int) -> Payout:
     again; a transient error is recorded and re-raised so the task retries.
     """
     with transaction.atomic():
-        payout = Payout.objects.select_for_update().select_related("merchant").get(pk=payout_pk)
+        # The payout's row only (of self): the merchant is read, not locked, so nothing that references the merchant
+        # (its listings, orders, the next run's payouts) waits while the gateway answers.
+        payout = Payout.objects.select_for_update(of=("self",)).select_related("merchant").get(pk=payout_pk)
         if payout.status != PayoutStatus.PENDING:
             return payout  # sent already, or refused and its money owed again (the next run pays it)
         try:
@@ -460,7 +462,7 @@ def payout_send(*, payout_pk: int) -> Payout:
         )
         raise failure
     with transaction.atomic():
-        payout = Payout.objects.select_for_update().select_related("merchant").get(pk=payout_pk)
+        payout = Payout.objects.select_for_update(of=("self",)).select_related("merchant").get(pk=payout_pk)
         if payout.status != PayoutStatus.PENDING:
             return payout
         payout.attempts, payout.error, payout.status = payout.attempts + 1, str(failure)[:2000], PayoutStatus.FAILED

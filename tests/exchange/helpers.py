@@ -2,11 +2,16 @@ import json
 import re
 import time
 import uuid
+from contextlib import contextmanager
 
+import psycopg
+from django.db import connection
 from django.urls import reverse
+from psycopg import sql
 
 from exchange.gateways.signing import sign_payload
 from exchange.models import Order
+from tests.system.conftest import _database_url
 
 
 def buy(client, listing, token=None):
@@ -52,3 +57,25 @@ def library_links(html: str) -> list[str]:
 
 def read_stream(response) -> bytes:
     return b"".join(response.streaming_content)
+
+
+@contextmanager
+def rows_being_referenced(*rows: tuple[str, int]):
+    """Another session in the middle of inserting rows that reference ``rows`` (``(table, pk)`` pairs): it holds
+    the KEY SHARE locks PostgreSQL's foreign-key checks take, until the block ends. Meanwhile this session gives up
+    any lock wait after 3 s, so code that would wait for those locks fails the test instead of hanging it.
+
+    Needs committed rows (``django_db(transaction=True)``).
+    """
+    with psycopg.connect(_database_url(), autocommit=False) as other:
+        for table, pk in rows:
+            query = sql.SQL("SELECT 1 FROM {} WHERE id = %s FOR KEY SHARE").format(sql.Identifier(table))
+            other.execute(query, [pk])
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '3s'")
+        try:
+            yield
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")
+            other.rollback()

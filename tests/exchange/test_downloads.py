@@ -8,12 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-import psycopg
 import pytest
 import time_machine
 from django.core.files.storage import default_storage
 from django.core.signals import request_finished
-from django.db import close_old_connections, connection
+from django.db import close_old_connections
 from django.test import RequestFactory
 from django.urls import resolve, reverse
 
@@ -33,7 +32,7 @@ from listings.choices import VersionAccess
 from listings.models import DataFile
 from listings.profiling import datafile_profile_run
 from listings.services import version_publish, version_upload
-from tests.exchange.helpers import approve_in_sandbox, buy, read_stream
+from tests.exchange.helpers import approve_in_sandbox, buy, read_stream, rows_being_referenced
 from tests.factories import csv_upload, make_listing
 
 pytestmark = pytest.mark.django_db
@@ -293,28 +292,9 @@ def test_finishing_a_download_does_not_wait_for_another_download_being_logged(cl
     """
     _, delivery, data_file, _ = purchase
     log = download_log_start(delivery=delivery, file=data_file, user=delivery.entitlement.buyer, ip_address=None)
-    settings_dict = connection.settings_dict
-    other = psycopg.connect(
-        dbname=settings_dict["NAME"],
-        user=settings_dict["USER"] or None,
-        password=settings_dict["PASSWORD"] or None,
-        host=settings_dict["HOST"] or "127.0.0.1",
-        port=settings_dict["PORT"] or 5432,
-    )
-    try:
-        # Another request, in the middle of inserting its DownloadLog row (the foreign keys' locks).
-        other.execute("SELECT 1 FROM exchange_delivery WHERE id = %s FOR KEY SHARE", [delivery.pk])
-        other.execute("SELECT 1 FROM listings_datafile WHERE id = %s FOR KEY SHARE", [data_file.pk])
-        with connection.cursor() as cursor:
-            cursor.execute("SET lock_timeout = '3s'")  # waiting at all fails the test instead of hanging it
-        try:
-            assert download_log_finish(log_pk=log.pk, bytes_sent=data_file.size) is True
-        finally:
-            with connection.cursor() as cursor:
-                cursor.execute("RESET lock_timeout")
-    finally:
-        other.rollback()
-        other.close()
+    # Another request, in the middle of inserting its DownloadLog row (its foreign keys' locks).
+    with rows_being_referenced(("exchange_delivery", delivery.pk), ("listings_datafile", data_file.pk)):
+        assert download_log_finish(log_pk=log.pk, bytes_sent=data_file.size) is True
     delivery.refresh_from_db()
     assert (delivery.status, delivery.download_count) == (DeliveryStatus.CONFIRMED, 1)
 

@@ -40,12 +40,14 @@ from exchange.services.orders import order_checkout_start, order_confirm_receipt
 from exchange.services.refunds import order_refund
 from exchange.services.settlement import (
     SettlementInProgress,
+    payout_send,
     settlement_batch_execute,
     settlement_run_execute,
     settlement_run_plan,
     settlement_run_start,
     settlement_runs_resume,
 )
+from tests.exchange.helpers import rows_being_referenced
 from tests.factories import UserFactory, make_listing, make_merchant
 
 pytestmark = pytest.mark.django_db
@@ -328,3 +330,18 @@ def test_admin_shows_a_runs_progress_totals_and_blocks(market, client, staff, dj
     assert "None of the selected runs is running: nothing to resume." in response.content.decode()
     run.refresh_from_db()
     assert run.status == SettlementRunStatus.COMPLETED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sending_a_payout_does_not_wait_for_rows_being_added_for_its_merchant(merchant):
+    """A payout is sent with its own row locked while the gateway answers; the merchant's row is only read, so
+    another session inserting rows that reference the merchant (a listing, an order, a payout) is not held up,
+    and neither is the payout (before, the join locked the merchant FOR UPDATE, which such inserts wait for)."""
+    run = SettlementRun.objects.create(status="completed")
+    payout = Payout.objects.create(
+        run=run, merchant=merchant, amount=4500, currency="CNY", idempotency_key="payout-lock-1", gateway="sandbox"
+    )
+    with rows_being_referenced(("merchants_merchant", merchant.pk)):
+        payout_send(payout_pk=payout.pk)
+    payout.refresh_from_db()
+    assert payout.status == PayoutStatus.SENT and payout.gateway_reference.startswith("tr_sbx_")
