@@ -31,10 +31,6 @@ from django.utils.translation import get_language
 GENERATION_KEY = "catalog:generation"
 
 
-def catalog_cache_seconds() -> int:
-    return int(settings.CATALOG_CACHE_SECONDS)
-
-
 def catalog_generation() -> int:
     """The current generation of the published catalog (created on first use)."""
     generation = cache.get(GENERATION_KEY)
@@ -69,7 +65,7 @@ def results_key(*, params: dict[str, str], cursor: str) -> str:
 
 def cached_results(*, params: dict[str, str], cursor: str, render: Callable[[], dict]) -> dict:
     """The results for ``params`` and ``cursor``: from the cache, or ``render()``-ed and kept for the next visitor."""
-    seconds = catalog_cache_seconds()
+    seconds = settings.CATALOG_CACHE_SECONDS
     if seconds <= 0:
         return render()
     key = results_key(params=params, cursor=cursor)
