@@ -36,6 +36,7 @@ the ledger balanced and its chain verified afterwards.
     python -m bench.settlement                    # 100,000 trades, 1,000 merchants, one round
     python -m bench.settlement --rounds 3         # medians over three rounds
     python -m bench.settlement --smoke            # 300 trades, 10 merchants, batches of 50, 2 rounds, for the tests
+    python -m bench.settlement --reuse            # keep a template seeded earlier at the same sizes and migrations
 
 "Two workers" are two worker processes with concurrency 1 each. It uses its
 own PostgreSQL databases (the trial database, dropped and cloned here, and a
@@ -364,6 +365,32 @@ def seed(*, sizes: Sizes, run_url: str, template_url: str, env: dict[str, str]) 
     return seconds
 
 
+def template_reusable(*, template_url: str, sizes: Sizes) -> str | None:
+    """Why the template seeded earlier cannot be reused at ``sizes`` (None when it can).
+
+    It must exist, hold exactly the trades and merchants asked for, and have
+    every migration of this code applied and no other, so a changed schema
+    is never measured on a stale copy.
+    """
+    import psycopg
+    from django.db.migrations.loader import MigrationLoader
+
+    try:
+        conn = psycopg.connect(template_url, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError:
+        return "no template database"
+    with conn:
+        applied = set(conn.execute("SELECT app, name FROM django_migrations").fetchall())
+        trades = conn.execute("SELECT count(*) FROM exchange_order").fetchone()[0]
+        merchants = conn.execute("SELECT count(*) FROM merchants_merchant").fetchone()[0]
+    on_disk = set(MigrationLoader(None, ignore_no_migrations=True).disk_migrations)
+    if applied != on_disk:
+        return f"its migrations differ from the code's ({len(applied ^ on_disk)} differ)"
+    if (trades, merchants) != (sizes.trades, sizes.merchants):
+        return f"it holds {trades} trades over {merchants} merchants"
+    return None
+
+
 # --- one trial -------------------------------------------------------------------------------------------------------
 
 
@@ -686,14 +713,21 @@ def summarise(trials: list[dict], *, label: str) -> dict:
     }
 
 
-def run(*, sizes: Sizes, rounds: int, database_url: str, redis_url: str) -> dict:
+def run(*, sizes: Sizes, rounds: int, database_url: str, redis_url: str, reuse: bool = False) -> dict:
     template_url = seed_database_url(database_url)
     with tempfile.TemporaryDirectory(prefix="bench-settlement-") as scratch_dir:
         scratch = Path(scratch_dir)
         env = bench_environment(database_url=database_url, redis_url=redis_url, scratch=scratch)
         django_setup(env)  # tasks run inline in this process while seeding
         redis_flush(redis_url)
-        seed_seconds = seed(sizes=sizes, run_url=database_url, template_url=template_url, env=env)
+        why_not = template_reusable(template_url=template_url, sizes=sizes) if reuse else "--reuse not given"
+        if why_not is None:
+            log(f"reusing the template {_own_name(template_url)}")
+            seed_seconds = 0.0
+        else:
+            if reuse:
+                log(f"seeding again: {why_not}")
+            seed_seconds = seed(sizes=sizes, run_url=database_url, template_url=template_url, env=env)
 
         # From here on this process only starts runs: their work must go to the workers through the broker.
         from exchange.celery import app
@@ -738,6 +772,7 @@ def run(*, sizes: Sizes, rounds: int, database_url: str, redis_url: str) -> dict
         "rounds": rounds,
         "workers_mode": "1 worker: one process -c 1; 2 workers: two processes -c 1 each (prefork, queue settlement)",
         "seed_seconds": round(seed_seconds, 1),
+        "seed_reused": seed_seconds == 0.0,
         "one_worker": {key: one[key] for key in ("seconds", "rows", "rows_per_s")},
         "two_workers": {key: two[key] for key in ("seconds", "rows", "rows_per_s")},
         "copy_rows_per_s": _median([result["copy_rows_per_s"] for result in trials]),
@@ -770,6 +805,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=None, help="rounds of (1 worker, 2 workers), medians reported (1; smoke: 2)"
     )
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the template seeded by an earlier run if sizes and migrations match"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="SETTLEMENT_BATCH_SIZE for the workers (500)")
     args = parser.parse_args(argv)
     base = SMOKE if args.smoke else FULL
@@ -793,6 +831,7 @@ def main(argv: list[str] | None = None) -> int:
             rounds=rounds,
             database_url=os.environ.get("BENCH_SETTLEMENT_DATABASE_URL", DEFAULT_DATABASE_URL),
             redis_url=os.environ.get("BENCH_SETTLEMENT_REDIS_URL", DEFAULT_REDIS_URL),
+            reuse=args.reuse,
         )
     except BenchError as exc:
         log(f"could not run: {exc}")
