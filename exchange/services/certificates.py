@@ -94,7 +94,7 @@ def _delivered_versions_many(orders: list[Order]) -> dict[int, list[dict]]:
     rows = [
         (entitlements[entitlement_id], ready_at, version_id, label)
         for entitlement_id, ready_at, version_id, label in Delivery.objects.filter(
-            entitlement_id__in=list(entitlements), ready_at__isnull=False
+            entitlement_id__any_of=list(entitlements), ready_at__isnull=False
         )
         .exclude(status__in=[DeliveryStatus.FAILED, DeliveryStatus.PENDING])
         .order_by("pk")
@@ -253,9 +253,8 @@ def certificates_issue_many(*, sales: list[tuple[Order, JournalEntry | None]]) -
     Must run inside the transaction that settles the orders, which holds
     their row locks (so no other transaction issues them meanwhile).
     """
-    issued = set(
-        TransactionCertificate.objects.filter(order__in=[o.pk for o, _ in sales]).values_list("order_id", flat=True)
-    )
+    wanted = [order.pk for order, _ in sales]
+    issued = set(TransactionCertificate.objects.filter(order_id__any_of=wanted).values_list("order_id", flat=True))
     todo = [(order, entry) for order, entry in sales if order.pk not in issued]
     if not todo:
         return 0

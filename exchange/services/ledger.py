@@ -67,7 +67,7 @@ def merchant_accounts(*, kind: str, merchants) -> dict[int, LedgerAccount]:
     if kind not in MERCHANT_ACCOUNT_NAMES:
         raise ValueError(f"{kind} is not a merchant account kind")
     by_code = {f"{kind}:{merchant.pk}": merchant for merchant in merchants}
-    found = {account.merchant_id: account for account in LedgerAccount.objects.filter(code__in=by_code)}
+    found = {account.merchant_id: account for account in LedgerAccount.objects.filter(code__any_of=list(by_code))}
     missing = [
         LedgerAccount(code=code, kind=kind, merchant=merchant, name=MERCHANT_ACCOUNT_NAMES[kind].format(merchant.name))
         for code, merchant in by_code.items()
@@ -75,7 +75,7 @@ def merchant_accounts(*, kind: str, merchants) -> dict[int, LedgerAccount]:
     ]
     if missing:
         LedgerAccount.objects.bulk_create(missing, ignore_conflicts=True)  # a concurrent writer may create one too
-        found = {account.merchant_id: account for account in LedgerAccount.objects.filter(code__in=by_code)}
+        found = {account.merchant_id: account for account in LedgerAccount.objects.filter(code__any_of=list(by_code))}
     return found
 
 
@@ -223,7 +223,7 @@ def journal_entries_write(specs: list[EntrySpec]) -> PendingBlock:
     """
     legs_by_spec = [_balanced_legs(spec) for spec in specs]
     keys = [spec.idempotency_key for spec in specs]
-    existing = {entry.idempotency_key: entry for entry in JournalEntry.objects.filter(idempotency_key__in=keys)}
+    existing = {entry.idempotency_key: entry for entry in JournalEntry.objects.filter(idempotency_key__any_of=keys)}
     fresh = []
     for spec, legs in zip(specs, legs_by_spec, strict=True):
         if spec.idempotency_key not in existing:

@@ -87,7 +87,8 @@ def orders_transition_locked(
     if len(orders) == 1:
         orders[0].save(update_fields=columns)
     elif len(set(values)) == 1:  # the usual batch: every order gets the same values, in one plain UPDATE
-        Order.objects.filter(pk__in=[order.pk for order in orders]).update(**dict(zip(columns, values[0], strict=True)))
+        same = dict(zip(columns, values[0], strict=True))
+        Order.objects.filter(pk__any_of=[order.pk for order in orders]).update(**same)
     else:
         Order.objects.bulk_update(orders, columns)
     rows_copy(OrderStatusHistory, ("order_id", "from_status", "to_status", "reason", "actor_id", "created_at"), history)
