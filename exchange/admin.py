@@ -34,10 +34,12 @@ from exchange.models import (
     OutboundEvent,
     PaymentEvent,
     Payout,
+    PayoutStatusHistory,
     Posting,
     Refund,
     SettlementBatch,
     SettlementRun,
+    SettlementRunStatusHistory,
     Subscription,
     UsageMonthly,
     UsageRecord,
@@ -579,6 +581,26 @@ def resume_settlement_runs(modeladmin, request, queryset):
     )
 
 
+class SettlementStatusHistoryInline(admin.TabularInline):
+    """A run's or a payout's status moves (``settlement.status_move``), oldest first; read-only."""
+
+    extra = 0
+    can_delete = False
+    readonly_fields = ("created_at", "from_status", "to_status", "reason", "actor")
+    fields = readonly_fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class SettlementRunStatusHistoryInline(SettlementStatusHistoryInline):
+    model = SettlementRunStatusHistory
+
+
+class PayoutStatusHistoryInline(SettlementStatusHistoryInline):
+    model = PayoutStatusHistory
+
+
 class SettlementBatchInline(admin.TabularInline):
     model = SettlementBatch
     extra = 0
@@ -616,7 +638,7 @@ class SettlementRunAdmin(ReadOnlyAdmin):
     )
     list_filter = ("status", "trigger")
     readonly_fields = ("progress", "totals")
-    inlines = [SettlementBatchInline, PayoutInline]
+    inlines = [SettlementRunStatusHistoryInline, SettlementBatchInline, PayoutInline]
     actions = [start_settlement_run, resume_settlement_runs]
 
     class Media:
@@ -676,6 +698,7 @@ class PayoutAdmin(ReadOnlyAdmin):
     list_display = ("pk", "merchant", "amount_display", "status", "run", "gateway_reference", "attempts", "sent_at")
     list_filter = ("status", "currency")
     list_select_related = ("merchant", "run")
+    inlines = [PayoutStatusHistoryInline]
 
 
 # --- data API usage (issue 5): the full access log, for admins only -----------------------------

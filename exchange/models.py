@@ -695,6 +695,56 @@ class Payout(models.Model):
         return format_minor(self.amount, self.currency)
 
 
+class SettlementStatusHistory(models.Model):
+    """One move of a settlement run's, batch's or payout's status, written by ``settlement.status_move``."""
+
+    from_status = models.CharField(verbose_name=_("from status"), max_length=20, blank=True)
+    to_status = models.CharField(verbose_name=_("to status"), max_length=20)
+    reason = models.CharField(verbose_name=_("reason"), max_length=300, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("actor"),
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(verbose_name=_("created at"), default=timezone.now)
+
+    class Meta:
+        abstract = True
+        ordering = ["created_at", "pk"]
+
+    def __str__(self):
+        return f"{self.from_status or '∅'} → {self.to_status}"
+
+
+class SettlementRunStatusHistory(SettlementStatusHistory):
+    run = models.ForeignKey(SettlementRun, verbose_name=_("run"), on_delete=models.PROTECT, related_name="history")
+
+    class Meta(SettlementStatusHistory.Meta):
+        verbose_name = _("settlement run status history")
+        verbose_name_plural = _("settlement run status history")
+
+
+class SettlementBatchStatusHistory(SettlementStatusHistory):
+    batch = models.ForeignKey(
+        SettlementBatch, verbose_name=_("batch"), on_delete=models.PROTECT, related_name="history"
+    )
+
+    class Meta(SettlementStatusHistory.Meta):
+        verbose_name = _("settlement batch status history")
+        verbose_name_plural = _("settlement batch status history")
+
+
+class PayoutStatusHistory(SettlementStatusHistory):
+    payout = models.ForeignKey(Payout, verbose_name=_("payout"), on_delete=models.PROTECT, related_name="history")
+
+    class Meta(SettlementStatusHistory.Meta):
+        verbose_name = _("payout status history")
+        verbose_name_plural = _("payout status history")
+
+
 class SandboxCheckoutSession(models.Model):
     """The sandbox gateway's own record of a checkout (what Stripe would hold)."""
 

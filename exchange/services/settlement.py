@@ -12,6 +12,10 @@ one ledger block, appended to the chain as the transaction's last step
 payout per merchant and currency per run (unique), after netting what the
 merchant owes back (a refund after an earlier payout) against what it is owed.
 
+Every status move of a run, a batch or a payout goes through ``status_move``
+(the transition tables below, the row lock the caller holds, one history row
+each); their creation writes the first history row (``"" -> initial``).
+
 Resumable and safe to repeat: a batch is locked and done at most once (a
 worker killed mid-batch leaves it PENDING and its redelivered or re-queued task
 does it), planning and finishing happen once per run under the run's row lock,
@@ -40,7 +44,17 @@ from exchange.choices import (
     SettlementRunStatus,
 )
 from exchange.gateways import GatewayError, get_gateway
-from exchange.models import LedgerAccount, Order, Payout, Posting, SettlementBatch, SettlementRun
+from exchange.models import (
+    LedgerAccount,
+    Order,
+    Payout,
+    PayoutStatusHistory,
+    Posting,
+    SettlementBatch,
+    SettlementBatchStatusHistory,
+    SettlementRun,
+    SettlementRunStatusHistory,
+)
 from exchange.services.certificates import certificates_issue_many
 from exchange.services.fees import FeeSchedule, order_split, with_fee_category
 from exchange.services.ledger import (
@@ -56,6 +70,51 @@ from exchange.services.orders import orders_transition_locked
 
 class SettlementInProgress(ValidationError):
     pass
+
+
+class SettlementTransitionError(ValidationError):
+    pass
+
+
+RUN_TRANSITIONS = {SettlementRunStatus.RUNNING: {SettlementRunStatus.COMPLETED, SettlementRunStatus.FAILED}}
+BATCH_TRANSITIONS = {SettlementBatchStatus.PENDING: {SettlementBatchStatus.COMPLETED, SettlementBatchStatus.FAILED}}
+PAYOUT_TRANSITIONS = {PayoutStatus.PENDING: {PayoutStatus.SENT, PayoutStatus.FAILED}}
+# Per model: its transition table, its history model and the history's link to it.
+_MACHINES = {
+    SettlementRun: (RUN_TRANSITIONS, SettlementRunStatusHistory, "run"),
+    SettlementBatch: (BATCH_TRANSITIONS, SettlementBatchStatusHistory, "batch"),
+    Payout: (PAYOUT_TRANSITIONS, PayoutStatusHistory, "payout"),
+}
+
+
+def status_move(obj, to_status: str, *, reason: str, actor=None, fields=()):
+    """The one place a settlement run, batch or payout changes status; the caller holds its row lock.
+
+    The move is checked against the model's transition table first
+    (SettlementTransitionError, nothing saved). Then one history row is
+    written and the status saved with ``fields``, which the caller has set
+    on ``obj`` already.
+    """
+    table, history, link = _MACHINES[type(obj)]
+    if to_status not in table.get(obj.status, ()):
+        raise SettlementTransitionError(
+            f"{str(obj._meta.verbose_name).capitalize()} {obj.pk} is {obj.status}; it cannot become {to_status}.",
+            code="invalid_transition",
+        )
+    history.objects.create(**{link: obj}, from_status=obj.status, to_status=to_status, reason=reason[:300], actor=actor)
+    obj.status = to_status
+    obj.save(update_fields=["status", *fields])
+    return obj
+
+
+def _history_start(objects: list, *, reason: str, actor=None) -> None:
+    """The first history row ("" -> the status they were created with) of new runs, batches or payouts."""
+    if objects:
+        _, history, link = _MACHINES[type(objects[0])]
+        history.objects.bulk_create(
+            history(**{link: obj}, from_status="", to_status=obj.status, reason=reason[:300], actor=actor)
+            for obj in objects
+        )
 
 
 # What a batch reads of its orders: settling, the fee schedule, the ledger entry and the certificate need no more.
@@ -92,6 +151,7 @@ def settlement_run_start(*, actor=None, trigger: str = "manual") -> SettlementRu
     try:
         with transaction.atomic():
             run = SettlementRun.objects.create(requested_by=actor, trigger=trigger)
+            _history_start([run], reason=f"started ({trigger})", actor=actor)
             audit_record(action="settlement_run_started", actor=actor, obj=run, trigger=trigger)
             transaction.on_commit(lambda: settlement_run_execute.delay(run.pk))
     except IntegrityError:
@@ -139,12 +199,13 @@ def settlement_run_plan(*, run_pk: int, queue: bool = True) -> SettlementRun:
             run.cutoff = timezone.now() - timedelta(days=settings.DISPUTE_HOLD_DAYS)
             pks = list(_eligible(run.cutoff).order_by("pk").values_list("pk", flat=True))
             size = settings.SETTLEMENT_BATCH_SIZE
-            SettlementBatch.objects.bulk_create(
+            batches = SettlementBatch.objects.bulk_create(
                 SettlementBatch(
                     run=run, number=n // size + 1, first_order_pk=pks[n], last_order_pk=pks[min(n + size, len(pks)) - 1]
                 )
                 for n in range(0, len(pks), size)
             )
+            _history_start(batches, reason=f"planned: cutoff {run.cutoff.isoformat()}")
             run.orders_total, run.batches_total = len(pks), -(-len(pks) // size)
             run.save(update_fields=["cutoff", "orders_total", "batches_total"])
         pending = list(run.batches.filter(status=SettlementBatchStatus.PENDING).values_list("pk", flat=True))
@@ -225,14 +286,14 @@ def settlement_batch_execute(*, batch_pk: int, queue_finish: bool = True) -> Set
                     escrow, revenue, _ = spec.postings
                     totals[escrow[2]]["gross"] += escrow[1]
                     totals[escrow[2]]["fee"] -= revenue[1]
-            batch.status, batch.orders_settled, batch.ledger_rows = (
+            batch.orders_settled, batch.ledger_rows, batch.totals = len(orders), pending.rows, dict(totals)
+            batch.block_id, batch.attempts, batch.finished_at = pending.block_id, batch.attempts + 1, timezone.now()
+            status_move(
+                batch,
                 SettlementBatchStatus.COMPLETED,
-                len(orders),
-                pending.rows,
+                reason=f"{len(orders)} orders settled",
+                fields=("orders_settled", "ledger_rows", "totals", "block", "attempts", "finished_at"),
             )
-            batch.totals, batch.block_id, batch.attempts = dict(totals), pending.block_id, batch.attempts + 1
-            batch.finished_at = timezone.now()
-            batch.save()
             # The chain head is the only row batches share: locked last, for the append and the commit.
             block_append(pending)
     except Exception as exc:
@@ -251,14 +312,12 @@ def _record_batch_failure(*, batch_pk: int, error: str) -> None:
         batch = SettlementBatch.objects.select_for_update().get(pk=batch_pk)
         if batch.status != SettlementBatchStatus.PENDING:
             return
-        SettlementBatch.objects.filter(pk=batch_pk).update(
-            status=SettlementBatchStatus.FAILED, error=error[:2000], attempts=F("attempts") + 1
-        )
-        SettlementRun.objects.filter(pk=batch.run_id, status=SettlementRunStatus.RUNNING).update(
-            status=SettlementRunStatus.FAILED,
-            error=f"batch {batch.number}: {error}"[:2000],
-            finished_at=timezone.now(),
-        )
+        batch.error, batch.attempts = error[:2000], batch.attempts + 1
+        status_move(batch, SettlementBatchStatus.FAILED, reason=error, fields=("error", "attempts"))
+        run = SettlementRun.objects.select_for_update().get(pk=batch.run_id)
+        if run.status == SettlementRunStatus.RUNNING:
+            run.error, run.finished_at = f"batch {batch.number}: {error}"[:2000], timezone.now()
+            status_move(run, SettlementRunStatus.FAILED, reason=run.error, fields=("error", "finished_at"))
 
 
 def _payout_specs(*, run: SettlementRun) -> tuple[list[Payout], list[EntrySpec]]:
@@ -321,6 +380,7 @@ def _payout_specs(*, run: SettlementRun) -> tuple[list[Payout], list[EntrySpec]]
                 )
             )
     Payout.objects.bulk_create(payouts)
+    _history_start(payouts, reason=f"created by settlement run {run.pk}")
     specs = netting + [
         EntrySpec(
             idempotency_key=f"payout_created:{payout.pk}",
@@ -351,8 +411,13 @@ def settlement_run_finish(*, run_pk: int) -> SettlementRun:
         run.batches_done, run.orders_settled = done["batches"], done["orders"] or 0
         payouts, specs = _payout_specs(run=run)
         pending = journal_entries_write(specs)
-        run.status, run.finished_at, run.payouts_created = SettlementRunStatus.COMPLETED, timezone.now(), len(payouts)
-        run.save(update_fields=["status", "finished_at", "payouts_created", "batches_done", "orders_settled"])
+        run.finished_at, run.payouts_created = timezone.now(), len(payouts)
+        status_move(
+            run,
+            SettlementRunStatus.COMPLETED,
+            reason=f"{run.orders_settled} orders settled, {len(payouts)} payouts created",
+            fields=("finished_at", "payouts_created", "batches_done", "orders_settled"),
+        )
         block_append(pending)
         pks = [payout.pk for payout in payouts]
         transaction.on_commit(lambda: [payout_send.delay(pk) for pk in pks])
@@ -431,13 +496,13 @@ def payout_send(*, payout_pk: int) -> Payout:
             failure = exc
         else:
             payout.attempts += 1
-            payout.status, payout.gateway_reference, payout.sent_at, payout.error = (
+            payout.gateway_reference, payout.sent_at, payout.error = reference, timezone.now(), ""
+            status_move(
+                payout,
                 PayoutStatus.SENT,
-                reference,
-                timezone.now(),
-                "",
+                reason=f"transfer {reference}",
+                fields=("attempts", "gateway_reference", "sent_at", "error"),
             )
-            payout.save(update_fields=["attempts", "status", "gateway_reference", "sent_at", "error"])
             journal_post(
                 idempotency_key=f"payout_sent:{payout.pk}",
                 kind=JournalKind.PAYOUT_SENT,
@@ -465,8 +530,10 @@ def payout_send(*, payout_pk: int) -> Payout:
         payout = Payout.objects.select_for_update(of=("self",)).select_related("merchant").get(pk=payout_pk)
         if payout.status != PayoutStatus.PENDING:
             return payout
-        payout.attempts, payout.error, payout.status = payout.attempts + 1, str(failure)[:2000], PayoutStatus.FAILED
-        payout.save(update_fields=["attempts", "error", "status"])
+        payout.attempts, payout.error = payout.attempts + 1, str(failure)[:2000]
+        status_move(
+            payout, PayoutStatus.FAILED, reason=f"refused by the gateway: {failure}", fields=("attempts", "error")
+        )
         # Refused, not lost: the money goes back to what the merchant is owed, and the next run pays it again.
         journal_post(
             idempotency_key=f"payout_returned:{payout.pk}",

@@ -28,9 +28,12 @@ from exchange.models import (
     Order,
     OrderStatusHistory,
     Payout,
+    PayoutStatusHistory,
     Posting,
     SettlementBatch,
+    SettlementBatchStatusHistory,
     SettlementRun,
+    SettlementRunStatusHistory,
     TransactionCertificate,
 )
 from exchange.services import settlement as settlement_module
@@ -40,12 +43,14 @@ from exchange.services.orders import order_checkout_start, order_confirm_receipt
 from exchange.services.refunds import order_refund
 from exchange.services.settlement import (
     SettlementInProgress,
+    SettlementTransitionError,
     payout_send,
     settlement_batch_execute,
     settlement_run_execute,
     settlement_run_plan,
     settlement_run_start,
     settlement_runs_resume,
+    status_move,
 )
 from tests.exchange.helpers import rows_being_referenced
 from tests.factories import UserFactory, make_listing, make_merchant
@@ -209,6 +214,88 @@ def test_a_failing_batch_fails_the_run_and_its_orders_wait_for_the_next(
     sales = JournalEntry.objects.filter(kind=JournalKind.SALE)
     assert sorted(sales.values_list("order_id", flat=True)) == sorted(order.pk for order in orders)
     assert ledger_verify().ok
+
+
+def _moves(history, **link) -> list[tuple[str, str]]:
+    return list(history.objects.filter(**link).order_by("pk").values_list("from_status", "to_status"))
+
+
+def test_every_status_move_of_a_run_its_batches_and_payouts_has_a_history_row(
+    market, django_capture_on_commit_callbacks, staff
+):
+    _nine_orders(market, django_capture_on_commit_callbacks)
+    with django_capture_on_commit_callbacks(execute=True):
+        run = settlement_run_start(actor=staff, trigger="admin")
+    run.refresh_from_db()
+    started, completed = SettlementRunStatusHistory.objects.filter(run=run).order_by("pk")
+    assert (started.from_status, started.to_status, started.reason, started.actor) == (
+        "",
+        SettlementRunStatus.RUNNING,
+        "started (admin)",
+        staff,
+    )
+    assert (completed.from_status, completed.to_status, completed.reason) == (
+        SettlementRunStatus.RUNNING,
+        SettlementRunStatus.COMPLETED,
+        "9 orders settled, 3 payouts created",
+    )
+    for batch in run.batches.all():
+        assert _moves(SettlementBatchStatusHistory, batch=batch) == [
+            ("", SettlementBatchStatus.PENDING),
+            (SettlementBatchStatus.PENDING, SettlementBatchStatus.COMPLETED),
+        ]
+    for payout in run.payouts.all():
+        assert _moves(PayoutStatusHistory, payout=payout) == [
+            ("", PayoutStatus.PENDING),
+            (PayoutStatus.PENDING, PayoutStatus.SENT),
+        ]
+        assert payout.history.last().reason == f"transfer {payout.gateway_reference}"
+
+
+@pytest.mark.parametrize(
+    ("model", "to_status"),
+    [
+        (SettlementRun, SettlementRunStatus.RUNNING),
+        (SettlementRun, SettlementRunStatus.FAILED),
+        (SettlementBatch, SettlementBatchStatus.PENDING),
+        (Payout, PayoutStatus.PENDING),
+        (Payout, PayoutStatus.FAILED),
+    ],
+)
+def test_a_move_the_table_does_not_allow_is_refused_and_changes_nothing(
+    market, django_capture_on_commit_callbacks, model, to_status
+):
+    _nine_orders(market, django_capture_on_commit_callbacks)
+    run = _run_by_workers(django_capture_on_commit_callbacks)
+    obj = {SettlementRun: run, SettlementBatch: run.batches.first(), Payout: run.payouts.first()}[model]
+    before = (obj.status, obj.history.count())
+    with pytest.raises(SettlementTransitionError, match=f"it cannot become {to_status}"):
+        status_move(obj, to_status, reason="by hand")
+    obj.refresh_from_db()
+    assert (obj.status, obj.history.count()) == before
+
+
+def test_a_failed_batch_and_its_run_record_why_in_their_history(
+    market, django_capture_on_commit_callbacks, monkeypatch
+):
+    _nine_orders(market, django_capture_on_commit_callbacks)
+
+    def breaks(*, sales):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(settlement_module, "certificates_issue_many", breaks)
+    run = settlement_run_start(trigger="test")
+    with pytest.raises(RuntimeError, match="disk full"):
+        settlement_run_execute(run_pk=run.pk)
+    first = run.batches.get(number=1)
+    assert list(first.history.order_by("pk").values_list("to_status", "reason"))[-1] == (
+        SettlementBatchStatus.FAILED,
+        "RuntimeError: disk full",
+    )
+    assert list(run.history.order_by("pk").values_list("from_status", "to_status", "reason")) == [
+        ("", SettlementRunStatus.RUNNING, "started (test)"),
+        (SettlementRunStatus.RUNNING, SettlementRunStatus.FAILED, "batch 1: RuntimeError: disk full"),
+    ]
 
 
 def test_resume_queues_the_lost_work_of_a_stalled_run(market, django_capture_on_commit_callbacks):

@@ -171,6 +171,9 @@ def test_refused_transfer_is_recorded_not_dropped(fake_stripe, stripe_payout):
     payout = payout_send(payout_pk=stripe_payout.pk)
     assert payout.status == PayoutStatus.FAILED
     assert "Insufficient funds" in payout.error
+    (refused,) = payout.history.all()  # the fixture made the payout directly: only the move is recorded
+    assert (refused.from_status, refused.to_status) == (PayoutStatus.PENDING, PayoutStatus.FAILED)
+    assert refused.reason.startswith("refused by the gateway: ") and "Insufficient funds" in refused.reason
     # The money goes back to what the merchant is owed ...
     (returned,) = JournalEntry.objects.all()
     assert returned.kind == JournalKind.PAYOUT_RETURNED and returned.payout_id == payout.pk
