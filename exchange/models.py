@@ -564,11 +564,24 @@ class JournalEntry(models.Model):
 
 
 class Posting(models.Model):
-    """One leg of a journal entry: positive is a debit, negative a credit."""
+    """One leg of a journal entry: positive is a debit, negative a credit.
 
-    entry = models.ForeignKey(JournalEntry, verbose_name=_("entry"), on_delete=models.PROTECT, related_name="postings")
+    Its entry and account are checked once per INSERT statement by the
+    ledger's own trigger (migration 0018), not by a foreign key per row: it
+    refuses a posting whose entry or account does not exist, or whose entry
+    is sealed in an appended block. Entries cannot be deleted (append-only)
+    and an account with postings cannot be either (a trigger).
+    """
+
+    entry = models.ForeignKey(
+        JournalEntry, verbose_name=_("entry"), on_delete=models.PROTECT, related_name="postings", db_constraint=False
+    )
     account = models.ForeignKey(
-        LedgerAccount, verbose_name=_("account"), on_delete=models.PROTECT, related_name="postings"
+        LedgerAccount,
+        verbose_name=_("account"),
+        on_delete=models.PROTECT,
+        related_name="postings",
+        db_constraint=False,
     )
     amount = models.BigIntegerField(verbose_name=_("amount"))
     currency = models.CharField(verbose_name=_("currency"), max_length=3, choices=CURRENCY_CHOICES)

@@ -18,12 +18,12 @@ import re
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import ProgrammingError, connection, transaction
+from django.db import IntegrityError, ProgrammingError, connection, transaction
 from django.urls import reverse
 from django.utils import timezone
 
 from exchange.choices import AccountKind, JournalKind
-from exchange.models import JournalEntry, LedgerBlock, LedgerChainHead, LedgerVerification, Posting
+from exchange.models import JournalEntry, LedgerAccount, LedgerBlock, LedgerChainHead, LedgerVerification, Posting
 from exchange.services import ledger as ledger_service
 from exchange.services.ledger import (
     GENESIS_HASH,
@@ -108,12 +108,14 @@ def _append_only_disabled():
     _flush_deferred()
     for table in LEDGER_TABLES:
         _raw(f"ALTER TABLE {table} DISABLE TRIGGER {table}_append_only")
+    _raw("ALTER TABLE exchange_posting DISABLE TRIGGER exchange_posting_checked")  # postings for sealed entries too
     try:
         yield
     finally:
         _flush_deferred()
         for table in LEDGER_TABLES:
             _raw(f"ALTER TABLE {table} ENABLE TRIGGER {table}_append_only")
+        _raw("ALTER TABLE exchange_posting ENABLE TRIGGER exchange_posting_checked")
 
 
 def _tamper(*statements):
@@ -124,17 +126,25 @@ def _tamper(*statements):
             _raw(sql, params)
 
 
-def _insert_block(entry_count: int = 1) -> tuple[int, int]:
-    """A block row written straight into the table after the last stored one; returns (id, sequence)."""
+def _block_id() -> int:
+    """A block id taken as the service takes it; the block row itself comes last (``_insert_block``)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT nextval(pg_get_serial_sequence('exchange_ledgerblock', 'id'))")
+        return cursor.fetchone()[0]
+
+
+def _insert_block(block_id: int, entry_count: int = 1) -> int:
+    """The block row ``block_id``, written straight into the table after the last stored one (it seals its
+    entries, as the service's last step does); returns its sequence."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT coalesce(max(sequence), 0) + 1 FROM exchange_ledgerblock")
         sequence = cursor.fetchone()[0]
         cursor.execute(
-            "INSERT INTO exchange_ledgerblock (sequence, entry_count, root_hash, created_at, prev_hash, block_hash)"
-            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-            [sequence, entry_count, "r" * 64, timezone.now(), GENESIS_HASH, f"{sequence:064x}"],
+            "INSERT INTO exchange_ledgerblock (id, sequence, entry_count, root_hash, created_at, prev_hash, block_hash)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [block_id, sequence, entry_count, "r" * 64, timezone.now(), GENESIS_HASH, f"{sequence:064x}"],
         )
-        return cursor.fetchone()[0], sequence
+        return sequence
 
 
 def _next_sequence() -> int:
@@ -293,7 +303,7 @@ def test_unbalanced_postings_inserted_raw_are_refused_at_the_check_and_leave_not
     before = _ledger_rows()
 
     with pytest.raises(ProgrammingError) as refused, transaction.atomic():
-        block_id, _ = _insert_block()
+        block_id = _block_id()
         entry_id, sequence = _insert_entry("raw:2", block_id=block_id)
         _insert_posting(entry_id, clearing, 101)
         _insert_posting(entry_id, escrow, -100)
@@ -308,7 +318,7 @@ def test_unbalanced_postings_inserted_raw_are_refused_at_the_check_and_leave_not
 def test_each_currency_must_balance_on_its_own():
     clearing, escrow = _accounts()
     with pytest.raises(ProgrammingError) as refused, transaction.atomic():
-        block_id, _ = _insert_block()
+        block_id = _block_id()
         entry_id, sequence = _insert_entry("raw:fx", block_id=block_id)
         _insert_posting(entry_id, clearing, 5, "CNY")
         _insert_posting(entry_id, escrow, -5, "USD")
@@ -324,7 +334,7 @@ def test_each_currency_must_balance_on_its_own():
 def test_an_entry_with_fewer_than_two_postings_is_refused(legs):
     clearing, _ = _accounts()
     with pytest.raises(ProgrammingError) as refused, transaction.atomic():
-        block_id, _ = _insert_block()
+        block_id = _block_id()
         entry_id, sequence = _insert_entry("raw:short", block_id=block_id)
         for _ in range(legs):
             _insert_posting(entry_id, clearing, 7)
@@ -340,10 +350,11 @@ def test_a_balanced_raw_entry_passes_the_database_check():
     """The triggers refuse imbalance, not raw SQL as such (the chain is ledger_verify's job)."""
     clearing, escrow = _accounts()
     with transaction.atomic():
-        block_id, block_sequence = _insert_block()
+        block_id = _block_id()
         entry_id, _ = _insert_entry("raw:balanced", block_id=block_id)
         _insert_posting(entry_id, clearing, 40)
         _insert_posting(entry_id, escrow, -40)
+        block_sequence = _insert_block(block_id)
         _check_now()
     assert block_sequence == 1
     assert list(Posting.objects.filter(entry_id=entry_id).values_list("amount", flat=True)) == [40, -40]
@@ -354,7 +365,7 @@ def test_unbalanced_entry_fails_at_commit_not_before():
     clearing, escrow = _accounts()
     reached_commit = False
     with pytest.raises(ProgrammingError) as refused, transaction.atomic():
-        block_id, _ = _insert_block()
+        block_id = _block_id()
         entry_id, sequence = _insert_entry("raw:commit", block_id=block_id)
         _insert_posting(entry_id, clearing, 10)
         _insert_posting(entry_id, escrow, -7)
@@ -368,17 +379,53 @@ def test_unbalanced_entry_fails_at_commit_not_before():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_postings_added_later_to_a_committed_entry_are_refused_at_commit():
+@pytest.mark.parametrize("legs", [[5], [5, -5]], ids=["unbalanced", "balanced pair"])
+def test_a_posting_added_later_to_a_sealed_entry_is_refused_balanced_or_not(legs):
     entry = _post(1)
-    clearing, _ = _accounts()
+    clearing, escrow = _accounts()
     before = _ledger_rows()
     with pytest.raises(ProgrammingError) as refused, transaction.atomic():
-        _insert_posting(entry.pk, clearing, 5)
+        values = ", ".join(["(%s, %s, %s, 'CNY')"] * len(legs))
+        rows = zip((clearing, escrow), legs, strict=False)  # one leg, or both
+        params = [value for account, amount in rows for value in (entry.pk, account.pk, amount)]
+        _raw(f"INSERT INTO exchange_posting (entry_id, account_id, amount, currency) VALUES {values}", params)
     assert (
-        f"ledger: journal entry #{entry.sequence} (enforced:1) does not balance: postings sum to CNY 5 instead of zero"
-        in str(refused.value)
+        f"ledger: journal entry #{entry.sequence} is sealed in block {entry.block_id}: it takes no more postings;"
+        " post a correcting entry" in str(refused.value)
     )
     assert _ledger_rows() == before
+
+
+@pytest.mark.parametrize("missing", ["entry", "account"])
+def test_a_posting_naming_a_missing_entry_or_account_is_refused_and_leaves_nothing(missing):
+    entry = _post(1)
+    clearing, escrow = _accounts()
+    before = _ledger_rows()
+    with transaction.atomic():
+        block_id = _block_id()
+        entry_id, _ = _insert_entry("raw:missing", block_id=block_id)
+        named = {"entry": (entry_id + 1000, clearing.pk), "account": (entry_id, escrow.pk + 1000)}[missing]
+        with pytest.raises(IntegrityError) as refused, transaction.atomic():
+            _insert_posting(named[0], type("Account", (), {"pk": named[1]}), 5)
+        transaction.set_rollback(True)
+    wanted = {
+        "entry": f"ledger: a posting names journal entry {entry_id + 1000}, which does not exist",
+        "account": f"ledger: a posting names ledger account {escrow.pk + 1000}, which does not exist",
+    }[missing]
+    assert wanted in str(refused.value)
+    assert _ledger_rows() == before and entry.postings.count() == 2
+
+
+def test_an_account_with_postings_cannot_be_deleted_one_without_can():
+    _post(1)
+    clearing, _ = _accounts()
+    unused = account_get(kind=AccountKind.PLATFORM_REVENUE)
+    has_postings = r"ledger: account \d+ \(gateway_clearing\) has postings"
+    with pytest.raises(IntegrityError, match=has_postings), transaction.atomic():
+        _raw("DELETE FROM exchange_ledgeraccount WHERE id = %s", [clearing.pk])
+    assert LedgerAccount.objects.filter(pk=clearing.pk).exists()
+    _raw("DELETE FROM exchange_ledgeraccount WHERE id = %s", [unused.pk])
+    assert not LedgerAccount.objects.filter(pk=unused.pk).exists()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -484,7 +531,7 @@ def test_a_deleted_entry_is_reported_at_its_block(block_number, position, messag
 
 
 def test_an_extra_entry_inserted_into_a_block_is_reported_at_that_block():
-    """A forger appends a fourth entry to block #2 (sealed with 3), linked and hashed exactly as the service would."""
+    """A forger with the owner's rights appends a 4th entry to block #2 (sealed with 3), hashed as the service would."""
     blocks = _post_blocks(2, 3, 1)
     last = blocks[1][-1]
     clearing, escrow = _accounts()
@@ -509,9 +556,12 @@ def test_an_extra_entry_inserted_into_a_block_is_reported_at_that_block():
             created_at=created_at,
             sequence=sequence,
         )
+        # Its block is sealed, so the database refuses the postings unless its owner turns the check off.
+        _raw("ALTER TABLE exchange_posting DISABLE TRIGGER exchange_posting_checked")
         _insert_posting(entry_id, clearing, 7)
         _insert_posting(entry_id, escrow, -7)
-        _check_now()  # balanced: the database accepts it
+        _raw("ALTER TABLE exchange_posting ENABLE TRIGGER exchange_posting_checked")
+        _check_now()  # balanced: the deferred entry check accepts it
     assert inserted_sequence == sequence
     # The extra entry passes every entry check (so it is counted); the block's sealed count gives it away.
     assert _outcome(ledger_verify()) == (False, None, 2, 6, "block #2 holds 4 entries but was sealed with 3")
@@ -651,10 +701,11 @@ def test_a_raw_block_is_not_verified_until_the_head_reaches_it():
     _post(1)
     clearing, escrow = _accounts()
     with transaction.atomic():
-        block_id, block_sequence = _insert_block()
+        block_id = _block_id()
         entry_id, _ = _insert_entry("raw:beyond", block_id=block_id)
         _insert_posting(entry_id, clearing, 9)
         _insert_posting(entry_id, escrow, -9)
+        block_sequence = _insert_block(block_id)
     assert block_sequence == 2
     assert _outcome(ledger_verify()) == (
         True,
