@@ -29,6 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from common.db import rows_copy
@@ -69,8 +70,36 @@ def certificate_number(*, order: Order, issued_at) -> str:
 
 def buyer_public_name(user) -> str:
     """How a buyer is named on certificates: their chosen display name, else ``Buyer #<pk>``; never the email."""
-    name = (getattr(user, "display_name", "") or "").strip()
-    return name or f"Buyer #{user.pk}"
+    return _buyer_name(getattr(user, "display_name", ""), user.pk)
+
+
+def _buyer_name(display_name: str | None, pk: int) -> str:
+    return (display_name or "").strip() or f"Buyer #{pk}"
+
+
+# The names a certificate shows, as annotations for the orders' own query (``.annotate(**CERTIFIED_NAMES)``): a
+# settlement batch reads them with its orders instead of loading a listing, a merchant and a buyer per order.
+CERTIFIED_NAMES = {
+    "certified_title": F("listing__title"),
+    "certified_registration_number": F("listing__registration_number"),
+    "certified_slug": F("listing__slug"),
+    "certified_merchant": F("merchant__name"),
+    "certified_buyer": F("buyer__display_name"),
+}
+
+
+def _names(order: Order) -> tuple[str, str, str, str, str]:
+    """(product title, registration number, slug, merchant name, buyer name) from CERTIFIED_NAMES or the relations."""
+    if hasattr(order, "certified_title"):
+        return (
+            order.certified_title,
+            order.certified_registration_number,
+            order.certified_slug,
+            order.certified_merchant,
+            _buyer_name(order.certified_buyer, order.buyer_id),
+        )
+    listing = order.listing
+    return listing.title, listing.registration_number, listing.slug, order.merchant.name, buyer_public_name(order.buyer)
 
 
 def _iso(value) -> str | None:
@@ -149,7 +178,7 @@ def certificate_document(
 ) -> dict:
     """The certificate's content for ``order`` (settled) and its SALE entry (None if no money moved)."""
     fee, proceeds = _sale_split(journal_entry, order)
-    listing = order.listing
+    title, registration_number, slug, merchant, buyer = _names(order)
     if versions is None:
         versions = _delivered_versions_many([order])[order.pk]
     return {
@@ -160,14 +189,10 @@ def certificate_document(
         "issuer": settings.SITE_URL,
         "key_id": key_id or signing_key().key_id,
         "order": {"reference": order.reference, "public_id": str(order.public_id)},
-        "product": {
-            "title": listing.title,
-            "registration_number": listing.registration_number,
-            "slug": listing.slug,
-        },
+        "product": {"title": title, "registration_number": registration_number, "slug": slug},
         "versions": versions,
-        "buyer": {"name": buyer_public_name(order.buyer)},
-        "merchant": {"name": order.merchant.name},
+        "buyer": {"name": buyer},
+        "merchant": {"name": merchant},
         "price": {"amount": order.amount, "currency": order.currency},
         "buyer_service_fee": {"amount": order.service_fee, "currency": order.currency},
         "refunded": {"amount": order.refunded_amount, "currency": order.currency},
@@ -197,7 +222,7 @@ def certificate_issue(*, order: Order, journal_entry: JournalEntry | None) -> Tr
     existing = TransactionCertificate.objects.filter(order=order).first()
     if existing is not None:
         return existing
-    (certificate,) = _certificates_build([(order, journal_entry)])
+    (certificate,) = [TransactionCertificate(**row) for row in _certificates_build([(order, journal_entry)])]
     try:
         with transaction.atomic():
             certificate.save(force_insert=True)
@@ -207,8 +232,14 @@ def certificate_issue(*, order: Order, journal_entry: JournalEntry | None) -> Tr
     return certificate
 
 
-def _certificates_build(sales: list[tuple[Order, JournalEntry | None]]) -> list[TransactionCertificate]:
-    """Unsaved, signed certificates for settled (order, SALE entry or None) pairs; ValueError for an unsettled one."""
+CERTIFICATE_COLUMNS = ("number", "order_id", "journal_entry_id", "document", "signature", "key_id", "issued_at")
+
+
+def _certificates_build(sales: list[tuple[Order, JournalEntry | None]]) -> list[dict]:
+    """Signed certificates (their CERTIFICATE_COLUMNS, by name) for settled (order, SALE entry or None) pairs.
+
+    ValueError for an unsettled order.
+    """
     for order, _ in sales:
         if order.settled_at is None:
             raise ValueError(f"Order {order.reference} is not settled; only settled trades get a certificate.")
@@ -229,15 +260,15 @@ def _certificates_build(sales: list[tuple[Order, JournalEntry | None]]) -> list[
             )
         )
         certificates.append(
-            TransactionCertificate(
-                number=number,
-                order=order,
-                journal_entry=entry,
-                document=document.decode("utf-8"),
-                signature=certificate_sign(document_bytes=document, key=key),
-                key_id=key.key_id,
-                issued_at=issued_at,  # the stored time is the signed one
-            )
+            {
+                "number": number,
+                "order_id": order.pk,
+                "journal_entry_id": entry.pk if entry is not None else None,
+                "document": document.decode("utf-8"),
+                "signature": certificate_sign(document_bytes=document, key=key),
+                "key_id": key.key_id,
+                "issued_at": issued_at,  # the stored time is the signed one
+            }
         )
     return certificates
 
@@ -258,11 +289,10 @@ def certificates_issue_many(*, sales: list[tuple[Order, JournalEntry | None]]) -
     todo = [(order, entry) for order, entry in sales if order.pk not in issued]
     if not todo:
         return 0
-    columns = ("number", "order_id", "journal_entry_id", "document", "signature", "key_id", "issued_at")
     return rows_copy(
         TransactionCertificate,
-        columns,
-        [tuple(getattr(c, name) for name in columns) for c in _certificates_build(todo)],
+        CERTIFICATE_COLUMNS,
+        [tuple(row[name] for name in CERTIFICATE_COLUMNS) for row in _certificates_build(todo)],
     )
 
 

@@ -62,16 +62,17 @@ def account_get(*, kind: str, merchant=None) -> LedgerAccount:
     return account
 
 
-def merchant_accounts(*, kind: str, merchants) -> dict[int, LedgerAccount]:
-    """``account_get`` for many merchants at once: their accounts of ``kind`` by merchant pk, missing ones created."""
+def merchant_accounts(*, kind: str, merchants: dict[int, str]) -> dict[int, LedgerAccount]:
+    """``account_get`` for many merchants at once (``merchants``: name by pk): their accounts of ``kind`` by merchant
+    pk, missing ones created."""
     if kind not in MERCHANT_ACCOUNT_NAMES:
         raise ValueError(f"{kind} is not a merchant account kind")
-    by_code = {f"{kind}:{merchant.pk}": merchant for merchant in merchants}
+    by_code = {f"{kind}:{pk}": (pk, name) for pk, name in merchants.items()}
     found = {account.merchant_id: account for account in LedgerAccount.objects.filter(code__any_of=list(by_code))}
     missing = [
-        LedgerAccount(code=code, kind=kind, merchant=merchant, name=MERCHANT_ACCOUNT_NAMES[kind].format(merchant.name))
-        for code, merchant in by_code.items()
-        if merchant.pk not in found
+        LedgerAccount(code=code, kind=kind, merchant_id=pk, name=MERCHANT_ACCOUNT_NAMES[kind].format(name))
+        for code, (pk, name) in by_code.items()
+        if pk not in found
     ]
     if missing:
         LedgerAccount.objects.bulk_create(missing, ignore_conflicts=True)  # a concurrent writer may create one too

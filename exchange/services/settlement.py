@@ -55,7 +55,7 @@ from exchange.models import (
     SettlementRun,
     SettlementRunStatusHistory,
 )
-from exchange.services.certificates import certificates_issue_many
+from exchange.services.certificates import CERTIFIED_NAMES, certificates_issue_many
 from exchange.services.fees import FeeSchedule, order_split, with_fee_category
 from exchange.services.ledger import (
     EntrySpec,
@@ -133,11 +133,6 @@ BATCH_ORDER_FIELDS = (
     "delivered_at",
     "settled_at",
     "settlement_run_id",
-    "merchant__name",
-    "listing__title",
-    "listing__registration_number",
-    "listing__slug",
-    "buyer__display_name",
 )
 
 # Delivered trades (a partial refund may have come first) are settled for what remains held.
@@ -255,8 +250,8 @@ def settlement_batch_execute(*, batch_pk: int, queue_finish: bool = True) -> Set
                 with_fee_category(
                     _eligible(run.cutoff)
                     .filter(pk__gte=batch.first_order_pk, pk__lte=batch.last_order_pk)
-                    .select_related("merchant", "listing", "buyer")
                     .only(*BATCH_ORDER_FIELDS)
+                    .annotate(**CERTIFIED_NAMES)  # the names a certificate shows, without three related rows each
                     .select_for_update(of=("self",))
                     .order_by("pk")
                 )
@@ -266,7 +261,7 @@ def settlement_batch_execute(*, batch_pk: int, queue_finish: bool = True) -> Set
                 "escrow": account_get(kind=AccountKind.ESCROW_HELD),
                 "revenue": account_get(kind=AccountKind.PLATFORM_REVENUE),
                 "payable": merchant_accounts(
-                    kind=AccountKind.MERCHANT_PAYABLE, merchants={o.merchant_id: o.merchant for o in orders}.values()
+                    kind=AccountKind.MERCHANT_PAYABLE, merchants={o.merchant_id: o.certified_merchant for o in orders}
                 ),
             }
             specs = [_sale_spec(order, run=run, schedule=schedule, accounts=accounts) for order in orders]
@@ -346,8 +341,9 @@ def _payout_specs(*, run: SettlementRun) -> tuple[list[Payout], list[EntrySpec]]
     from merchants.models import Merchant
 
     by_pk = Merchant.objects.in_bulk({merchant_pk for merchant_pk, _ in position})
-    payable = merchant_accounts(kind=AccountKind.MERCHANT_PAYABLE, merchants=by_pk.values())
-    receivable = merchant_accounts(kind=AccountKind.MERCHANT_RECEIVABLE, merchants=by_pk.values())
+    names = {pk: merchant.name for pk, merchant in by_pk.items()}
+    payable = merchant_accounts(kind=AccountKind.MERCHANT_PAYABLE, merchants=names)
+    receivable = merchant_accounts(kind=AccountKind.MERCHANT_RECEIVABLE, merchants=names)
     pending_account = account_get(kind=AccountKind.PAYOUTS_PENDING)
     payouts, netting = [], []
     for (merchant_pk, currency), legs in sorted(position.items()):
