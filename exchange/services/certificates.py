@@ -32,6 +32,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from common.canonical import canonical_json
 from common.db import rows_copy
 from exchange.choices import AccountKind, DeliveryStatus
 from exchange.models import Delivery, Entitlement, JournalEntry, Order, Posting, TransactionCertificate
@@ -60,7 +61,7 @@ class CertificateInputError(ValidationError):
 
 def canonical_bytes(document: dict) -> bytes:
     """The exact bytes a certificate's signature covers."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return canonical_json(document)
 
 
 def certificate_number(*, order: Order, issued_at) -> str:

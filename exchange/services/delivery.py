@@ -12,7 +12,6 @@ Every status change goes through ``delivery_transitions_apply`` (``delivery_tran
 """
 
 import hashlib
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from django.db.models import Prefetch, prefetch_related_objects
 from django.urls import reverse
 from django.utils import timezone
 
+from common.canonical import canonical_json
 from common.money import format_minor
 from exchange.choices import DeliveryStatus, NotificationKind, OrderStatus, RefundStatus
 from exchange.models import Delivery, DeliveryStatusHistory, Entitlement, Order, Refund
@@ -493,7 +493,7 @@ def receipt_canonical_bytes(receipt: dict) -> bytes:
     The JSON column may reorder keys, so the bytes are always derived from the
     stored value this way rather than kept separately.
     """
-    return json.dumps(receipt, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return canonical_json(receipt)
 
 
 # --- failure ---------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Max, Sum
 from django.utils import timezone
 
+from common.canonical import canonical_json
 from common.db import rows_copy
 from exchange.choices import AccountKind
 from exchange.models import JournalEntry, LedgerAccount, LedgerBlock, LedgerChainHead, LedgerVerification, Posting
@@ -90,7 +91,7 @@ def _canonical(*, sequence, idempotency_key, kind, order_id, payout_id, created_
         "created_at": created_at.isoformat(),
         "postings": sorted([code, amount, currency] for code, amount, currency in legs),
     }
-    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    return canonical_json(document, ascii_only=True)
 
 
 def entry_hash(*, prev_hash: str, canonical: bytes) -> str:
