@@ -33,7 +33,7 @@ from exchange.services.certificates import (
     certificate_verify,
     certificate_visible,
 )
-from exchange.signing_key import signing_key
+from exchange.signing_key import signing_key, verification_keys
 
 
 class VerifyForm(forms.Form):
@@ -156,8 +156,19 @@ def verify_number(request, number):
 
 
 def public_key_pem(request):
-    """The exchange's Ed25519 public key (SubjectPublicKeyInfo PEM); its key id in ``X-Key-Id``."""
+    """The exchange's Ed25519 public key (SubjectPublicKeyInfo PEM); its key id in ``X-Key-Id``.
+
+    ``?key_id=`` names a retired key instead (one the exchange signed with before a rotation); 404 for a key id
+    the exchange never signed with.
+    """
     key = signing_key()
+    wanted = request.GET.get("key_id")
+    if wanted is not None and wanted != key.key_id:
+        key = verification_keys().get(wanted)
+        if key is None:
+            return HttpResponse(
+                f"This exchange has never signed with a key {wanted[:40]!r}.\n", status=404, content_type="text/plain"
+            )
     return HttpResponse(
         key.public_key_pem,
         content_type="application/x-pem-file",
@@ -218,15 +229,28 @@ class CertificateSerializer(serializers.Serializer):
     verification = VerificationSerializer()
 
 
-class PublicKeySerializer(serializers.Serializer):
-    algorithm = serializers.ChoiceField(choices=["Ed25519"])
+class RetiredKeySerializer(serializers.Serializer):
     key_id = serializers.CharField()
     public_key_pem = serializers.CharField()
 
 
+class PublicKeySerializer(serializers.Serializer):
+    algorithm = serializers.ChoiceField(choices=["Ed25519"])
+    key_id = serializers.CharField()
+    public_key_pem = serializers.CharField()
+    retired_keys = RetiredKeySerializer(
+        many=True, help_text="Keys the exchange signed with before a rotation: certificates they signed still verify."
+    )
+
+
 def public_key_as_dict() -> dict:
     key = signing_key()
-    return {"algorithm": "Ed25519", "key_id": key.key_id, "public_key_pem": key.public_key_pem}
+    retired = [
+        {"key_id": other.key_id, "public_key_pem": other.public_key_pem}
+        for other in verification_keys().values()
+        if other.retired
+    ]
+    return {"algorithm": "Ed25519", "key_id": key.key_id, "public_key_pem": key.public_key_pem, "retired_keys": retired}
 
 
 class CertificateDetailApi(_CertificateApiView):

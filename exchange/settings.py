@@ -365,6 +365,11 @@ DISPUTE_HOLD_DAYS = env_int("DISPUTE_HOLD_DAYS", 0, minimum=0)
 EXCHANGE_SIGNING_KEY_FILE = Path(env_str("EXCHANGE_SIGNING_KEY_FILE", str(VAR_DIR / "signing_key.pem"))).resolve()
 if DEPLOY_ENV == "production" and not EXCHANGE_SIGNING_KEY_FILE.is_file():
     raise ImproperlyConfigured(f"EXCHANGE_SIGNING_KEY_FILE {EXCHANGE_SIGNING_KEY_FILE} is required in production")
+# After a key rotation: the public keys (PEM files, comma-separated) of the keys the exchange signed with before,
+# so the certificates they signed still verify. Their content is checked when first used (exchange/signing_key.py).
+EXCHANGE_SIGNING_RETIRED_KEYS = [Path(path).resolve() for path in env_list("EXCHANGE_SIGNING_RETIRED_KEYS", [])]
+if missing_keys := [str(path) for path in EXCHANGE_SIGNING_RETIRED_KEYS if not path.is_file()]:
+    raise ImproperlyConfigured(f"EXCHANGE_SIGNING_RETIRED_KEYS names missing files: {', '.join(missing_keys)}")
 # Escrow: a paid, delivered order is confirmed automatically after this many days.
 ESCROW_AUTO_CONFIRM_DAYS = env_int("ESCROW_AUTO_CONFIRM_DAYS", 7, minimum=0)
 CHECKOUT_EXPIRY_HOURS = env_int("CHECKOUT_EXPIRY_HOURS", 24, minimum=1)

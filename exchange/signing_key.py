@@ -9,6 +9,11 @@ silently new key would make every certificate issued before it unverifiable.
 The key is loaded once per process (per file path, so tests may point the
 setting elsewhere). ``key_id`` is the first 16 hex characters of the sha256 of
 the raw 32-byte public key: short enough to print, long enough to tell keys apart.
+
+Rotation: certificates name the key that signed them (``key_id``). After a new
+key replaces the old one, the old public key, listed in
+``settings.EXCHANGE_SIGNING_RETIRED_KEYS``, still verifies what it signed
+(``verification_keys``); only the current key signs.
 """
 
 import hashlib
@@ -19,6 +24,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
@@ -97,3 +103,51 @@ def signing_key() -> SigningKey:
             if key is None:
                 key = _loaded[path] = _load(path)
     return key
+
+
+@dataclass(frozen=True)
+class VerificationKey:
+    key_id: str
+    public_key: Ed25519PublicKey
+    public_key_pem: str
+    retired: bool
+
+
+_retired: dict[Path, VerificationKey] = {}
+
+
+def _load_retired(path: Path) -> VerificationKey:
+    try:
+        public_key = load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError, TypeError) as exc:
+        raise ImproperlyConfigured(
+            f"EXCHANGE_SIGNING_RETIRED_KEYS: {path} is not a readable PEM public key: {exc}"
+        ) from exc
+    if not isinstance(public_key, Ed25519PublicKey):
+        raise ImproperlyConfigured(
+            f"EXCHANGE_SIGNING_RETIRED_KEYS: {path} holds a {type(public_key).__name__}, not an Ed25519 public key"
+        )
+    pem = public_key.public_bytes(
+        encoding=serialization.Encoding.PEM, format=serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode("ascii")
+    return VerificationKey(key_id_for(public_key), public_key, pem, retired=True)
+
+
+def verification_keys() -> dict[str, VerificationKey]:
+    """Every key a certificate of this exchange can be signed with, by key id: the current one and the retired ones.
+
+    The current key wins when a retired file holds the same key. Raises
+    ImproperlyConfigured, naming the file, for a retired key that is not an
+    Ed25519 public key in PEM.
+    """
+    keys = {}
+    for path in settings.EXCHANGE_SIGNING_RETIRED_KEYS:
+        path = Path(path).resolve()
+        key = _retired.get(path)
+        if key is None:
+            with _lock:
+                key = _retired.setdefault(path, _load_retired(path))
+        keys[key.key_id] = key
+    current = signing_key()
+    keys[current.key_id] = VerificationKey(current.key_id, current.public_key, current.public_key_pem, retired=False)
+    return keys

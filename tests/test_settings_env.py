@@ -64,3 +64,23 @@ def test_embedded_default_shares_its_cache_between_processes(tmp_path):
     backend, broker = result.stdout.split()
     assert backend == "django.core.cache.backends.filebased.FileBasedCache"
     assert broker == "filesystem://"
+
+
+def test_a_missing_retired_signing_key_file_refuses_to_start(tmp_path):
+    import subprocess
+    import sys
+
+    missing = tmp_path / "retired" / "2025.pem"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='exchange.settings'; django.setup()",
+        ],
+        env={"EXCHANGE_VAR_DIR": str(tmp_path), "EXCHANGE_SIGNING_RETIRED_KEYS": str(missing), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]),
+    )
+    assert result.returncode != 0
+    assert f"EXCHANGE_SIGNING_RETIRED_KEYS names missing files: {missing}" in result.stderr

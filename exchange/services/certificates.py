@@ -41,7 +41,7 @@ from exchange.models import Delivery, Entitlement, JournalEntry, Order, Posting,
 # ledger_verify about what an entry's hash covers.
 from exchange.services.ledger import _canonical as ledger_entry_canonical
 from exchange.services.ledger import entry_hash as ledger_entry_hash
-from exchange.signing_key import signing_key
+from exchange.signing_key import signing_key, verification_keys
 from listings.models import DataFile
 from merchants.selectors import merchant_is_member
 
@@ -436,16 +436,19 @@ def certificate_verify(*, document: str | bytes, signature: str) -> Verification
     if not isinstance(parsed, dict):
         raise CertificateInputError("The document must be a JSON object.", code="not_object")
 
-    key = signing_key()
+    current = signing_key()
     reasons: list[str] = []
+    # The key the document names, if it is the current key or a retired one (a rotation); else the current key.
+    named = parsed.get("key_id")
+    key = verification_keys().get(named) if isinstance(named, str) else None
+    if key is None:
+        reasons.append(f"The document names key {named!r}; this exchange signs with {current.key_id}.")
     try:
-        key.public_key.verify(raw_signature, data)
+        (key or current).public_key.verify(raw_signature, data)
         signature_ok = True
     except InvalidSignature:
         signature_ok = False
         reasons.append("The signature does not match the document (it was altered, or not signed by this exchange).")
-    if parsed.get("key_id") != key.key_id:
-        reasons.append(f"The document names key {parsed.get('key_id')!r}; this exchange signs with {key.key_id}.")
 
     ledger_ok = _check_ledger(parsed, reasons)
 
@@ -461,7 +464,7 @@ def certificate_verify(*, document: str | bytes, signature: str) -> Verification
             reasons.append(f"Certificate {number} was issued with a different document.")
         else:
             known = True
-    return VerificationResult(signature_ok, ledger_ok, known, reasons, number, key.key_id, parsed)
+    return VerificationResult(signature_ok, ledger_ok, known, reasons, number, (key or current).key_id, parsed)
 
 
 def certificate_bundle_parse(raw: bytes | str) -> tuple[str, str]:

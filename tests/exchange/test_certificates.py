@@ -173,7 +173,12 @@ def test_the_signature_verifies_with_the_public_key_alone(client, settled):
     assert isinstance(public_key, Ed25519PublicKey)
     public_key.verify(base64.b64decode(certificate.signature), certificate.document.encode("utf-8"))
     api = client.get(reverse("certificates:api_public_key")).json()
-    assert api == {"algorithm": "Ed25519", "key_id": certificate.key_id, "public_key_pem": pem.content.decode()}
+    assert api == {
+        "algorithm": "Ed25519",
+        "key_id": certificate.key_id,
+        "public_key_pem": pem.content.decode(),
+        "retired_keys": [],
+    }
 
 
 def test_the_genuine_bundle_checks_out_everywhere(client, settled, buyer):
@@ -454,3 +459,71 @@ def test_verification_never_writes(settled, django_assert_num_queries):
     assert result.valid
     with pytest.raises(InvalidSignature):
         signing_key().public_key.verify(base64.b64decode(certificate.signature), b"another document")
+
+
+# Rotating the signing key ----------------------------------------------------------------------------------------
+
+
+def _rotate(settings, tmp_path, *, keep_old: bool) -> str:
+    """Archive the current public key, switch to a new key file; list the old key as retired if ``keep_old``."""
+    old = signing_key()
+    archived = tmp_path / "retired" / f"{old.key_id}.pem"
+    archived.parent.mkdir(parents=True, exist_ok=True)
+    archived.write_text(old.public_key_pem)
+    settings.EXCHANGE_SIGNING_KEY_FILE = tmp_path / "keys" / "rotated.pem"
+    settings.EXCHANGE_SIGNING_RETIRED_KEYS = [archived] if keep_old else []
+    assert signing_key().key_id != old.key_id
+    return old.key_id
+
+
+def test_certificates_signed_before_a_rotation_verify_with_the_retired_key(client, settled, settings, tmp_path):
+    certificate = TransactionCertificate.objects.get()
+    old_id = _rotate(settings, tmp_path, keep_old=True)
+    new = signing_key()
+
+    result = certificate_verify(document=certificate.document, signature=certificate.signature)
+    assert (result.valid, result.key_id, result.reasons) == (True, old_id, [])
+    # Only the current key signs: what the old key signed still verifies, nothing new is signed with it.
+    document = certificate.document.replace(old_id, new.key_id).encode()
+    resigned = certs.certificate_sign(document_bytes=document)
+    new.public_key.verify(base64.b64decode(resigned), document)
+
+    api = client.get(reverse("certificates:api_public_key")).json()
+    retired_pem = (tmp_path / "retired" / f"{old_id}.pem").read_text()
+    assert api == {
+        "algorithm": "Ed25519",
+        "key_id": new.key_id,
+        "public_key_pem": new.public_key_pem,
+        "retired_keys": [{"key_id": old_id, "public_key_pem": retired_pem}],
+    }
+    pem = client.get(reverse("certificates:public_key"), {"key_id": old_id})
+    assert (pem.status_code, pem["X-Key-Id"], pem.content.decode()) == (200, old_id, retired_pem)
+    assert client.get(reverse("certificates:public_key"))["X-Key-Id"] == new.key_id
+    unknown = client.get(reverse("certificates:public_key"), {"key_id": "0123456789abcdef"})
+    assert unknown.status_code == 404 and "never signed with a key '0123456789abcdef'" in unknown.content.decode()
+
+
+def test_without_the_retired_key_an_old_certificate_is_refused_and_says_why(settled, settings, tmp_path):
+    certificate = TransactionCertificate.objects.get()
+    old_id = _rotate(settings, tmp_path, keep_old=False)
+    result = certificate_verify(document=certificate.document, signature=certificate.signature)
+    assert (result.valid, result.signature_ok, result.ledger_ok, result.known) == (False, False, True, True)
+    assert result.reasons[0] == f"The document names key {old_id!r}; this exchange signs with {signing_key().key_id}."
+
+
+@pytest.mark.parametrize("content", [b"not a key", "rsa"], ids=["garbage", "rsa"])
+def test_a_retired_key_file_that_is_not_an_ed25519_public_key_is_refused_by_name(settings, tmp_path, content):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    if content == "rsa":
+        content = (
+            rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            .public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
+    bad = tmp_path / "retired.pem"
+    bad.write_bytes(content)
+    settings.EXCHANGE_SIGNING_RETIRED_KEYS = [bad]
+    with pytest.raises(ImproperlyConfigured, match=f"EXCHANGE_SIGNING_RETIRED_KEYS: {bad}"):
+        certs.verification_keys()
