@@ -735,7 +735,8 @@ def run(*, sizes: Sizes, rounds: int, database_url: str, redis_url: str, reuse: 
             with psycopg.connect(template_url, autocommit=True, connect_timeout=10) as conn:
                 conn.execute("VACUUM ANALYZE")
             why_not = None
-        if why_not is None:
+        reused = why_not is None
+        if reused:
             log(f"reusing the template {_own_name(template_url)}")
             seed_seconds = 0.0
         else:
@@ -788,7 +789,7 @@ def run(*, sizes: Sizes, rounds: int, database_url: str, redis_url: str, reuse: 
         "rounds": rounds,
         "workers_mode": "1 worker: one process -c 1; 2 workers: two processes -c 1 each (prefork, queue settlement)",
         "seed_seconds": round(seed_seconds, 1),
-        "seed_reused": seed_seconds == 0.0,
+        "seed_reused": reused,
         "one_worker": {key: one[key] for key in ("seconds", "rows", "rows_per_s")},
         "two_workers": {key: two[key] for key in ("seconds", "rows", "rows_per_s")},
         "copy_rows_per_s": _median([result["copy_rows_per_s"] for result in trials]),

@@ -436,14 +436,20 @@ class PaymentEventAdmin(ReadOnlyAdmin):
     search_fields = ("event_id",)
 
 
-class EntitlementStatusHistoryInline(admin.TabularInline):
-    model = EntitlementStatusHistory
+class StatusHistoryInline(admin.TabularInline):
+    """A state machine's history rows under the object they belong to, oldest first; read-only."""
+
     extra = 0
     can_delete = False
     readonly_fields = ("created_at", "from_status", "to_status", "reason")
+    fields = readonly_fields
 
     def has_add_permission(self, request, obj=None):
         return False
+
+
+class EntitlementStatusHistoryInline(StatusHistoryInline):
+    model = EntitlementStatusHistory
 
 
 @admin.register(Entitlement)
@@ -455,14 +461,8 @@ class EntitlementAdmin(ReadOnlyAdmin):
     inlines = [EntitlementStatusHistoryInline]
 
 
-class DeliveryStatusHistoryInline(admin.TabularInline):
+class DeliveryStatusHistoryInline(StatusHistoryInline):
     model = DeliveryStatusHistory
-    extra = 0
-    can_delete = False
-    readonly_fields = ("created_at", "from_status", "to_status", "reason")
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Delivery)
@@ -581,23 +581,12 @@ def resume_settlement_runs(modeladmin, request, queryset):
     )
 
 
-class SettlementStatusHistoryInline(admin.TabularInline):
-    """A run's or a payout's status moves (``settlement.status_move``), oldest first; read-only."""
-
-    extra = 0
-    can_delete = False
-    readonly_fields = ("created_at", "from_status", "to_status", "reason", "actor")
-    fields = readonly_fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-
-class SettlementRunStatusHistoryInline(SettlementStatusHistoryInline):
+class SettlementRunStatusHistoryInline(StatusHistoryInline):
     model = SettlementRunStatusHistory
+    readonly_fields = fields = (*StatusHistoryInline.readonly_fields, "actor")
 
 
-class PayoutStatusHistoryInline(SettlementStatusHistoryInline):
+class PayoutStatusHistoryInline(StatusHistoryInline):
     model = PayoutStatusHistory
 
 

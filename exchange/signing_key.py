@@ -48,6 +48,13 @@ def key_id_for(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
+def _public_pem(public_key: Ed25519PublicKey) -> str:
+    """The SubjectPublicKeyInfo PEM that /verify/public-key.pem serves."""
+    return public_key.public_bytes(
+        encoding=serialization.Encoding.PEM, format=serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode("ascii")
+
+
 def _generate(path: Path) -> None:
     """Write a new key to ``path`` with mode 0600; if another process won the race, keep its key."""
     pem = Ed25519PrivateKey.generate().private_bytes(
@@ -87,10 +94,7 @@ def _load(path: Path) -> SigningKey:
             f"EXCHANGE_SIGNING_KEY_FILE {path} holds a {type(private_key).__name__}, not Ed25519"
         )
     public_key = private_key.public_key()
-    pem = public_key.public_bytes(
-        encoding=serialization.Encoding.PEM, format=serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode("ascii")
-    return SigningKey(private_key, public_key, pem, key_id_for(public_key), path)
+    return SigningKey(private_key, public_key, _public_pem(public_key), key_id_for(public_key), path)
 
 
 def signing_key() -> SigningKey:
@@ -127,10 +131,7 @@ def _load_retired(path: Path) -> VerificationKey:
         raise ImproperlyConfigured(
             f"EXCHANGE_SIGNING_RETIRED_KEYS: {path} holds a {type(public_key).__name__}, not an Ed25519 public key"
         )
-    pem = public_key.public_bytes(
-        encoding=serialization.Encoding.PEM, format=serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode("ascii")
-    return VerificationKey(key_id_for(public_key), public_key, pem, retired=True)
+    return VerificationKey(key_id_for(public_key), public_key, _public_pem(public_key), retired=True)
 
 
 def verification_keys() -> dict[str, VerificationKey]:

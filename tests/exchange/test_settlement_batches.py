@@ -406,6 +406,12 @@ def test_admin_shows_a_runs_progress_totals_and_blocks(market, client, staff, dj
     assert "3/3 batches (100 %), 9/9 orders" in page
     # gross 3 x (1234 + 500 + 999) = 8199, fees 3 x (123 + 50 + 100) = 819
     assert "gross ¥81.99 CNY, fees ¥8.19 CNY, merchants ¥73.80 CNY" in page
+    # Its status history, and each payout's, on their pages.
+    assert "started (test)" in page and "9 orders settled, 3 payouts created" in page
+    payout = run.payouts.first()
+    payout_page = client.get(reverse("admin:exchange_payout_change", args=[payout.pk])).content.decode()
+    assert f"created by settlement run {run.pk}" in payout_page
+    assert f"transfer {payout.gateway_reference}" in payout_page
     blocks = client.get(reverse("admin:exchange_ledgerblock_changelist"))
     assert blocks.status_code == 200
     # Resuming a completed run is refused with a clear message and queues nothing.
