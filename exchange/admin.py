@@ -18,9 +18,11 @@ from exchange.gateways import GatewayError
 from exchange.gateways.sandbox import SandboxGateway
 from exchange.models import (
     AccessRequest,
+    AccessRequestStatusHistory,
     Delivery,
     DeliveryStatusHistory,
     Dispute,
+    DisputeStatusHistory,
     DownloadLog,
     Entitlement,
     EntitlementStatusHistory,
@@ -37,10 +39,12 @@ from exchange.models import (
     PayoutStatusHistory,
     Posting,
     Refund,
+    RefundStatusHistory,
     SettlementBatch,
     SettlementRun,
     SettlementRunStatusHistory,
     Subscription,
+    SubscriptionStatusHistory,
     UsageMonthly,
     UsageRecord,
     WebhookEndpoint,
@@ -375,17 +379,53 @@ class OrderAdmin(ReadOnlyAdmin):
         return self._confirm_page(request, order, "admin/exchange/order/cancel.html", form, status=400)
 
 
+class StatusHistoryInline(admin.TabularInline):
+    """A state machine's history rows under the object they belong to, oldest first; read-only."""
+
+    extra = 0
+    can_delete = False
+    readonly_fields = ("created_at", "from_status", "to_status", "reason")
+    fields = readonly_fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class ActorStatusHistoryInline(StatusHistoryInline):
+    """History whose moves a person can make (staff, a merchant, a buyer): who made each one."""
+
+    readonly_fields = fields = (*StatusHistoryInline.readonly_fields, "actor")
+
+
+class RefundStatusHistoryInline(ActorStatusHistoryInline):
+    model = RefundStatusHistory
+
+
+class DisputeStatusHistoryInline(StatusHistoryInline):
+    model = DisputeStatusHistory
+
+
+class SubscriptionStatusHistoryInline(StatusHistoryInline):
+    model = SubscriptionStatusHistory
+
+
+class AccessRequestStatusHistoryInline(ActorStatusHistoryInline):
+    model = AccessRequestStatusHistory
+
+
 @admin.register(Refund)
 class RefundAdmin(ReadOnlyAdmin):
     list_display = ("pk", "order", "amount", "currency", "status", "source", "gateway_refund_id", "created_at")
     list_filter = ("status", "source")
     search_fields = ("order__public_id", "gateway_refund_id", "idempotency_key")
+    inlines = [RefundStatusHistoryInline]
 
 
 @admin.register(Dispute)
 class DisputeAdmin(ReadOnlyAdmin):
     list_display = ("gateway_dispute_id", "order", "amount", "currency", "status", "reason", "created_at", "closed_at")
     list_filter = ("status",)
+    inlines = [DisputeStatusHistoryInline]
 
 
 def _subscription_event(request, queryset, emit, label):
@@ -420,6 +460,7 @@ class SubscriptionAdmin(ReadOnlyAdmin):
     list_filter = ("status", "gateway")
     list_select_related = ("buyer", "listing", "plan")
     actions = [sandbox_renew, sandbox_renewal_failed, sandbox_cancel_subscription]
+    inlines = [SubscriptionStatusHistoryInline]
 
 
 @admin.register(AccessRequest)
@@ -427,6 +468,7 @@ class AccessRequestAdmin(ReadOnlyAdmin):
     list_display = ("pk", "listing", "buyer", "organisation", "status", "created_at", "expires_at", "decided_at")
     list_filter = ("status",)
     search_fields = ("buyer__email", "listing__title", "organisation")
+    inlines = [AccessRequestStatusHistoryInline]
 
 
 @admin.register(PaymentEvent)
@@ -434,18 +476,6 @@ class PaymentEventAdmin(ReadOnlyAdmin):
     list_display = ("event_id", "gateway", "type", "status", "attempts", "received_at", "processed_at")
     list_filter = ("status", "gateway", "type")
     search_fields = ("event_id",)
-
-
-class StatusHistoryInline(admin.TabularInline):
-    """A state machine's history rows under the object they belong to, oldest first; read-only."""
-
-    extra = 0
-    can_delete = False
-    readonly_fields = ("created_at", "from_status", "to_status", "reason")
-    fields = readonly_fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 class EntitlementStatusHistoryInline(StatusHistoryInline):
@@ -581,9 +611,8 @@ def resume_settlement_runs(modeladmin, request, queryset):
     )
 
 
-class SettlementRunStatusHistoryInline(StatusHistoryInline):
+class SettlementRunStatusHistoryInline(ActorStatusHistoryInline):
     model = SettlementRunStatusHistory
-    readonly_fields = fields = (*StatusHistoryInline.readonly_fields, "actor")
 
 
 class PayoutStatusHistoryInline(StatusHistoryInline):

@@ -708,8 +708,8 @@ class Payout(models.Model):
         return format_minor(self.amount, self.currency)
 
 
-class SettlementStatusHistory(models.Model):
-    """One move of a settlement run's, batch's or payout's status, written by ``settlement.status_move``."""
+class StatusHistory(models.Model):
+    """One status move of a machine kept by ``exchange.services.transitions`` (run, batch, payout, refund, ...)."""
 
     from_status = models.CharField(verbose_name=_("from status"), max_length=20, blank=True)
     to_status = models.CharField(verbose_name=_("to status"), max_length=20)
@@ -732,30 +732,66 @@ class SettlementStatusHistory(models.Model):
         return f"{self.from_status or '∅'} → {self.to_status}"
 
 
-class SettlementRunStatusHistory(SettlementStatusHistory):
+class SettlementRunStatusHistory(StatusHistory):
     run = models.ForeignKey(SettlementRun, verbose_name=_("run"), on_delete=models.PROTECT, related_name="history")
 
-    class Meta(SettlementStatusHistory.Meta):
+    class Meta(StatusHistory.Meta):
         verbose_name = _("settlement run status history")
         verbose_name_plural = _("settlement run status history")
 
 
-class SettlementBatchStatusHistory(SettlementStatusHistory):
+class SettlementBatchStatusHistory(StatusHistory):
     batch = models.ForeignKey(
         SettlementBatch, verbose_name=_("batch"), on_delete=models.PROTECT, related_name="history"
     )
 
-    class Meta(SettlementStatusHistory.Meta):
+    class Meta(StatusHistory.Meta):
         verbose_name = _("settlement batch status history")
         verbose_name_plural = _("settlement batch status history")
 
 
-class PayoutStatusHistory(SettlementStatusHistory):
+class PayoutStatusHistory(StatusHistory):
     payout = models.ForeignKey(Payout, verbose_name=_("payout"), on_delete=models.PROTECT, related_name="history")
 
-    class Meta(SettlementStatusHistory.Meta):
+    class Meta(StatusHistory.Meta):
         verbose_name = _("payout status history")
         verbose_name_plural = _("payout status history")
+
+
+class RefundStatusHistory(StatusHistory):
+    refund = models.ForeignKey(Refund, verbose_name=_("refund"), on_delete=models.PROTECT, related_name="history")
+
+    class Meta(StatusHistory.Meta):
+        verbose_name = _("refund status history")
+        verbose_name_plural = _("refund status history")
+
+
+class DisputeStatusHistory(StatusHistory):
+    dispute = models.ForeignKey(Dispute, verbose_name=_("dispute"), on_delete=models.PROTECT, related_name="history")
+
+    class Meta(StatusHistory.Meta):
+        verbose_name = _("dispute status history")
+        verbose_name_plural = _("dispute status history")
+
+
+class SubscriptionStatusHistory(StatusHistory):
+    subscription = models.ForeignKey(
+        Subscription, verbose_name=_("subscription"), on_delete=models.PROTECT, related_name="history"
+    )
+
+    class Meta(StatusHistory.Meta):
+        verbose_name = _("subscription status history")
+        verbose_name_plural = _("subscription status history")
+
+
+class AccessRequestStatusHistory(StatusHistory):
+    request = models.ForeignKey(
+        AccessRequest, verbose_name=_("access request"), on_delete=models.PROTECT, related_name="history"
+    )
+
+    class Meta(StatusHistory.Meta):
+        verbose_name = _("access request status history")
+        verbose_name_plural = _("access request status history")
 
 
 class SandboxCheckoutSession(models.Model):

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from exchange.choices import AccessRequestStatus
 from exchange.models import AccessRequest
+from exchange.services.transitions import history_start, status_move, statuses_move
 from listings.models import Listing
 from merchants.selectors import merchant_is_member
 
@@ -36,13 +37,15 @@ def access_request_create(*, listing: Listing, buyer, organisation: str, use_sce
         raise ValidationError("Your access request was already approved; you can buy now.", code="already_approved")
     try:
         with transaction.atomic():
-            return AccessRequest.objects.create(
+            request = AccessRequest.objects.create(
                 listing=listing,
                 buyer=buyer,
                 organisation=organisation[:200],
                 use_scenario=use_scenario[:5000],
                 expires_at=timezone.now() + timedelta(days=settings.ACCESS_REQUEST_TTL_DAYS),
             )
+            history_start([request], reason="requested by the buyer", actor=buyer)
+            return request
     except IntegrityError:
         raise ValidationError("You already have a request waiting for the merchant.", code="already_pending") from None
 
@@ -58,18 +61,31 @@ def access_request_decide(*, request: AccessRequest, actor, approve: bool, note:
         locked = AccessRequest.objects.select_for_update().get(pk=request.pk)
         if locked.status != AccessRequestStatus.PENDING:
             raise ValidationError(f"This request is already {locked.get_status_display().lower()}.", code="decided")
-        if locked.expires_at <= timezone.now():
-            locked.status = AccessRequestStatus.EXPIRED
-            locked.save(update_fields=["status"])
-            raise ValidationError("This request expired before a decision.", code="expired")
-        locked.status = AccessRequestStatus.APPROVED if approve else AccessRequestStatus.REJECTED
-        locked.decided_at, locked.decided_by, locked.decision_note = timezone.now(), actor, note[:2000]
-        locked.save(update_fields=["status", "decided_at", "decided_by", "decision_note"])
+        expired = locked.expires_at <= timezone.now()
+        if expired:  # recorded (this transaction commits), then refused below
+            status_move(locked, AccessRequestStatus.EXPIRED, reason="no decision before it expired")
+        else:
+            locked.decided_at, locked.decided_by, locked.decision_note = timezone.now(), actor, note[:2000]
+            status_move(
+                locked,
+                AccessRequestStatus.APPROVED if approve else AccessRequestStatus.REJECTED,
+                reason=("approved" if approve else "rejected") + (f": {note}" if note else ""),
+                actor=actor,
+                fields=("decided_at", "decided_by", "decision_note"),
+            )
+    if expired:
+        raise ValidationError("This request expired before a decision.", code="expired")
     return locked
 
 
 def access_requests_expire(*, now=None) -> int:
+    """Expire the pending requests past their time (one history row each); returns how many."""
     now = now or timezone.now()
-    return AccessRequest.objects.filter(status=AccessRequestStatus.PENDING, expires_at__lte=now).update(
-        status=AccessRequestStatus.EXPIRED
-    )
+    with transaction.atomic():
+        due = list(
+            AccessRequest.objects.select_for_update(skip_locked=True).filter(
+                status=AccessRequestStatus.PENDING, expires_at__lte=now
+            )
+        )
+        statuses_move(due, AccessRequestStatus.EXPIRED, reason="no decision before it expired")
+    return len(due)

@@ -42,6 +42,7 @@ from exchange.services.refunds import (
     early_refunds_and_disputes_apply,
     refund_record_from_gateway,
 )
+from exchange.services.transitions import history_start, status_move
 from listings.choices import BillingInterval, PlanKind
 
 log = logging.getLogger(__name__)
@@ -461,7 +462,7 @@ def _on_checkout_completed(event: PaymentEvent) -> str:
     valid_until = None
     if order.plan_kind == PlanKind.SUBSCRIPTION:
         valid_until = _period_end(obj, order.plan)
-        Subscription.objects.get_or_create(
+        subscription, created = Subscription.objects.get_or_create(
             order=order,
             defaults={
                 "buyer_id": order.buyer_id,
@@ -472,6 +473,8 @@ def _on_checkout_completed(event: PaymentEvent) -> str:
                 "current_period_end": valid_until,
             },
         )
+        if created:
+            history_start([subscription], reason=f"subscribed: order {order.reference} paid ({event.event_id})")
     entitlement = entitlement_grant(order=order, valid_until=valid_until)
     _post_payment_held(order=order, memo=f"payment for order {order.reference} held until delivery")
     order_paid_notify(order=order)
@@ -551,8 +554,16 @@ def _on_invoice_paid(event: PaymentEvent) -> str:
     subscription = _subscription_for(event)
     period_end = _period_end(obj, subscription.plan)
     entitlement = subscription.order.entitlement
-    subscription.status, subscription.current_period_end = SubscriptionStatus.ACTIVE, period_end
-    subscription.save(update_fields=["status", "current_period_end"])
+    subscription.current_period_end = period_end
+    if subscription.status == SubscriptionStatus.PAST_DUE:
+        status_move(
+            subscription,
+            SubscriptionStatus.ACTIVE,
+            reason=f"invoice {obj.get('id')} paid",
+            fields=("current_period_end",),
+        )
+    else:  # active stays active; a cancelled one stays cancelled (the invoice paid for a period before the end)
+        subscription.save(update_fields=["current_period_end"])
     if obj.get("billing_reason") == "subscription_create":
         entitlement_extend(entitlement_pk=entitlement.pk, valid_until=period_end, reason="first invoice paid")
         return "first invoice: period recorded"
@@ -586,8 +597,10 @@ def _on_invoice_paid(event: PaymentEvent) -> str:
 
 def _on_invoice_failed(event: PaymentEvent) -> str:
     subscription = _subscription_for(event)
-    subscription.status = SubscriptionStatus.PAST_DUE
-    subscription.save(update_fields=["status"])
+    if subscription.status == SubscriptionStatus.CANCELLED:
+        return "renewal failed on a cancelled subscription: nothing to change"
+    if subscription.status == SubscriptionStatus.ACTIVE:
+        status_move(subscription, SubscriptionStatus.PAST_DUE, reason=f"renewal failed ({event.event_id})")
     entitlement = subscription.order.entitlement
     grace_end = timezone.now() + timedelta(days=settings.SUBSCRIPTION_GRACE_DAYS)
     if entitlement.valid_until is None or entitlement.valid_until > grace_end:
@@ -599,8 +612,13 @@ def _on_subscription_deleted(event: PaymentEvent) -> str:
     subscription = _subscription_for(event)
     if subscription.status == SubscriptionStatus.CANCELLED:
         return "already cancelled"
-    subscription.status, subscription.cancelled_at = SubscriptionStatus.CANCELLED, timezone.now()
-    subscription.save(update_fields=["status", "cancelled_at"])
+    subscription.cancelled_at = timezone.now()
+    status_move(
+        subscription,
+        SubscriptionStatus.CANCELLED,
+        reason=f"cancelled at the gateway ({event.event_id})",
+        fields=("cancelled_at",),
+    )
     entitlement = subscription.order.entitlement
     end = min(subscription.current_period_end, entitlement.valid_until or subscription.current_period_end)
     entitlement_extend(entitlement_pk=entitlement.pk, valid_until=end, reason="subscription cancelled")

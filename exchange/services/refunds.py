@@ -33,6 +33,7 @@ from exchange.services.entitlements import entitlement_restore, entitlement_revo
 from exchange.services.ledger import account_balance, account_get, journal_post
 from exchange.services.notifications import refund_notify
 from exchange.services.orders import order_transition
+from exchange.services.transitions import history_start, status_move
 
 REFUNDABLE = {OrderStatus.PAID, OrderStatus.DELIVERED, OrderStatus.SETTLED, OrderStatus.PARTIALLY_REFUNDED}
 
@@ -103,12 +104,17 @@ def _post_money_out(*, order: Order, amount: int, key: str, kind: str, memo: str
     journal_post(idempotency_key=key, kind=kind, postings=legs, order=order, memo=memo)
 
 
-def _apply_refund(*, refund: Refund, order: Order) -> None:
-    """Book a succeeded refund: ledger entry, order status, access (inside a transaction, order locked)."""
-    refund.status, refund.completed_at, refund.error = RefundStatus.SUCCEEDED, timezone.now(), ""
-    refund.save(update_fields=["status", "completed_at", "error", "gateway_refund_id"])
+def _apply_refund(*, refund: Refund, order: Order, reason: str) -> None:
+    """A pending refund succeeded: its status, then its booking (inside a transaction, refund and order locked)."""
+    refund.completed_at, refund.error = timezone.now(), ""
+    status_move(refund, RefundStatus.SUCCEEDED, reason=reason, fields=("completed_at", "error", "gateway_refund_id"))
     if order.status == OrderStatus.PENDING_PAYMENT:
         return  # booked when the payment itself arrives (events may come out of order)
+    _book_refund(refund=refund, order=order)
+
+
+def _book_refund(*, refund: Refund, order: Order) -> None:
+    """A succeeded refund's ledger entry, the order's status and the buyer's access."""
     _post_money_out(
         order=order,
         amount=refund.amount,
@@ -170,6 +176,7 @@ def order_refund(
                     idempotency_key=key,
                     requested_by=actor,
                 )
+                history_start([refund], reason=f"requested ({source}): {reason}", actor=actor)
         except IntegrityError:
             raise RefundConflict("A refund with this idempotency key already exists.", code="key_reused") from None
         audit_record(
@@ -202,10 +209,13 @@ def refund_execute(*, refund_pk: int) -> Refund:
         with transaction.atomic():
             locked = Refund.objects.select_for_update().get(pk=refund.pk)
             locked.error = str(exc)[:2000]
-            if not exc.transient:
-                locked.status = RefundStatus.FAILED
+            if locked.status != RefundStatus.PENDING:
+                pass  # a concurrent attempt already ended it
+            elif exc.transient:
+                locked.save(update_fields=["error"])
+            else:
+                status_move(locked, RefundStatus.FAILED, reason=f"gateway refused: {exc}", fields=("error",))
                 Order.objects.filter(pk=order.pk).update(refunded_amount=F("refunded_amount") - locked.amount)
-            locked.save(update_fields=["error", "status"])
         if exc.transient:
             raise
         return locked
@@ -214,7 +224,8 @@ def refund_execute(*, refund_pk: int) -> Refund:
         locked = Refund.objects.select_for_update().get(pk=refund.pk)
         if locked.status == RefundStatus.PENDING:
             locked.gateway_refund_id = refund.gateway_refund_id
-            _apply_refund(refund=locked, order=locked_order)
+            done = f"gateway refund {locked.gateway_refund_id}" if locked.gateway_refund_id else "nothing to return"
+            _apply_refund(refund=locked, order=locked_order, reason=done)
     locked.refresh_from_db()
     return locked
 
@@ -241,7 +252,8 @@ def refund_record_from_gateway(*, order: Order, gateway_refund_id: str, amount: 
         idempotency_key=f"gateway-refund:{gateway_refund_id}",
         gateway_refund_id=gateway_refund_id,
     )
-    _apply_refund(refund=refund, order=order)
+    history_start([refund], reason=f"reported by the gateway: {reason}")
+    _apply_refund(refund=refund, order=order, reason=f"gateway refund {gateway_refund_id}")
     return refund
 
 
@@ -257,8 +269,11 @@ def dispute_open(*, order: Order, gateway_dispute_id: str, amount: int, reason: 
             "reason": reason,
         },
     )
-    if not created or order.status == OrderStatus.PENDING_PAYMENT:
-        return dispute if created else None
+    if not created:
+        return None
+    history_start([dispute], reason=f"opened by the buyer's bank: {reason or 'no reason given'}")
+    if order.status == OrderStatus.PENDING_PAYMENT:
+        return dispute
     _book_dispute_open(order=order, dispute=dispute)
     return dispute
 
@@ -282,9 +297,11 @@ def dispute_close(*, order: Order, gateway_dispute_id: str, won: bool) -> Disput
     dispute = Dispute.objects.select_for_update().filter(gateway_dispute_id=gateway_dispute_id).first()
     if dispute is None or dispute.status != DisputeStatus.OPEN:
         return None
-    dispute.status = DisputeStatus.WON if won else DisputeStatus.LOST
     dispute.closed_at = timezone.now()
-    dispute.save(update_fields=["status", "closed_at"])
+    outcome = "won" if won else "lost"
+    status_move(
+        dispute, DisputeStatus.WON if won else DisputeStatus.LOST, reason=f"closed: {outcome}", fields=("closed_at",)
+    )
     if won:
         withdrawn = JournalEntry.objects.filter(idempotency_key=f"dispute:{dispute.pk}").first()
         if withdrawn is not None:  # a dispute on a trade not yet paid booked nothing to reverse
@@ -323,7 +340,7 @@ def early_refunds_and_disputes_apply(*, order: Order) -> None:
     for refund in order.refunds.filter(status=RefundStatus.SUCCEEDED).order_by("pk"):
         if not JournalEntry.objects.filter(idempotency_key=f"refund:{refund.pk}").exists():
             order.refresh_from_db()
-            _apply_refund(refund=refund, order=order)
+            _book_refund(refund=refund, order=order)
     for dispute in order.disputes.filter(status=DisputeStatus.OPEN).order_by("pk"):
         if not JournalEntry.objects.filter(idempotency_key=f"dispute:{dispute.pk}").exists():
             order.refresh_from_db()

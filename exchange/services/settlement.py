@@ -12,9 +12,10 @@ one ledger block, appended to the chain as the transaction's last step
 payout per merchant and currency per run (unique), after netting what the
 merchant owes back (a refund after an earlier payout) against what it is owed.
 
-Every status move of a run, a batch or a payout goes through ``status_move``
-(the transition tables below, the row lock the caller holds, one history row
-each); their creation writes the first history row (``"" -> initial``).
+Every status move of a run, a batch or a payout goes through
+``transitions.status_move`` (its transition table, the row lock the caller
+holds, one history row each); their creation writes the first history row
+(``"" -> initial``, ``transitions.history_start``).
 
 Resumable and safe to repeat: a batch is locked and done at most once (a
 worker killed mid-batch leaves it PENDING and its redelivered or re-queued task
@@ -48,12 +49,9 @@ from exchange.models import (
     LedgerAccount,
     Order,
     Payout,
-    PayoutStatusHistory,
     Posting,
     SettlementBatch,
-    SettlementBatchStatusHistory,
     SettlementRun,
-    SettlementRunStatusHistory,
 )
 from exchange.services.certificates import CERTIFIED_NAMES, certificates_issue_many
 from exchange.services.fees import FeeSchedule, order_split, with_fee_category
@@ -66,55 +64,11 @@ from exchange.services.ledger import (
     merchant_accounts,
 )
 from exchange.services.orders import orders_transition_locked
+from exchange.services.transitions import history_start, status_move
 
 
 class SettlementInProgress(ValidationError):
     pass
-
-
-class SettlementTransitionError(ValidationError):
-    pass
-
-
-RUN_TRANSITIONS = {SettlementRunStatus.RUNNING: {SettlementRunStatus.COMPLETED, SettlementRunStatus.FAILED}}
-BATCH_TRANSITIONS = {SettlementBatchStatus.PENDING: {SettlementBatchStatus.COMPLETED, SettlementBatchStatus.FAILED}}
-PAYOUT_TRANSITIONS = {PayoutStatus.PENDING: {PayoutStatus.SENT, PayoutStatus.FAILED}}
-# Per model: its transition table, its history model and the history's link to it.
-_MACHINES = {
-    SettlementRun: (RUN_TRANSITIONS, SettlementRunStatusHistory, "run"),
-    SettlementBatch: (BATCH_TRANSITIONS, SettlementBatchStatusHistory, "batch"),
-    Payout: (PAYOUT_TRANSITIONS, PayoutStatusHistory, "payout"),
-}
-
-
-def status_move(obj, to_status: str, *, reason: str, actor=None, fields=()):
-    """The one place a settlement run, batch or payout changes status; the caller holds its row lock.
-
-    The move is checked against the model's transition table first
-    (SettlementTransitionError, nothing saved). Then one history row is
-    written and the status saved with ``fields``, which the caller has set
-    on ``obj`` already.
-    """
-    table, history, link = _MACHINES[type(obj)]
-    if to_status not in table.get(obj.status, ()):
-        raise SettlementTransitionError(
-            f"{str(obj._meta.verbose_name).capitalize()} {obj.pk} is {obj.status}; it cannot become {to_status}.",
-            code="invalid_transition",
-        )
-    history.objects.create(**{link: obj}, from_status=obj.status, to_status=to_status, reason=reason[:300], actor=actor)
-    obj.status = to_status
-    obj.save(update_fields=["status", *fields])
-    return obj
-
-
-def _history_start(objects: list, *, reason: str, actor=None) -> None:
-    """The first history row ("" -> the status they were created with) of new runs, batches or payouts."""
-    if objects:
-        _, history, link = _MACHINES[type(objects[0])]
-        history.objects.bulk_create(
-            history(**{link: obj}, from_status="", to_status=obj.status, reason=reason[:300], actor=actor)
-            for obj in objects
-        )
 
 
 # What a batch reads of its orders: settling, the fee schedule, the ledger entry and the certificate need no more.
@@ -146,7 +100,7 @@ def settlement_run_start(*, actor=None, trigger: str = "manual") -> SettlementRu
     try:
         with transaction.atomic():
             run = SettlementRun.objects.create(requested_by=actor, trigger=trigger)
-            _history_start([run], reason=f"started ({trigger})", actor=actor)
+            history_start([run], reason=f"started ({trigger})", actor=actor)
             audit_record(action="settlement_run_started", actor=actor, obj=run, trigger=trigger)
             transaction.on_commit(lambda: settlement_run_execute.delay(run.pk))
     except IntegrityError:
@@ -200,7 +154,7 @@ def settlement_run_plan(*, run_pk: int, queue: bool = True) -> SettlementRun:
                 )
                 for n in range(0, len(pks), size)
             )
-            _history_start(batches, reason=f"planned: cutoff {run.cutoff.isoformat()}")
+            history_start(batches, reason=f"planned: cutoff {run.cutoff.isoformat()}")
             run.orders_total, run.batches_total = len(pks), -(-len(pks) // size)
             run.save(update_fields=["cutoff", "orders_total", "batches_total"])
         pending = list(run.batches.filter(status=SettlementBatchStatus.PENDING).values_list("pk", flat=True))
@@ -376,7 +330,7 @@ def _payout_specs(*, run: SettlementRun) -> tuple[list[Payout], list[EntrySpec]]
                 )
             )
     Payout.objects.bulk_create(payouts)
-    _history_start(payouts, reason=f"created by settlement run {run.pk}")
+    history_start(payouts, reason=f"created by settlement run {run.pk}")
     specs = netting + [
         EntrySpec(
             idempotency_key=f"payout_created:{payout.pk}",

@@ -52,7 +52,6 @@ from exchange.models import (
     Payout,
     Posting,
     Refund,
-    SettlementBatch,
     SettlementRun,
     TransactionCertificate,
 )
@@ -61,14 +60,12 @@ from exchange.services.ledger import ledger_verify
 from exchange.services.orders import OrderTransitionError, order_checkout_start, order_confirm_receipt, order_create
 from exchange.services.refunds import RefundConflict, order_refund
 from exchange.services.settlement import (
-    BATCH_TRANSITIONS,
-    PAYOUT_TRANSITIONS,
-    RUN_TRANSITIONS,
     SettlementInProgress,
     payout_send,
     settlement_run_execute,
     settlement_run_start,
 )
+from exchange.services.transitions import MACHINES, history_start
 from tests.factories import UserFactory, make_listing, make_merchant
 
 try:  # the fee schedule (issue #6) replaces the flat PLATFORM_FEE_BPS when it lands
@@ -346,7 +343,7 @@ class MoneyMachine(RuleBasedStateMachine):
         # A run whose worker died before it began: the row (and its first history row) as settlement_run_start
         # writes them, and nothing settled yet.
         stuck = SettlementRun.objects.create(trigger="test")
-        settlement_module._history_start([stuck], reason="started (test)")
+        history_start([stuck], reason="started (test)")
         before = snapshot()
         with pytest.raises(SettlementInProgress) as refused:
             settlement_run_start(actor=self.staff, trigger="test")
@@ -437,19 +434,15 @@ class MoneyMachine(RuleBasedStateMachine):
                 assert revenue == 0, (order.reference, revenue)
 
     @invariant()
-    def every_settlement_status_is_proven_by_its_history(self):
-        # Runs, batches and payouts: a history from creation ("" -> first status) through allowed moves only,
-        # ending at the status the row has now.
-        for model, table in (
-            (SettlementRun, RUN_TRANSITIONS),
-            (SettlementBatch, BATCH_TRANSITIONS),
-            (Payout, PAYOUT_TRANSITIONS),
-        ):
+    def every_status_is_proven_by_its_history(self):
+        # Runs, batches, payouts, refunds, disputes (and subscriptions, access requests): a history from creation
+        # ("" -> first status) through allowed moves only, ending at the status the row has now.
+        for model, machine in MACHINES.items():
             for obj in model.objects.all():
                 moves = list(obj.history.order_by("pk").values_list("from_status", "to_status"))
                 assert moves and moves[0][0] == "", (obj, moves)
                 for (_, reached), (left, to) in itertools.pairwise(moves):
-                    assert left == reached and to in table.get(left, ()), (obj, moves)
+                    assert left == reached and to in machine.table.get(left, ()), (obj, moves)
                 assert moves[-1][1] == obj.status, (obj, moves)
 
     @invariant()

@@ -43,15 +43,14 @@ from exchange.services.orders import order_checkout_start, order_confirm_receipt
 from exchange.services.refunds import order_refund
 from exchange.services.settlement import (
     SettlementInProgress,
-    SettlementTransitionError,
     payout_send,
     settlement_batch_execute,
     settlement_run_execute,
     settlement_run_plan,
     settlement_run_start,
     settlement_runs_resume,
-    status_move,
 )
+from exchange.services.transitions import TransitionError, status_move
 from tests.exchange.helpers import rows_being_referenced
 from tests.factories import UserFactory, make_listing, make_merchant
 
@@ -269,7 +268,7 @@ def test_a_move_the_table_does_not_allow_is_refused_and_changes_nothing(
     run = _run_by_workers(django_capture_on_commit_callbacks)
     obj = {SettlementRun: run, SettlementBatch: run.batches.first(), Payout: run.payouts.first()}[model]
     before = (obj.status, obj.history.count())
-    with pytest.raises(SettlementTransitionError, match=f"it cannot become {to_status}"):
+    with pytest.raises(TransitionError, match=f"it cannot become {to_status}"):
         status_move(obj, to_status, reason="by hand")
     obj.refresh_from_db()
     assert (obj.status, obj.history.count()) == before
