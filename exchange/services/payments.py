@@ -372,6 +372,7 @@ def payment_events_apply_batch(*, event_pks: list[int]) -> tuple[set[int], set[i
             ]
         )
         applied = [event.pk for _, event, _ in paid]
+        # The set form of _event_status: these rows were locked as RECEIVED, and received -> processed is allowed.
         PaymentEvent.objects.filter(pk__in=applied).update(
             status=PaymentEventStatus.PROCESSED, error="", processed_at=timezone.now(), attempts=F("attempts") + 1
         )
@@ -639,6 +640,22 @@ HANDLERS: dict[str, Callable[[PaymentEvent], str]] = {
 }
 
 
+# A received event is applied (processed), has no handler (ignored) or fails; a failed one is still applied if its
+# task runs again (a redelivered message). The row's attempts, error and processed_at are its record.
+PAYMENT_EVENT_TRANSITIONS: dict[str, set[str]] = {
+    PaymentEventStatus.RECEIVED: {PaymentEventStatus.PROCESSED, PaymentEventStatus.IGNORED, PaymentEventStatus.FAILED},
+    PaymentEventStatus.FAILED: {PaymentEventStatus.PROCESSED, PaymentEventStatus.IGNORED},
+}
+
+
+def _event_status(event: PaymentEvent, to_status: str, *, fields: tuple) -> None:
+    """The one place a payment event's status changes (row locked by the caller); ``fields`` set already."""
+    if to_status != event.status and to_status not in PAYMENT_EVENT_TRANSITIONS.get(event.status, ()):
+        raise ValueError(f"A payment event cannot go from {event.status} to {to_status}.")
+    event.status = to_status
+    event.save(update_fields=["status", *fields])
+
+
 def payment_event_process(*, event_pk: int, skip_locked: bool = False) -> str:
     """Apply a stored event once. Returns what happened, for logs.
 
@@ -659,9 +676,9 @@ def payment_event_process(*, event_pk: int, skip_locked: bool = False) -> str:
                 outcome, status = f"type {event.type} not handled", PaymentEventStatus.IGNORED
             else:
                 outcome, status = handler(event), PaymentEventStatus.PROCESSED
-            event.status, event.error, event.processed_at = status, "", timezone.now()
+            event.error, event.processed_at = "", timezone.now()
             event.attempts += 1
-            event.save(update_fields=["status", "error", "processed_at", "attempts"])
+            _event_status(event, status, fields=("error", "processed_at", "attempts"))
             return outcome
     except EventPermanentError as exc:
         _record_failure(event_pk, str(exc), permanent=True)
@@ -684,5 +701,6 @@ def _record_failure(event_pk: int, message: str, *, permanent: bool, give_up_aft
         event.error = message[:2000]
         event.attempts += 1
         if permanent or (give_up_after is not None and event.attempts >= give_up_after):
-            event.status = PaymentEventStatus.FAILED
-        event.save(update_fields=["error", "attempts", "status"])
+            _event_status(event, PaymentEventStatus.FAILED, fields=("error", "attempts"))
+        else:
+            event.save(update_fields=["error", "attempts"])

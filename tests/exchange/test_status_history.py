@@ -9,11 +9,19 @@ from django.core.exceptions import ValidationError
 from django.urls import reverse
 from django.utils import timezone
 
-from exchange.choices import AccessRequestStatus, DisputeStatus, OrderStatus, RefundStatus, SubscriptionStatus
+from exchange.choices import (
+    AccessRequestStatus,
+    DisputeStatus,
+    OrderStatus,
+    PaymentEventStatus,
+    RefundStatus,
+    SubscriptionStatus,
+)
 from exchange.gateways import GatewayError
 from exchange.gateways.sandbox import SandboxGateway
-from exchange.models import AccessRequest, Dispute, Entitlement, JournalEntry, Order, Refund, Subscription
+from exchange.models import AccessRequest, Dispute, Entitlement, JournalEntry, Order, PaymentEvent, Refund, Subscription
 from exchange.services.access import access_request_create, access_request_decide, access_requests_expire
+from exchange.services.payments import _event_status
 from exchange.services.refunds import order_refund
 from exchange.services.transitions import MACHINES, TransitionError, status_move, statuses_move
 from tests.exchange.helpers import approve_in_sandbox
@@ -227,3 +235,13 @@ def test_the_admin_pages_show_each_history(
         page = client.get(reverse(f"admin:exchange_{name}_change", args=[obj.pk]))
         assert page.status_code == 200
         assert reason in page.content.decode(), name
+
+
+def test_a_payment_event_moves_only_as_its_table_allows(client, buyer, listing, django_capture_on_commit_callbacks):
+    _paid(client, buyer, listing, django_capture_on_commit_callbacks)
+    event = PaymentEvent.objects.get(type="checkout.session.completed")
+    assert (event.status, event.attempts) == (PaymentEventStatus.PROCESSED, 1)
+    with pytest.raises(ValueError, match="cannot go from processed to failed"):
+        _event_status(event, PaymentEventStatus.FAILED, fields=())
+    event.refresh_from_db()
+    assert event.status == PaymentEventStatus.PROCESSED
