@@ -6,6 +6,8 @@ import uuid
 from django.conf import settings
 from django.db import migrations, models
 
+from common.migration_operations import AlterFieldsTogether
+
 
 class Migration(migrations.Migration):
 
@@ -142,1439 +144,1441 @@ class Migration(migrations.Migration):
             name='webhookendpoint',
             options={'ordering': ['-created_at', '-pk'], 'verbose_name': 'webhook endpoint', 'verbose_name_plural': 'webhook endpoints'},
         ),
-        migrations.AlterField(
-            model_name='accessrequest',
-            name='buyer',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='access_requests', to=settings.AUTH_USER_MODEL, verbose_name='buyer'),
-        ),
-        migrations.AlterField(
-            model_name='accessrequest',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='accessrequest',
-            name='decided_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='decided at'),
-        ),
-        migrations.AlterField(
-            model_name='accessrequest',
-            name='decided_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='decided by'),
-        ),
-        migrations.AlterField(
-            model_name='accessrequest',
-            name='decision_note',
-            field=models.TextField(blank=True, verbose_name='decision note'),
-        ),
-        migrations.AlterField(
-            model_name='accessrequest',
-            name='expires_at',
-            field=models.DateTimeField(verbose_name='expires at'),
-        ),
-        migrations.AlterField(
-            model_name='accessrequest',
-            name='listing',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='access_requests', to='listings.listing', verbose_name='listing'),
-        ),
-        migrations.AlterField(
-            model_name='accessrequest',
-            name='organisation',
-            field=models.CharField(max_length=200, verbose_name='organisation'),
-        ),
-        migrations.AlterField(
-            model_name='accessrequest',
-            name='status',
-            field=models.CharField(choices=[('pending', 'Waiting for the merchant'), ('approved', 'Approved'), ('rejected', 'Rejected'), ('expired', 'Expired (no answer in time)')], default='pending', editable=False, max_length=20, verbose_name='status'),
-        ),
-        migrations.AlterField(
-            model_name='accessrequest',
-            name='use_scenario',
-            field=models.TextField(verbose_name='use scenario'),
-        ),
-        migrations.AlterField(
-            model_name='delivery',
-            name='attempts',
-            field=models.PositiveIntegerField(default=0, verbose_name='attempts'),
-        ),
-        migrations.AlterField(
-            model_name='delivery',
-            name='confirmed_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='confirmed at'),
-        ),
-        migrations.AlterField(
-            model_name='delivery',
-            name='confirmed_by',
-            field=models.CharField(blank=True, max_length=40, verbose_name='confirmed by'),
-        ),
-        migrations.AlterField(
-            model_name='delivery',
-            name='download_count',
-            field=models.PositiveIntegerField(default=0, verbose_name='download count'),
-        ),
-        migrations.AlterField(
-            model_name='delivery',
-            name='entitlement',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='deliveries', to='exchange.entitlement', verbose_name='entitlement'),
-        ),
-        migrations.AlterField(
-            model_name='delivery',
-            name='failed_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='failed at'),
-        ),
-        migrations.AlterField(
-            model_name='delivery',
-            name='last_error',
-            field=models.TextField(blank=True, verbose_name='last error'),
-        ),
-        migrations.AlterField(
-            model_name='delivery',
-            name='prepared_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='prepared at'),
-        ),
-        migrations.AlterField(
-            model_name='delivery',
-            name='ready_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='ready at'),
-        ),
-        migrations.AlterField(
-            model_name='delivery',
-            name='receipt',
-            field=models.JSONField(blank=True, default=dict, verbose_name='receipt'),
-        ),
-        migrations.AlterField(
-            model_name='delivery',
-            name='receipt_sha256',
-            field=models.CharField(blank=True, max_length=64, verbose_name='receipt sha256'),
-        ),
-        migrations.AlterField(
-            model_name='delivery',
-            name='status',
-            field=models.CharField(choices=[('pending', 'Being prepared'), ('ready', 'Ready to download'), ('confirmed', 'Confirmed'), ('failed', 'Failed (order refunded)'), ('withdrawn', 'Withdrawn (access ended)')], default='ready', max_length=20, verbose_name='status'),
-        ),
-        migrations.AlterField(
-            model_name='delivery',
-            name='version',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='deliveries', to='listings.listingversion', verbose_name='version'),
-        ),
-        migrations.AlterField(
-            model_name='deliverystatushistory',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='deliverystatushistory',
-            name='delivery',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='history', to='exchange.delivery', verbose_name='delivery'),
-        ),
-        migrations.AlterField(
-            model_name='deliverystatushistory',
-            name='from_status',
-            field=models.CharField(blank=True, choices=[('pending', 'Being prepared'), ('ready', 'Ready to download'), ('confirmed', 'Confirmed'), ('failed', 'Failed (order refunded)'), ('withdrawn', 'Withdrawn (access ended)')], max_length=20, verbose_name='from status'),
-        ),
-        migrations.AlterField(
-            model_name='deliverystatushistory',
-            name='reason',
-            field=models.CharField(blank=True, max_length=300, verbose_name='reason'),
-        ),
-        migrations.AlterField(
-            model_name='deliverystatushistory',
-            name='to_status',
-            field=models.CharField(choices=[('pending', 'Being prepared'), ('ready', 'Ready to download'), ('confirmed', 'Confirmed'), ('failed', 'Failed (order refunded)'), ('withdrawn', 'Withdrawn (access ended)')], max_length=20, verbose_name='to status'),
-        ),
-        migrations.AlterField(
-            model_name='dispute',
-            name='amount',
-            field=models.PositiveBigIntegerField(verbose_name='amount'),
-        ),
-        migrations.AlterField(
-            model_name='dispute',
-            name='closed_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='closed at'),
-        ),
-        migrations.AlterField(
-            model_name='dispute',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='dispute',
-            name='currency',
-            field=models.CharField(choices=[('CNY', 'CNY'), ('USD', 'USD'), ('EUR', 'EUR')], max_length=3, verbose_name='currency'),
-        ),
-        migrations.AlterField(
-            model_name='dispute',
-            name='gateway_dispute_id',
-            field=models.CharField(max_length=120, unique=True, verbose_name='gateway dispute id'),
-        ),
-        migrations.AlterField(
-            model_name='dispute',
-            name='order',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='disputes', to='exchange.order', verbose_name='order'),
-        ),
-        migrations.AlterField(
-            model_name='dispute',
-            name='reason',
-            field=models.CharField(blank=True, max_length=120, verbose_name='reason'),
-        ),
-        migrations.AlterField(
-            model_name='dispute',
-            name='status',
-            field=models.CharField(choices=[('open', 'Open'), ('won', 'Won by the exchange'), ('lost', 'Lost (funds returned to the buyer)')], default='open', max_length=20, verbose_name='status'),
-        ),
-        migrations.AlterField(
-            model_name='downloadlog',
-            name='bytes_sent',
-            field=models.BigIntegerField(default=0, verbose_name='bytes sent'),
-        ),
-        migrations.AlterField(
-            model_name='downloadlog',
-            name='completed',
-            field=models.BooleanField(default=False, verbose_name='completed'),
-        ),
-        migrations.AlterField(
-            model_name='downloadlog',
-            name='delivery',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='downloads', to='exchange.delivery', verbose_name='delivery'),
-        ),
-        migrations.AlterField(
-            model_name='downloadlog',
-            name='file',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='downloads', to='listings.datafile', verbose_name='file'),
-        ),
-        migrations.AlterField(
-            model_name='downloadlog',
-            name='finished_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='finished at'),
-        ),
-        migrations.AlterField(
-            model_name='downloadlog',
-            name='ip_address',
-            field=models.GenericIPAddressField(blank=True, null=True, verbose_name='ip address'),
-        ),
-        migrations.AlterField(
-            model_name='downloadlog',
-            name='mode',
-            field=models.CharField(default='django', max_length=10, verbose_name='mode'),
-        ),
-        migrations.AlterField(
-            model_name='downloadlog',
-            name='range_end',
-            field=models.BigIntegerField(blank=True, null=True, verbose_name='range end'),
-        ),
-        migrations.AlterField(
-            model_name='downloadlog',
-            name='range_start',
-            field=models.BigIntegerField(blank=True, null=True, verbose_name='range start'),
-        ),
-        migrations.AlterField(
-            model_name='downloadlog',
-            name='started_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='started at'),
-        ),
-        migrations.AlterField(
-            model_name='downloadlog',
-            name='user',
-            field=models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL, verbose_name='user'),
-        ),
-        migrations.AlterField(
-            model_name='downloadlog',
-            name='user_agent',
-            field=models.CharField(blank=True, max_length=300, verbose_name='user agent'),
-        ),
-        migrations.AlterField(
-            model_name='entitlement',
-            name='buyer',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='entitlements', to=settings.AUTH_USER_MODEL, verbose_name='buyer'),
-        ),
-        migrations.AlterField(
-            model_name='entitlement',
-            name='granted_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='granted at'),
-        ),
-        migrations.AlterField(
-            model_name='entitlement',
-            name='listing',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='entitlements', to='listings.listing', verbose_name='listing'),
-        ),
-        migrations.AlterField(
-            model_name='entitlement',
-            name='order',
-            field=models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='entitlement', to='exchange.order', verbose_name='order'),
-        ),
-        migrations.AlterField(
-            model_name='entitlement',
-            name='plan',
-            field=models.ForeignKey(null=True, on_delete=django.db.models.deletion.PROTECT, related_name='entitlements', to='listings.pricingplan', verbose_name='plan'),
-        ),
-        migrations.AlterField(
-            model_name='entitlement',
-            name='revoked_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='revoked at'),
-        ),
-        migrations.AlterField(
-            model_name='entitlement',
-            name='revoked_reason',
-            field=models.CharField(blank=True, max_length=300, verbose_name='revoked reason'),
-        ),
-        migrations.AlterField(
-            model_name='entitlement',
-            name='scenario',
-            field=models.TextField(blank=True, verbose_name='scenario'),
-        ),
-        migrations.AlterField(
-            model_name='entitlement',
-            name='status',
-            field=models.CharField(choices=[('active', 'Active'), ('expired', 'Expired'), ('revoked', 'Revoked')], default='active', editable=False, max_length=20, verbose_name='status'),
-        ),
-        migrations.AlterField(
-            model_name='entitlement',
-            name='valid_until',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='valid until'),
-        ),
-        migrations.AlterField(
-            model_name='entitlement',
-            name='version_access',
-            field=models.CharField(choices=[('all', 'All versions'), ('while_entitled', 'Versions published while entitled'), ('latest', 'Latest version only')], default='all', max_length=20, verbose_name='version access'),
-        ),
-        migrations.AlterField(
-            model_name='entitlementstatushistory',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='entitlementstatushistory',
-            name='entitlement',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='history', to='exchange.entitlement', verbose_name='entitlement'),
-        ),
-        migrations.AlterField(
-            model_name='entitlementstatushistory',
-            name='from_status',
-            field=models.CharField(blank=True, choices=[('active', 'Active'), ('expired', 'Expired'), ('revoked', 'Revoked')], max_length=20, verbose_name='from status'),
-        ),
-        migrations.AlterField(
-            model_name='entitlementstatushistory',
-            name='reason',
-            field=models.CharField(blank=True, max_length=300, verbose_name='reason'),
-        ),
-        migrations.AlterField(
-            model_name='entitlementstatushistory',
-            name='to_status',
-            field=models.CharField(choices=[('active', 'Active'), ('expired', 'Expired'), ('revoked', 'Revoked')], max_length=20, verbose_name='to status'),
-        ),
-        migrations.AlterField(
-            model_name='feerule',
-            name='category',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='fee_rules', to='listings.category', verbose_name='category'),
-        ),
-        migrations.AlterField(
-            model_name='feerule',
-            name='commission_bps',
-            field=models.PositiveIntegerField(help_text='Commission in basis points (100 = 1 %), 0 to 10000.', verbose_name='commission bps'),
-        ),
-        migrations.AlterField(
-            model_name='feerule',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='feerule',
-            name='created_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='created by'),
-        ),
-        migrations.AlterField(
-            model_name='feerule',
-            name='merchant',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='fee_rules', to='merchants.merchant', verbose_name='merchant'),
-        ),
-        migrations.AlterField(
-            model_name='feerule',
-            name='note',
-            field=models.CharField(blank=True, max_length=200, verbose_name='note'),
-        ),
-        migrations.AlterField(
-            model_name='feerule',
-            name='valid_from',
-            field=models.DateTimeField(verbose_name='valid from'),
-        ),
-        migrations.AlterField(
-            model_name='journalentry',
-            name='block',
-            field=models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.PROTECT, related_name='entries', to='exchange.ledgerblock', verbose_name='block'),
-        ),
-        migrations.AlterField(
-            model_name='journalentry',
-            name='created_at',
-            field=models.DateTimeField(verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='journalentry',
-            name='entry_hash',
-            field=models.CharField(max_length=64, unique=True, verbose_name='entry hash'),
-        ),
-        migrations.AlterField(
-            model_name='journalentry',
-            name='idempotency_key',
-            field=models.CharField(max_length=150, unique=True, verbose_name='idempotency key'),
-        ),
-        migrations.AlterField(
-            model_name='journalentry',
-            name='kind',
-            field=models.CharField(choices=[('payment', 'Payment captured (held)'), ('refund', 'Refund to the buyer'), ('dispute', 'Funds withdrawn by a dispute'), ('dispute_won', 'Disputed funds returned'), ('sale', 'Sale settled (fee and merchant payable)'), ('payout_created', 'Payout created'), ('payout_sent', 'Payout sent'), ('receivable_netted', 'Merchant receivable netted against the payable'), ('payout_returned', 'Payout refused by the gateway, owed again')], max_length=30, verbose_name='kind'),
-        ),
-        migrations.AlterField(
-            model_name='journalentry',
-            name='memo',
-            field=models.CharField(blank=True, max_length=300, verbose_name='memo'),
-        ),
-        migrations.AlterField(
-            model_name='journalentry',
-            name='order',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='journal_entries', to='exchange.order', verbose_name='order'),
-        ),
-        migrations.AlterField(
-            model_name='journalentry',
-            name='payout',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='journal_entries', to='exchange.payout', verbose_name='payout'),
-        ),
-        migrations.AlterField(
-            model_name='journalentry',
-            name='position',
-            field=models.PositiveIntegerField(verbose_name='position'),
-        ),
-        migrations.AlterField(
-            model_name='journalentry',
-            name='prev_hash',
-            field=models.CharField(max_length=64, verbose_name='prev hash'),
-        ),
-        migrations.AlterField(
-            model_name='journalentry',
-            name='sequence',
-            field=models.BigIntegerField(unique=True, verbose_name='sequence'),
-        ),
-        migrations.AlterField(
-            model_name='ledgeraccount',
-            name='code',
-            field=models.CharField(max_length=80, unique=True, verbose_name='code'),
-        ),
-        migrations.AlterField(
-            model_name='ledgeraccount',
-            name='kind',
-            field=models.CharField(choices=[('gateway_clearing', 'Gateway clearing'), ('escrow_held', 'Buyer funds held in escrow'), ('platform_revenue', 'Platform revenue (fees)'), ('merchant_payable', 'Merchant payable'), ('merchant_receivable', 'Merchant receivable (refunds owed back after a payout)'), ('payouts_pending', 'Payouts in transit')], max_length=30, verbose_name='kind'),
-        ),
-        migrations.AlterField(
-            model_name='ledgeraccount',
-            name='merchant',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='accounts', to='merchants.merchant', verbose_name='merchant'),
-        ),
-        migrations.AlterField(
-            model_name='ledgeraccount',
-            name='name',
-            field=models.CharField(max_length=200, verbose_name='name'),
-        ),
-        migrations.AlterField(
-            model_name='ledgerblock',
-            name='block_hash',
-            field=models.CharField(max_length=64, unique=True, verbose_name='block hash'),
-        ),
-        migrations.AlterField(
-            model_name='ledgerblock',
-            name='created_at',
-            field=models.DateTimeField(verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='ledgerblock',
-            name='entry_count',
-            field=models.PositiveIntegerField(verbose_name='entry count'),
-        ),
-        migrations.AlterField(
-            model_name='ledgerblock',
-            name='prev_hash',
-            field=models.CharField(max_length=64, verbose_name='prev hash'),
-        ),
-        migrations.AlterField(
-            model_name='ledgerblock',
-            name='root_hash',
-            field=models.CharField(max_length=64, verbose_name='root hash'),
-        ),
-        migrations.AlterField(
-            model_name='ledgerblock',
-            name='sequence',
-            field=models.BigIntegerField(unique=True, verbose_name='sequence'),
-        ),
-        migrations.AlterField(
-            model_name='ledgerchainhead',
-            name='block_hash',
-            field=models.CharField(default='0000000000000000000000000000000000000000000000000000000000000000', max_length=64, verbose_name='block hash'),
-        ),
-        migrations.AlterField(
-            model_name='ledgerchainhead',
-            name='sequence',
-            field=models.BigIntegerField(default=0, verbose_name='sequence'),
-        ),
-        migrations.AlterField(
-            model_name='ledgerverification',
-            name='entries_checked',
-            field=models.BigIntegerField(default=0, verbose_name='entries checked'),
-        ),
-        migrations.AlterField(
-            model_name='ledgerverification',
-            name='finished_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='finished at'),
-        ),
-        migrations.AlterField(
-            model_name='ledgerverification',
-            name='first_break_block',
-            field=models.BigIntegerField(blank=True, null=True, verbose_name='first break block'),
-        ),
-        migrations.AlterField(
-            model_name='ledgerverification',
-            name='first_break_sequence',
-            field=models.BigIntegerField(blank=True, null=True, verbose_name='first break sequence'),
-        ),
-        migrations.AlterField(
-            model_name='ledgerverification',
-            name='message',
-            field=models.TextField(blank=True, verbose_name='message'),
-        ),
-        migrations.AlterField(
-            model_name='ledgerverification',
-            name='ok',
-            field=models.BooleanField(default=False, verbose_name='ok'),
-        ),
-        migrations.AlterField(
-            model_name='ledgerverification',
-            name='started_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='started at'),
-        ),
-        migrations.AlterField(
-            model_name='ledgerverification',
-            name='trigger',
-            field=models.CharField(default='command', max_length=20, verbose_name='trigger'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='body',
-            field=models.TextField(blank=True, verbose_name='body'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='data',
-            field=models.JSONField(blank=True, default=dict, verbose_name='data'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='dedupe_key',
-            field=models.CharField(blank=True, max_length=150, null=True, unique=True, verbose_name='dedupe key'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='emailed_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='emailed at'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='kind',
-            field=models.CharField(choices=[('purchase_confirmed', 'Purchase confirmed'), ('delivery_ready', 'Delivery ready'), ('delivery_failed', 'Delivery failed'), ('new_version', 'New version available'), ('entitlement_expiring', 'Access about to expire'), ('refund', 'Refund'), ('sale', 'New sale')], max_length=30, verbose_name='kind'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='read_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='read at'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='title',
-            field=models.CharField(max_length=200, verbose_name='title'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='url',
-            field=models.CharField(blank=True, max_length=300, verbose_name='url'),
-        ),
-        migrations.AlterField(
-            model_name='notification',
-            name='user',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='notifications', to=settings.AUTH_USER_MODEL, verbose_name='user'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='access_request',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='orders', to='exchange.accessrequest', verbose_name='access request'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='amount',
-            field=models.PositiveBigIntegerField(verbose_name='amount'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='buyer',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='orders', to=settings.AUTH_USER_MODEL, verbose_name='buyer'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='checkout_url',
-            field=models.URLField(blank=True, max_length=500, verbose_name='checkout url'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='currency',
-            field=models.CharField(choices=[('CNY', 'CNY'), ('USD', 'USD'), ('EUR', 'EUR')], max_length=3, verbose_name='currency'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='delivered_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='delivered at'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='gateway',
-            field=models.CharField(max_length=20, verbose_name='gateway'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='gateway_payment_id',
-            field=models.CharField(blank=True, max_length=120, verbose_name='gateway payment id'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='gateway_session_id',
-            field=models.CharField(blank=True, max_length=120, null=True, unique=True, verbose_name='gateway session id'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='idempotency_key',
-            field=models.CharField(max_length=100, verbose_name='idempotency key'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='listing',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='orders', to='listings.listing', verbose_name='listing'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='merchant',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='orders', to='merchants.merchant', verbose_name='merchant'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='paid_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='paid at'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='plan',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='orders', to='listings.pricingplan', verbose_name='plan'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='plan_kind',
-            field=models.CharField(choices=[('free', 'Free'), ('one_time', 'One-time purchase'), ('subscription', 'Subscription'), ('metered', 'Metered (pay per use)')], default='one_time', max_length=20, verbose_name='plan kind'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='public_id',
-            field=models.UUIDField(default=uuid.uuid4, editable=False, unique=True, verbose_name='public id'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='refunded_amount',
-            field=models.PositiveBigIntegerField(default=0, verbose_name='refunded amount'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='service_fee',
-            field=models.PositiveBigIntegerField(default=0, help_text='The buyer service fee (minor units) included in amount; the platform keeps it.', verbose_name='service fee'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='settled_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='settled at'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='settlement_run',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='orders', to='exchange.settlementrun', verbose_name='settlement run'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='status',
-            field=models.CharField(choices=[('pending_payment', 'Pending payment'), ('paid', 'Paid (held in escrow)'), ('delivered', 'Delivered'), ('settled', 'Settled'), ('declined', 'Declined'), ('cancelled', 'Cancelled'), ('expired', 'Expired'), ('partially_refunded', 'Partially refunded'), ('refunded', 'Refunded'), ('disputed', 'Disputed')], default='pending_payment', editable=False, max_length=30, verbose_name='status'),
-        ),
-        migrations.AlterField(
-            model_name='order',
-            name='subscription',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='renewal_orders', to='exchange.subscription', verbose_name='subscription'),
-        ),
-        migrations.AlterField(
-            model_name='orderstatushistory',
-            name='actor',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL, verbose_name='actor'),
-        ),
-        migrations.AlterField(
-            model_name='orderstatushistory',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='orderstatushistory',
-            name='from_status',
-            field=models.CharField(choices=[('pending_payment', 'Pending payment'), ('paid', 'Paid (held in escrow)'), ('delivered', 'Delivered'), ('settled', 'Settled'), ('declined', 'Declined'), ('cancelled', 'Cancelled'), ('expired', 'Expired'), ('partially_refunded', 'Partially refunded'), ('refunded', 'Refunded'), ('disputed', 'Disputed')], max_length=30, verbose_name='from status'),
-        ),
-        migrations.AlterField(
-            model_name='orderstatushistory',
-            name='order',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='history', to='exchange.order', verbose_name='order'),
-        ),
-        migrations.AlterField(
-            model_name='orderstatushistory',
-            name='reason',
-            field=models.CharField(blank=True, max_length=300, verbose_name='reason'),
-        ),
-        migrations.AlterField(
-            model_name='orderstatushistory',
-            name='to_status',
-            field=models.CharField(choices=[('pending_payment', 'Pending payment'), ('paid', 'Paid (held in escrow)'), ('delivered', 'Delivered'), ('settled', 'Settled'), ('declined', 'Declined'), ('cancelled', 'Cancelled'), ('expired', 'Expired'), ('partially_refunded', 'Partially refunded'), ('refunded', 'Refunded'), ('disputed', 'Disputed')], max_length=30, verbose_name='to status'),
-        ),
-        migrations.AlterField(
-            model_name='outboundattempt',
-            name='attempted_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='attempted at'),
-        ),
-        migrations.AlterField(
-            model_name='outboundattempt',
-            name='duration_ms',
-            field=models.PositiveIntegerField(default=0, verbose_name='duration ms'),
-        ),
-        migrations.AlterField(
-            model_name='outboundattempt',
-            name='error',
-            field=models.CharField(blank=True, max_length=500, verbose_name='error'),
-        ),
-        migrations.AlterField(
-            model_name='outboundattempt',
-            name='event',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='attempt_log', to='exchange.outboundevent', verbose_name='event'),
-        ),
-        migrations.AlterField(
-            model_name='outboundattempt',
-            name='response_excerpt',
-            field=models.CharField(blank=True, max_length=500, verbose_name='response excerpt'),
-        ),
-        migrations.AlterField(
-            model_name='outboundattempt',
-            name='status_code',
-            field=models.PositiveSmallIntegerField(blank=True, null=True, verbose_name='status code'),
-        ),
-        migrations.AlterField(
-            model_name='outboundevent',
-            name='attempts',
-            field=models.PositiveIntegerField(default=0, verbose_name='attempts'),
-        ),
-        migrations.AlterField(
-            model_name='outboundevent',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='outboundevent',
-            name='dedupe_key',
-            field=models.CharField(max_length=150, verbose_name='dedupe key'),
-        ),
-        migrations.AlterField(
-            model_name='outboundevent',
-            name='delivered_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='delivered at'),
-        ),
-        migrations.AlterField(
-            model_name='outboundevent',
-            name='endpoint',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='exchange.webhookendpoint', verbose_name='endpoint'),
-        ),
-        migrations.AlterField(
-            model_name='outboundevent',
-            name='next_attempt_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='next attempt at'),
-        ),
-        migrations.AlterField(
-            model_name='outboundevent',
-            name='payload',
-            field=models.JSONField(verbose_name='payload'),
-        ),
-        migrations.AlterField(
-            model_name='outboundevent',
-            name='public_id',
-            field=models.UUIDField(default=uuid.uuid4, editable=False, unique=True, verbose_name='public id'),
-        ),
-        migrations.AlterField(
-            model_name='outboundevent',
-            name='status',
-            field=models.CharField(choices=[('pending', 'Waiting to be sent'), ('delivered', 'Delivered'), ('failed', 'Gave up after retries')], default='pending', max_length=20, verbose_name='status'),
-        ),
-        migrations.AlterField(
-            model_name='outboundevent',
-            name='type',
-            field=models.CharField(max_length=60, verbose_name='type'),
-        ),
-        migrations.AlterField(
-            model_name='paymentevent',
-            name='attempts',
-            field=models.PositiveIntegerField(default=0, verbose_name='attempts'),
-        ),
-        migrations.AlterField(
-            model_name='paymentevent',
-            name='error',
-            field=models.TextField(blank=True, verbose_name='error'),
-        ),
-        migrations.AlterField(
-            model_name='paymentevent',
-            name='event_id',
-            field=models.CharField(max_length=120, verbose_name='event id'),
-        ),
-        migrations.AlterField(
-            model_name='paymentevent',
-            name='gateway',
-            field=models.CharField(max_length=20, verbose_name='gateway'),
-        ),
-        migrations.AlterField(
-            model_name='paymentevent',
-            name='payload',
-            field=models.JSONField(verbose_name='payload'),
-        ),
-        migrations.AlterField(
-            model_name='paymentevent',
-            name='processed_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='processed at'),
-        ),
-        migrations.AlterField(
-            model_name='paymentevent',
-            name='received_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='received at'),
-        ),
-        migrations.AlterField(
-            model_name='paymentevent',
-            name='status',
-            field=models.CharField(choices=[('received', 'Received'), ('processed', 'Processed'), ('ignored', 'Ignored (type not handled)'), ('failed', 'Failed')], default='received', max_length=20, verbose_name='status'),
-        ),
-        migrations.AlterField(
-            model_name='paymentevent',
-            name='type',
-            field=models.CharField(max_length=80, verbose_name='type'),
-        ),
-        migrations.AlterField(
-            model_name='payout',
-            name='amount',
-            field=models.PositiveBigIntegerField(verbose_name='amount'),
-        ),
-        migrations.AlterField(
-            model_name='payout',
-            name='attempts',
-            field=models.PositiveIntegerField(default=0, verbose_name='attempts'),
-        ),
-        migrations.AlterField(
-            model_name='payout',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='payout',
-            name='currency',
-            field=models.CharField(choices=[('CNY', 'CNY'), ('USD', 'USD'), ('EUR', 'EUR')], max_length=3, verbose_name='currency'),
-        ),
-        migrations.AlterField(
-            model_name='payout',
-            name='error',
-            field=models.TextField(blank=True, verbose_name='error'),
-        ),
-        migrations.AlterField(
-            model_name='payout',
-            name='gateway',
-            field=models.CharField(max_length=20, verbose_name='gateway'),
-        ),
-        migrations.AlterField(
-            model_name='payout',
-            name='gateway_reference',
-            field=models.CharField(blank=True, max_length=120, verbose_name='gateway reference'),
-        ),
-        migrations.AlterField(
-            model_name='payout',
-            name='idempotency_key',
-            field=models.CharField(max_length=100, unique=True, verbose_name='idempotency key'),
-        ),
-        migrations.AlterField(
-            model_name='payout',
-            name='merchant',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='payouts', to='merchants.merchant', verbose_name='merchant'),
-        ),
-        migrations.AlterField(
-            model_name='payout',
-            name='run',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='payouts', to='exchange.settlementrun', verbose_name='run'),
-        ),
-        migrations.AlterField(
-            model_name='payout',
-            name='sent_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='sent at'),
-        ),
-        migrations.AlterField(
-            model_name='payout',
-            name='status',
-            field=models.CharField(choices=[('pending', 'Pending'), ('sent', 'Sent'), ('failed', 'Failed')], default='pending', max_length=20, verbose_name='status'),
-        ),
-        migrations.AlterField(
-            model_name='posting',
-            name='account',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='postings', to='exchange.ledgeraccount', verbose_name='account'),
-        ),
-        migrations.AlterField(
-            model_name='posting',
-            name='amount',
-            field=models.BigIntegerField(verbose_name='amount'),
-        ),
-        migrations.AlterField(
-            model_name='posting',
-            name='currency',
-            field=models.CharField(choices=[('CNY', 'CNY'), ('USD', 'USD'), ('EUR', 'EUR')], max_length=3, verbose_name='currency'),
-        ),
-        migrations.AlterField(
-            model_name='posting',
-            name='entry',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='postings', to='exchange.journalentry', verbose_name='entry'),
-        ),
-        migrations.AlterField(
-            model_name='refund',
-            name='amount',
-            field=models.PositiveBigIntegerField(verbose_name='amount'),
-        ),
-        migrations.AlterField(
-            model_name='refund',
-            name='completed_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='completed at'),
-        ),
-        migrations.AlterField(
-            model_name='refund',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='refund',
-            name='currency',
-            field=models.CharField(choices=[('CNY', 'CNY'), ('USD', 'USD'), ('EUR', 'EUR')], max_length=3, verbose_name='currency'),
-        ),
-        migrations.AlterField(
-            model_name='refund',
-            name='error',
-            field=models.TextField(blank=True, verbose_name='error'),
-        ),
-        migrations.AlterField(
-            model_name='refund',
-            name='gateway_refund_id',
-            field=models.CharField(blank=True, max_length=120, verbose_name='gateway refund id'),
-        ),
-        migrations.AlterField(
-            model_name='refund',
-            name='idempotency_key',
-            field=models.CharField(max_length=150, unique=True, verbose_name='idempotency key'),
-        ),
-        migrations.AlterField(
-            model_name='refund',
-            name='order',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='refunds', to='exchange.order', verbose_name='order'),
-        ),
-        migrations.AlterField(
-            model_name='refund',
-            name='reason',
-            field=models.CharField(max_length=300, verbose_name='reason'),
-        ),
-        migrations.AlterField(
-            model_name='refund',
-            name='requested_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL, verbose_name='requested by'),
-        ),
-        migrations.AlterField(
-            model_name='refund',
-            name='source',
-            field=models.CharField(default='admin', max_length=20, verbose_name='source'),
-        ),
-        migrations.AlterField(
-            model_name='refund',
-            name='status',
-            field=models.CharField(choices=[('pending', 'Pending'), ('succeeded', 'Succeeded'), ('failed', 'Failed')], default='pending', max_length=20, verbose_name='status'),
-        ),
-        migrations.AlterField(
-            model_name='sandboxcheckoutsession',
-            name='amount',
-            field=models.PositiveBigIntegerField(verbose_name='amount'),
-        ),
-        migrations.AlterField(
-            model_name='sandboxcheckoutsession',
-            name='cancel_url',
-            field=models.CharField(max_length=500, verbose_name='cancel url'),
-        ),
-        migrations.AlterField(
-            model_name='sandboxcheckoutsession',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='sandboxcheckoutsession',
-            name='currency',
-            field=models.CharField(max_length=3, verbose_name='currency'),
-        ),
-        migrations.AlterField(
-            model_name='sandboxcheckoutsession',
-            name='description',
-            field=models.CharField(max_length=300, verbose_name='description'),
-        ),
-        migrations.AlterField(
-            model_name='sandboxcheckoutsession',
-            name='id',
-            field=models.CharField(max_length=60, primary_key=True, serialize=False, verbose_name='id'),
-        ),
-        migrations.AlterField(
-            model_name='sandboxcheckoutsession',
-            name='interval',
-            field=models.CharField(blank=True, max_length=10, verbose_name='interval'),
-        ),
-        migrations.AlterField(
-            model_name='sandboxcheckoutsession',
-            name='mode',
-            field=models.CharField(default='payment', max_length=20, verbose_name='mode'),
-        ),
-        migrations.AlterField(
-            model_name='sandboxcheckoutsession',
-            name='order_public_id',
-            field=models.UUIDField(verbose_name='order public id'),
-        ),
-        migrations.AlterField(
-            model_name='sandboxcheckoutsession',
-            name='payment_intent',
-            field=models.CharField(blank=True, max_length=60, verbose_name='payment intent'),
-        ),
-        migrations.AlterField(
-            model_name='sandboxcheckoutsession',
-            name='status',
-            field=models.CharField(choices=[('open', 'Open'), ('complete', 'Complete'), ('declined', 'Declined')], default='open', max_length=20, verbose_name='status'),
-        ),
-        migrations.AlterField(
-            model_name='sandboxcheckoutsession',
-            name='subscription_id',
-            field=models.CharField(blank=True, max_length=60, verbose_name='subscription id'),
-        ),
-        migrations.AlterField(
-            model_name='sandboxcheckoutsession',
-            name='success_url',
-            field=models.CharField(max_length=500, verbose_name='success url'),
-        ),
-        migrations.AlterField(
-            model_name='sandboxtransfer',
-            name='amount',
-            field=models.PositiveBigIntegerField(verbose_name='amount'),
-        ),
-        migrations.AlterField(
-            model_name='sandboxtransfer',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='sandboxtransfer',
-            name='currency',
-            field=models.CharField(max_length=3, verbose_name='currency'),
-        ),
-        migrations.AlterField(
-            model_name='sandboxtransfer',
-            name='id',
-            field=models.CharField(max_length=60, primary_key=True, serialize=False, verbose_name='id'),
-        ),
-        migrations.AlterField(
-            model_name='sandboxtransfer',
-            name='idempotency_key',
-            field=models.CharField(max_length=100, unique=True, verbose_name='idempotency key'),
-        ),
-        migrations.AlterField(
-            model_name='sandboxtransfer',
-            name='merchant',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, to='merchants.merchant', verbose_name='merchant'),
-        ),
-        migrations.AlterField(
-            model_name='settlementbatch',
-            name='attempts',
-            field=models.PositiveIntegerField(default=0, verbose_name='attempts'),
-        ),
-        migrations.AlterField(
-            model_name='settlementbatch',
-            name='block',
-            field=models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='exchange.ledgerblock', verbose_name='block'),
-        ),
-        migrations.AlterField(
-            model_name='settlementbatch',
-            name='error',
-            field=models.TextField(blank=True, verbose_name='error'),
-        ),
-        migrations.AlterField(
-            model_name='settlementbatch',
-            name='finished_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='finished at'),
-        ),
-        migrations.AlterField(
-            model_name='settlementbatch',
-            name='first_order_pk',
-            field=models.BigIntegerField(verbose_name='first order pk'),
-        ),
-        migrations.AlterField(
-            model_name='settlementbatch',
-            name='last_order_pk',
-            field=models.BigIntegerField(verbose_name='last order pk'),
-        ),
-        migrations.AlterField(
-            model_name='settlementbatch',
-            name='ledger_rows',
-            field=models.PositiveIntegerField(default=0, verbose_name='ledger rows'),
-        ),
-        migrations.AlterField(
-            model_name='settlementbatch',
-            name='number',
-            field=models.PositiveIntegerField(verbose_name='number'),
-        ),
-        migrations.AlterField(
-            model_name='settlementbatch',
-            name='orders_settled',
-            field=models.PositiveIntegerField(default=0, verbose_name='orders settled'),
-        ),
-        migrations.AlterField(
-            model_name='settlementbatch',
-            name='run',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='batches', to='exchange.settlementrun', verbose_name='run'),
-        ),
-        migrations.AlterField(
-            model_name='settlementbatch',
-            name='status',
-            field=models.CharField(choices=[('pending', 'Pending'), ('completed', 'Completed'), ('failed', 'Failed')], default='pending', max_length=20, verbose_name='status'),
-        ),
-        migrations.AlterField(
-            model_name='settlementbatch',
-            name='totals',
-            field=models.JSONField(blank=True, default=dict, verbose_name='totals'),
-        ),
-        migrations.AlterField(
-            model_name='settlementrun',
-            name='batches_done',
-            field=models.PositiveIntegerField(default=0, verbose_name='batches done'),
-        ),
-        migrations.AlterField(
-            model_name='settlementrun',
-            name='batches_total',
-            field=models.PositiveIntegerField(default=0, verbose_name='batches total'),
-        ),
-        migrations.AlterField(
-            model_name='settlementrun',
-            name='cutoff',
-            field=models.DateTimeField(blank=True, help_text='Orders delivered up to this time are settled.', null=True, verbose_name='cutoff'),
-        ),
-        migrations.AlterField(
-            model_name='settlementrun',
-            name='error',
-            field=models.TextField(blank=True, verbose_name='error'),
-        ),
-        migrations.AlterField(
-            model_name='settlementrun',
-            name='finished_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='finished at'),
-        ),
-        migrations.AlterField(
-            model_name='settlementrun',
-            name='orders_settled',
-            field=models.PositiveIntegerField(default=0, verbose_name='orders settled'),
-        ),
-        migrations.AlterField(
-            model_name='settlementrun',
-            name='orders_total',
-            field=models.PositiveIntegerField(default=0, verbose_name='orders total'),
-        ),
-        migrations.AlterField(
-            model_name='settlementrun',
-            name='payouts_created',
-            field=models.PositiveIntegerField(default=0, verbose_name='payouts created'),
-        ),
-        migrations.AlterField(
-            model_name='settlementrun',
-            name='requested_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL, verbose_name='requested by'),
-        ),
-        migrations.AlterField(
-            model_name='settlementrun',
-            name='started_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='started at'),
-        ),
-        migrations.AlterField(
-            model_name='settlementrun',
-            name='status',
-            field=models.CharField(choices=[('running', 'Running'), ('completed', 'Completed'), ('failed', 'Failed')], default='running', editable=False, max_length=20, verbose_name='status'),
-        ),
-        migrations.AlterField(
-            model_name='settlementrun',
-            name='trigger',
-            field=models.CharField(default='manual', max_length=20, verbose_name='trigger'),
-        ),
-        migrations.AlterField(
-            model_name='subscription',
-            name='buyer',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='subscriptions', to=settings.AUTH_USER_MODEL, verbose_name='buyer'),
-        ),
-        migrations.AlterField(
-            model_name='subscription',
-            name='cancelled_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='cancelled at'),
-        ),
-        migrations.AlterField(
-            model_name='subscription',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='subscription',
-            name='current_period_end',
-            field=models.DateTimeField(verbose_name='current period end'),
-        ),
-        migrations.AlterField(
-            model_name='subscription',
-            name='gateway',
-            field=models.CharField(max_length=20, verbose_name='gateway'),
-        ),
-        migrations.AlterField(
-            model_name='subscription',
-            name='gateway_subscription_id',
-            field=models.CharField(blank=True, max_length=120, null=True, unique=True, verbose_name='gateway subscription id'),
-        ),
-        migrations.AlterField(
-            model_name='subscription',
-            name='listing',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='subscriptions', to='listings.listing', verbose_name='listing'),
-        ),
-        migrations.AlterField(
-            model_name='subscription',
-            name='order',
-            field=models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='subscription_started', to='exchange.order', verbose_name='order'),
-        ),
-        migrations.AlterField(
-            model_name='subscription',
-            name='plan',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='subscriptions', to='listings.pricingplan', verbose_name='plan'),
-        ),
-        migrations.AlterField(
-            model_name='subscription',
-            name='status',
-            field=models.CharField(choices=[('active', 'Active'), ('past_due', 'Payment failed (grace period)'), ('cancelled', 'Cancelled')], default='active', max_length=20, verbose_name='status'),
-        ),
-        migrations.AlterField(
-            model_name='transactioncertificate',
-            name='document',
-            field=models.TextField(verbose_name='document'),
-        ),
-        migrations.AlterField(
-            model_name='transactioncertificate',
-            name='issued_at',
-            field=models.DateTimeField(default=django.utils.timezone.now, verbose_name='issued at'),
-        ),
-        migrations.AlterField(
-            model_name='transactioncertificate',
-            name='journal_entry',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='exchange.journalentry', verbose_name='journal entry'),
-        ),
-        migrations.AlterField(
-            model_name='transactioncertificate',
-            name='key_id',
-            field=models.CharField(max_length=32, verbose_name='key id'),
-        ),
-        migrations.AlterField(
-            model_name='transactioncertificate',
-            name='number',
-            field=models.CharField(max_length=40, unique=True, verbose_name='number'),
-        ),
-        migrations.AlterField(
-            model_name='transactioncertificate',
-            name='order',
-            field=models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='certificate', to='exchange.order', verbose_name='order'),
-        ),
-        migrations.AlterField(
-            model_name='transactioncertificate',
-            name='signature',
-            field=models.CharField(max_length=120, verbose_name='signature'),
-        ),
-        migrations.AlterField(
-            model_name='usagemonthly',
-            name='amount',
-            field=models.BigIntegerField(default=0, help_text='Billable units times the unit price, minor units.', verbose_name='amount'),
-        ),
-        migrations.AlterField(
-            model_name='usagemonthly',
-            name='billable_units',
-            field=models.BigIntegerField(default=0, help_text="Units beyond the plan's free allowance.", verbose_name='billable units'),
-        ),
-        migrations.AlterField(
-            model_name='usagemonthly',
-            name='bytes',
-            field=models.BigIntegerField(default=0, verbose_name='bytes'),
-        ),
-        migrations.AlterField(
-            model_name='usagemonthly',
-            name='calls',
-            field=models.BigIntegerField(default=0, verbose_name='calls'),
-        ),
-        migrations.AlterField(
-            model_name='usagemonthly',
-            name='currency',
-            field=models.CharField(blank=True, choices=[('CNY', 'CNY'), ('USD', 'USD'), ('EUR', 'EUR')], max_length=3, verbose_name='currency'),
-        ),
-        migrations.AlterField(
-            model_name='usagemonthly',
-            name='entitlement',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='usage_months', to='exchange.entitlement', verbose_name='entitlement'),
-        ),
-        migrations.AlterField(
-            model_name='usagemonthly',
-            name='listing',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='usage_months', to='listings.listing', verbose_name='listing'),
-        ),
-        migrations.AlterField(
-            model_name='usagemonthly',
-            name='merchant',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='usage_months', to='merchants.merchant', verbose_name='merchant'),
-        ),
-        migrations.AlterField(
-            model_name='usagemonthly',
-            name='month',
-            field=models.DateField(help_text='First day of the month (UTC).', verbose_name='month'),
-        ),
-        migrations.AlterField(
-            model_name='usagemonthly',
-            name='rows',
-            field=models.BigIntegerField(default=0, verbose_name='rows'),
-        ),
-        migrations.AlterField(
-            model_name='usagemonthly',
-            name='units',
-            field=models.BigIntegerField(default=0, verbose_name='units'),
-        ),
-        migrations.AlterField(
-            model_name='usagemonthly',
-            name='updated_at',
-            field=models.DateTimeField(auto_now=True, verbose_name='updated at'),
-        ),
-        migrations.AlterField(
-            model_name='usagerecord',
-            name='api_key',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='usage_records', to='accounts.apikey', verbose_name='api key'),
-        ),
-        migrations.AlterField(
-            model_name='usagerecord',
-            name='buyer',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='usage_records', to=settings.AUTH_USER_MODEL, verbose_name='buyer'),
-        ),
-        migrations.AlterField(
-            model_name='usagerecord',
-            name='bytes',
-            field=models.BigIntegerField(default=0, verbose_name='bytes'),
-        ),
-        migrations.AlterField(
-            model_name='usagerecord',
-            name='channel',
-            field=models.CharField(choices=[('api', 'Data API call'), ('download', 'File download')], default='api', max_length=10, verbose_name='channel'),
-        ),
-        migrations.AlterField(
-            model_name='usagerecord',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, db_index=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='usagerecord',
-            name='duration_ms',
-            field=models.PositiveIntegerField(default=0, verbose_name='duration ms'),
-        ),
-        migrations.AlterField(
-            model_name='usagerecord',
-            name='entitlement',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='usage_records', to='exchange.entitlement', verbose_name='entitlement'),
-        ),
-        migrations.AlterField(
-            model_name='usagerecord',
-            name='file',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='usage_records', to='listings.datafile', verbose_name='file'),
-        ),
-        migrations.AlterField(
-            model_name='usagerecord',
-            name='ip_address',
-            field=models.GenericIPAddressField(blank=True, null=True, verbose_name='ip address'),
-        ),
-        migrations.AlterField(
-            model_name='usagerecord',
-            name='listing',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='usage_records', to='listings.listing', verbose_name='listing'),
-        ),
-        migrations.AlterField(
-            model_name='usagerecord',
-            name='rows',
-            field=models.BigIntegerField(default=0, verbose_name='rows'),
-        ),
-        migrations.AlterField(
-            model_name='usagerecord',
-            name='status_code',
-            field=models.PositiveSmallIntegerField(default=200, verbose_name='status code'),
-        ),
-        migrations.AlterField(
-            model_name='usagerecord',
-            name='units',
-            field=models.BigIntegerField(default=0, verbose_name='units'),
-        ),
-        migrations.AlterField(
-            model_name='webhookendpoint',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='webhookendpoint',
-            name='description',
-            field=models.CharField(blank=True, max_length=200, verbose_name='description'),
-        ),
-        migrations.AlterField(
-            model_name='webhookendpoint',
-            name='disabled_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='disabled at'),
-        ),
-        migrations.AlterField(
-            model_name='webhookendpoint',
-            name='event_types',
-            field=models.JSONField(blank=True, default=list, help_text='Empty: every event type.', verbose_name='event types'),
-        ),
-        migrations.AlterField(
-            model_name='webhookendpoint',
-            name='is_active',
-            field=models.BooleanField(default=True, verbose_name='is active'),
-        ),
-        migrations.AlterField(
-            model_name='webhookendpoint',
-            name='secret',
-            field=models.CharField(max_length=100, verbose_name='secret'),
-        ),
-        migrations.AlterField(
-            model_name='webhookendpoint',
-            name='url',
-            field=models.URLField(max_length=500, verbose_name='url'),
-        ),
-        migrations.AlterField(
-            model_name='webhookendpoint',
-            name='user',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='webhook_endpoints', to=settings.AUTH_USER_MODEL, verbose_name='user'),
-        ),
+        AlterFieldsTogether([
+            migrations.AlterField(
+                model_name='accessrequest',
+                name='buyer',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='access_requests', to=settings.AUTH_USER_MODEL, verbose_name='buyer'),
+            ),
+            migrations.AlterField(
+                model_name='accessrequest',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='accessrequest',
+                name='decided_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='decided at'),
+            ),
+            migrations.AlterField(
+                model_name='accessrequest',
+                name='decided_by',
+                field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='decided by'),
+            ),
+            migrations.AlterField(
+                model_name='accessrequest',
+                name='decision_note',
+                field=models.TextField(blank=True, verbose_name='decision note'),
+            ),
+            migrations.AlterField(
+                model_name='accessrequest',
+                name='expires_at',
+                field=models.DateTimeField(verbose_name='expires at'),
+            ),
+            migrations.AlterField(
+                model_name='accessrequest',
+                name='listing',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='access_requests', to='listings.listing', verbose_name='listing'),
+            ),
+            migrations.AlterField(
+                model_name='accessrequest',
+                name='organisation',
+                field=models.CharField(max_length=200, verbose_name='organisation'),
+            ),
+            migrations.AlterField(
+                model_name='accessrequest',
+                name='status',
+                field=models.CharField(choices=[('pending', 'Waiting for the merchant'), ('approved', 'Approved'), ('rejected', 'Rejected'), ('expired', 'Expired (no answer in time)')], default='pending', editable=False, max_length=20, verbose_name='status'),
+            ),
+            migrations.AlterField(
+                model_name='accessrequest',
+                name='use_scenario',
+                field=models.TextField(verbose_name='use scenario'),
+            ),
+            migrations.AlterField(
+                model_name='delivery',
+                name='attempts',
+                field=models.PositiveIntegerField(default=0, verbose_name='attempts'),
+            ),
+            migrations.AlterField(
+                model_name='delivery',
+                name='confirmed_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='confirmed at'),
+            ),
+            migrations.AlterField(
+                model_name='delivery',
+                name='confirmed_by',
+                field=models.CharField(blank=True, max_length=40, verbose_name='confirmed by'),
+            ),
+            migrations.AlterField(
+                model_name='delivery',
+                name='download_count',
+                field=models.PositiveIntegerField(default=0, verbose_name='download count'),
+            ),
+            migrations.AlterField(
+                model_name='delivery',
+                name='entitlement',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='deliveries', to='exchange.entitlement', verbose_name='entitlement'),
+            ),
+            migrations.AlterField(
+                model_name='delivery',
+                name='failed_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='failed at'),
+            ),
+            migrations.AlterField(
+                model_name='delivery',
+                name='last_error',
+                field=models.TextField(blank=True, verbose_name='last error'),
+            ),
+            migrations.AlterField(
+                model_name='delivery',
+                name='prepared_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='prepared at'),
+            ),
+            migrations.AlterField(
+                model_name='delivery',
+                name='ready_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='ready at'),
+            ),
+            migrations.AlterField(
+                model_name='delivery',
+                name='receipt',
+                field=models.JSONField(blank=True, default=dict, verbose_name='receipt'),
+            ),
+            migrations.AlterField(
+                model_name='delivery',
+                name='receipt_sha256',
+                field=models.CharField(blank=True, max_length=64, verbose_name='receipt sha256'),
+            ),
+            migrations.AlterField(
+                model_name='delivery',
+                name='status',
+                field=models.CharField(choices=[('pending', 'Being prepared'), ('ready', 'Ready to download'), ('confirmed', 'Confirmed'), ('failed', 'Failed (order refunded)'), ('withdrawn', 'Withdrawn (access ended)')], default='ready', max_length=20, verbose_name='status'),
+            ),
+            migrations.AlterField(
+                model_name='delivery',
+                name='version',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='deliveries', to='listings.listingversion', verbose_name='version'),
+            ),
+            migrations.AlterField(
+                model_name='deliverystatushistory',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='deliverystatushistory',
+                name='delivery',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='history', to='exchange.delivery', verbose_name='delivery'),
+            ),
+            migrations.AlterField(
+                model_name='deliverystatushistory',
+                name='from_status',
+                field=models.CharField(blank=True, choices=[('pending', 'Being prepared'), ('ready', 'Ready to download'), ('confirmed', 'Confirmed'), ('failed', 'Failed (order refunded)'), ('withdrawn', 'Withdrawn (access ended)')], max_length=20, verbose_name='from status'),
+            ),
+            migrations.AlterField(
+                model_name='deliverystatushistory',
+                name='reason',
+                field=models.CharField(blank=True, max_length=300, verbose_name='reason'),
+            ),
+            migrations.AlterField(
+                model_name='deliverystatushistory',
+                name='to_status',
+                field=models.CharField(choices=[('pending', 'Being prepared'), ('ready', 'Ready to download'), ('confirmed', 'Confirmed'), ('failed', 'Failed (order refunded)'), ('withdrawn', 'Withdrawn (access ended)')], max_length=20, verbose_name='to status'),
+            ),
+            migrations.AlterField(
+                model_name='dispute',
+                name='amount',
+                field=models.PositiveBigIntegerField(verbose_name='amount'),
+            ),
+            migrations.AlterField(
+                model_name='dispute',
+                name='closed_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='closed at'),
+            ),
+            migrations.AlterField(
+                model_name='dispute',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='dispute',
+                name='currency',
+                field=models.CharField(choices=[('CNY', 'CNY'), ('USD', 'USD'), ('EUR', 'EUR')], max_length=3, verbose_name='currency'),
+            ),
+            migrations.AlterField(
+                model_name='dispute',
+                name='gateway_dispute_id',
+                field=models.CharField(max_length=120, unique=True, verbose_name='gateway dispute id'),
+            ),
+            migrations.AlterField(
+                model_name='dispute',
+                name='order',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='disputes', to='exchange.order', verbose_name='order'),
+            ),
+            migrations.AlterField(
+                model_name='dispute',
+                name='reason',
+                field=models.CharField(blank=True, max_length=120, verbose_name='reason'),
+            ),
+            migrations.AlterField(
+                model_name='dispute',
+                name='status',
+                field=models.CharField(choices=[('open', 'Open'), ('won', 'Won by the exchange'), ('lost', 'Lost (funds returned to the buyer)')], default='open', max_length=20, verbose_name='status'),
+            ),
+            migrations.AlterField(
+                model_name='downloadlog',
+                name='bytes_sent',
+                field=models.BigIntegerField(default=0, verbose_name='bytes sent'),
+            ),
+            migrations.AlterField(
+                model_name='downloadlog',
+                name='completed',
+                field=models.BooleanField(default=False, verbose_name='completed'),
+            ),
+            migrations.AlterField(
+                model_name='downloadlog',
+                name='delivery',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='downloads', to='exchange.delivery', verbose_name='delivery'),
+            ),
+            migrations.AlterField(
+                model_name='downloadlog',
+                name='file',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='downloads', to='listings.datafile', verbose_name='file'),
+            ),
+            migrations.AlterField(
+                model_name='downloadlog',
+                name='finished_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='finished at'),
+            ),
+            migrations.AlterField(
+                model_name='downloadlog',
+                name='ip_address',
+                field=models.GenericIPAddressField(blank=True, null=True, verbose_name='ip address'),
+            ),
+            migrations.AlterField(
+                model_name='downloadlog',
+                name='mode',
+                field=models.CharField(default='django', max_length=10, verbose_name='mode'),
+            ),
+            migrations.AlterField(
+                model_name='downloadlog',
+                name='range_end',
+                field=models.BigIntegerField(blank=True, null=True, verbose_name='range end'),
+            ),
+            migrations.AlterField(
+                model_name='downloadlog',
+                name='range_start',
+                field=models.BigIntegerField(blank=True, null=True, verbose_name='range start'),
+            ),
+            migrations.AlterField(
+                model_name='downloadlog',
+                name='started_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='started at'),
+            ),
+            migrations.AlterField(
+                model_name='downloadlog',
+                name='user',
+                field=models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL, verbose_name='user'),
+            ),
+            migrations.AlterField(
+                model_name='downloadlog',
+                name='user_agent',
+                field=models.CharField(blank=True, max_length=300, verbose_name='user agent'),
+            ),
+            migrations.AlterField(
+                model_name='entitlement',
+                name='buyer',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='entitlements', to=settings.AUTH_USER_MODEL, verbose_name='buyer'),
+            ),
+            migrations.AlterField(
+                model_name='entitlement',
+                name='granted_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='granted at'),
+            ),
+            migrations.AlterField(
+                model_name='entitlement',
+                name='listing',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='entitlements', to='listings.listing', verbose_name='listing'),
+            ),
+            migrations.AlterField(
+                model_name='entitlement',
+                name='order',
+                field=models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='entitlement', to='exchange.order', verbose_name='order'),
+            ),
+            migrations.AlterField(
+                model_name='entitlement',
+                name='plan',
+                field=models.ForeignKey(null=True, on_delete=django.db.models.deletion.PROTECT, related_name='entitlements', to='listings.pricingplan', verbose_name='plan'),
+            ),
+            migrations.AlterField(
+                model_name='entitlement',
+                name='revoked_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='revoked at'),
+            ),
+            migrations.AlterField(
+                model_name='entitlement',
+                name='revoked_reason',
+                field=models.CharField(blank=True, max_length=300, verbose_name='revoked reason'),
+            ),
+            migrations.AlterField(
+                model_name='entitlement',
+                name='scenario',
+                field=models.TextField(blank=True, verbose_name='scenario'),
+            ),
+            migrations.AlterField(
+                model_name='entitlement',
+                name='status',
+                field=models.CharField(choices=[('active', 'Active'), ('expired', 'Expired'), ('revoked', 'Revoked')], default='active', editable=False, max_length=20, verbose_name='status'),
+            ),
+            migrations.AlterField(
+                model_name='entitlement',
+                name='valid_until',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='valid until'),
+            ),
+            migrations.AlterField(
+                model_name='entitlement',
+                name='version_access',
+                field=models.CharField(choices=[('all', 'All versions'), ('while_entitled', 'Versions published while entitled'), ('latest', 'Latest version only')], default='all', max_length=20, verbose_name='version access'),
+            ),
+            migrations.AlterField(
+                model_name='entitlementstatushistory',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='entitlementstatushistory',
+                name='entitlement',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='history', to='exchange.entitlement', verbose_name='entitlement'),
+            ),
+            migrations.AlterField(
+                model_name='entitlementstatushistory',
+                name='from_status',
+                field=models.CharField(blank=True, choices=[('active', 'Active'), ('expired', 'Expired'), ('revoked', 'Revoked')], max_length=20, verbose_name='from status'),
+            ),
+            migrations.AlterField(
+                model_name='entitlementstatushistory',
+                name='reason',
+                field=models.CharField(blank=True, max_length=300, verbose_name='reason'),
+            ),
+            migrations.AlterField(
+                model_name='entitlementstatushistory',
+                name='to_status',
+                field=models.CharField(choices=[('active', 'Active'), ('expired', 'Expired'), ('revoked', 'Revoked')], max_length=20, verbose_name='to status'),
+            ),
+            migrations.AlterField(
+                model_name='feerule',
+                name='category',
+                field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='fee_rules', to='listings.category', verbose_name='category'),
+            ),
+            migrations.AlterField(
+                model_name='feerule',
+                name='commission_bps',
+                field=models.PositiveIntegerField(help_text='Commission in basis points (100 = 1 %), 0 to 10000.', verbose_name='commission bps'),
+            ),
+            migrations.AlterField(
+                model_name='feerule',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='feerule',
+                name='created_by',
+                field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='created by'),
+            ),
+            migrations.AlterField(
+                model_name='feerule',
+                name='merchant',
+                field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='fee_rules', to='merchants.merchant', verbose_name='merchant'),
+            ),
+            migrations.AlterField(
+                model_name='feerule',
+                name='note',
+                field=models.CharField(blank=True, max_length=200, verbose_name='note'),
+            ),
+            migrations.AlterField(
+                model_name='feerule',
+                name='valid_from',
+                field=models.DateTimeField(verbose_name='valid from'),
+            ),
+            migrations.AlterField(
+                model_name='journalentry',
+                name='block',
+                field=models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.PROTECT, related_name='entries', to='exchange.ledgerblock', verbose_name='block'),
+            ),
+            migrations.AlterField(
+                model_name='journalentry',
+                name='created_at',
+                field=models.DateTimeField(verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='journalentry',
+                name='entry_hash',
+                field=models.CharField(max_length=64, unique=True, verbose_name='entry hash'),
+            ),
+            migrations.AlterField(
+                model_name='journalentry',
+                name='idempotency_key',
+                field=models.CharField(max_length=150, unique=True, verbose_name='idempotency key'),
+            ),
+            migrations.AlterField(
+                model_name='journalentry',
+                name='kind',
+                field=models.CharField(choices=[('payment', 'Payment captured (held)'), ('refund', 'Refund to the buyer'), ('dispute', 'Funds withdrawn by a dispute'), ('dispute_won', 'Disputed funds returned'), ('sale', 'Sale settled (fee and merchant payable)'), ('payout_created', 'Payout created'), ('payout_sent', 'Payout sent'), ('receivable_netted', 'Merchant receivable netted against the payable'), ('payout_returned', 'Payout refused by the gateway, owed again')], max_length=30, verbose_name='kind'),
+            ),
+            migrations.AlterField(
+                model_name='journalentry',
+                name='memo',
+                field=models.CharField(blank=True, max_length=300, verbose_name='memo'),
+            ),
+            migrations.AlterField(
+                model_name='journalentry',
+                name='order',
+                field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='journal_entries', to='exchange.order', verbose_name='order'),
+            ),
+            migrations.AlterField(
+                model_name='journalentry',
+                name='payout',
+                field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='journal_entries', to='exchange.payout', verbose_name='payout'),
+            ),
+            migrations.AlterField(
+                model_name='journalentry',
+                name='position',
+                field=models.PositiveIntegerField(verbose_name='position'),
+            ),
+            migrations.AlterField(
+                model_name='journalentry',
+                name='prev_hash',
+                field=models.CharField(max_length=64, verbose_name='prev hash'),
+            ),
+            migrations.AlterField(
+                model_name='journalentry',
+                name='sequence',
+                field=models.BigIntegerField(unique=True, verbose_name='sequence'),
+            ),
+            migrations.AlterField(
+                model_name='ledgeraccount',
+                name='code',
+                field=models.CharField(max_length=80, unique=True, verbose_name='code'),
+            ),
+            migrations.AlterField(
+                model_name='ledgeraccount',
+                name='kind',
+                field=models.CharField(choices=[('gateway_clearing', 'Gateway clearing'), ('escrow_held', 'Buyer funds held in escrow'), ('platform_revenue', 'Platform revenue (fees)'), ('merchant_payable', 'Merchant payable'), ('merchant_receivable', 'Merchant receivable (refunds owed back after a payout)'), ('payouts_pending', 'Payouts in transit')], max_length=30, verbose_name='kind'),
+            ),
+            migrations.AlterField(
+                model_name='ledgeraccount',
+                name='merchant',
+                field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='accounts', to='merchants.merchant', verbose_name='merchant'),
+            ),
+            migrations.AlterField(
+                model_name='ledgeraccount',
+                name='name',
+                field=models.CharField(max_length=200, verbose_name='name'),
+            ),
+            migrations.AlterField(
+                model_name='ledgerblock',
+                name='block_hash',
+                field=models.CharField(max_length=64, unique=True, verbose_name='block hash'),
+            ),
+            migrations.AlterField(
+                model_name='ledgerblock',
+                name='created_at',
+                field=models.DateTimeField(verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='ledgerblock',
+                name='entry_count',
+                field=models.PositiveIntegerField(verbose_name='entry count'),
+            ),
+            migrations.AlterField(
+                model_name='ledgerblock',
+                name='prev_hash',
+                field=models.CharField(max_length=64, verbose_name='prev hash'),
+            ),
+            migrations.AlterField(
+                model_name='ledgerblock',
+                name='root_hash',
+                field=models.CharField(max_length=64, verbose_name='root hash'),
+            ),
+            migrations.AlterField(
+                model_name='ledgerblock',
+                name='sequence',
+                field=models.BigIntegerField(unique=True, verbose_name='sequence'),
+            ),
+            migrations.AlterField(
+                model_name='ledgerchainhead',
+                name='block_hash',
+                field=models.CharField(default='0000000000000000000000000000000000000000000000000000000000000000', max_length=64, verbose_name='block hash'),
+            ),
+            migrations.AlterField(
+                model_name='ledgerchainhead',
+                name='sequence',
+                field=models.BigIntegerField(default=0, verbose_name='sequence'),
+            ),
+            migrations.AlterField(
+                model_name='ledgerverification',
+                name='entries_checked',
+                field=models.BigIntegerField(default=0, verbose_name='entries checked'),
+            ),
+            migrations.AlterField(
+                model_name='ledgerverification',
+                name='finished_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='finished at'),
+            ),
+            migrations.AlterField(
+                model_name='ledgerverification',
+                name='first_break_block',
+                field=models.BigIntegerField(blank=True, null=True, verbose_name='first break block'),
+            ),
+            migrations.AlterField(
+                model_name='ledgerverification',
+                name='first_break_sequence',
+                field=models.BigIntegerField(blank=True, null=True, verbose_name='first break sequence'),
+            ),
+            migrations.AlterField(
+                model_name='ledgerverification',
+                name='message',
+                field=models.TextField(blank=True, verbose_name='message'),
+            ),
+            migrations.AlterField(
+                model_name='ledgerverification',
+                name='ok',
+                field=models.BooleanField(default=False, verbose_name='ok'),
+            ),
+            migrations.AlterField(
+                model_name='ledgerverification',
+                name='started_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='started at'),
+            ),
+            migrations.AlterField(
+                model_name='ledgerverification',
+                name='trigger',
+                field=models.CharField(default='command', max_length=20, verbose_name='trigger'),
+            ),
+            migrations.AlterField(
+                model_name='notification',
+                name='body',
+                field=models.TextField(blank=True, verbose_name='body'),
+            ),
+            migrations.AlterField(
+                model_name='notification',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='notification',
+                name='data',
+                field=models.JSONField(blank=True, default=dict, verbose_name='data'),
+            ),
+            migrations.AlterField(
+                model_name='notification',
+                name='dedupe_key',
+                field=models.CharField(blank=True, max_length=150, null=True, unique=True, verbose_name='dedupe key'),
+            ),
+            migrations.AlterField(
+                model_name='notification',
+                name='emailed_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='emailed at'),
+            ),
+            migrations.AlterField(
+                model_name='notification',
+                name='kind',
+                field=models.CharField(choices=[('purchase_confirmed', 'Purchase confirmed'), ('delivery_ready', 'Delivery ready'), ('delivery_failed', 'Delivery failed'), ('new_version', 'New version available'), ('entitlement_expiring', 'Access about to expire'), ('refund', 'Refund'), ('sale', 'New sale')], max_length=30, verbose_name='kind'),
+            ),
+            migrations.AlterField(
+                model_name='notification',
+                name='read_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='read at'),
+            ),
+            migrations.AlterField(
+                model_name='notification',
+                name='title',
+                field=models.CharField(max_length=200, verbose_name='title'),
+            ),
+            migrations.AlterField(
+                model_name='notification',
+                name='url',
+                field=models.CharField(blank=True, max_length=300, verbose_name='url'),
+            ),
+            migrations.AlterField(
+                model_name='notification',
+                name='user',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='notifications', to=settings.AUTH_USER_MODEL, verbose_name='user'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='access_request',
+                field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='orders', to='exchange.accessrequest', verbose_name='access request'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='amount',
+                field=models.PositiveBigIntegerField(verbose_name='amount'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='buyer',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='orders', to=settings.AUTH_USER_MODEL, verbose_name='buyer'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='checkout_url',
+                field=models.URLField(blank=True, max_length=500, verbose_name='checkout url'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='currency',
+                field=models.CharField(choices=[('CNY', 'CNY'), ('USD', 'USD'), ('EUR', 'EUR')], max_length=3, verbose_name='currency'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='delivered_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='delivered at'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='gateway',
+                field=models.CharField(max_length=20, verbose_name='gateway'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='gateway_payment_id',
+                field=models.CharField(blank=True, max_length=120, verbose_name='gateway payment id'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='gateway_session_id',
+                field=models.CharField(blank=True, max_length=120, null=True, unique=True, verbose_name='gateway session id'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='idempotency_key',
+                field=models.CharField(max_length=100, verbose_name='idempotency key'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='listing',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='orders', to='listings.listing', verbose_name='listing'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='merchant',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='orders', to='merchants.merchant', verbose_name='merchant'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='paid_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='paid at'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='plan',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='orders', to='listings.pricingplan', verbose_name='plan'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='plan_kind',
+                field=models.CharField(choices=[('free', 'Free'), ('one_time', 'One-time purchase'), ('subscription', 'Subscription'), ('metered', 'Metered (pay per use)')], default='one_time', max_length=20, verbose_name='plan kind'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='public_id',
+                field=models.UUIDField(default=uuid.uuid4, editable=False, unique=True, verbose_name='public id'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='refunded_amount',
+                field=models.PositiveBigIntegerField(default=0, verbose_name='refunded amount'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='service_fee',
+                field=models.PositiveBigIntegerField(default=0, help_text='The buyer service fee (minor units) included in amount; the platform keeps it.', verbose_name='service fee'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='settled_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='settled at'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='settlement_run',
+                field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='orders', to='exchange.settlementrun', verbose_name='settlement run'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='status',
+                field=models.CharField(choices=[('pending_payment', 'Pending payment'), ('paid', 'Paid (held in escrow)'), ('delivered', 'Delivered'), ('settled', 'Settled'), ('declined', 'Declined'), ('cancelled', 'Cancelled'), ('expired', 'Expired'), ('partially_refunded', 'Partially refunded'), ('refunded', 'Refunded'), ('disputed', 'Disputed')], default='pending_payment', editable=False, max_length=30, verbose_name='status'),
+            ),
+            migrations.AlterField(
+                model_name='order',
+                name='subscription',
+                field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='renewal_orders', to='exchange.subscription', verbose_name='subscription'),
+            ),
+            migrations.AlterField(
+                model_name='orderstatushistory',
+                name='actor',
+                field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL, verbose_name='actor'),
+            ),
+            migrations.AlterField(
+                model_name='orderstatushistory',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='orderstatushistory',
+                name='from_status',
+                field=models.CharField(choices=[('pending_payment', 'Pending payment'), ('paid', 'Paid (held in escrow)'), ('delivered', 'Delivered'), ('settled', 'Settled'), ('declined', 'Declined'), ('cancelled', 'Cancelled'), ('expired', 'Expired'), ('partially_refunded', 'Partially refunded'), ('refunded', 'Refunded'), ('disputed', 'Disputed')], max_length=30, verbose_name='from status'),
+            ),
+            migrations.AlterField(
+                model_name='orderstatushistory',
+                name='order',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='history', to='exchange.order', verbose_name='order'),
+            ),
+            migrations.AlterField(
+                model_name='orderstatushistory',
+                name='reason',
+                field=models.CharField(blank=True, max_length=300, verbose_name='reason'),
+            ),
+            migrations.AlterField(
+                model_name='orderstatushistory',
+                name='to_status',
+                field=models.CharField(choices=[('pending_payment', 'Pending payment'), ('paid', 'Paid (held in escrow)'), ('delivered', 'Delivered'), ('settled', 'Settled'), ('declined', 'Declined'), ('cancelled', 'Cancelled'), ('expired', 'Expired'), ('partially_refunded', 'Partially refunded'), ('refunded', 'Refunded'), ('disputed', 'Disputed')], max_length=30, verbose_name='to status'),
+            ),
+            migrations.AlterField(
+                model_name='outboundattempt',
+                name='attempted_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='attempted at'),
+            ),
+            migrations.AlterField(
+                model_name='outboundattempt',
+                name='duration_ms',
+                field=models.PositiveIntegerField(default=0, verbose_name='duration ms'),
+            ),
+            migrations.AlterField(
+                model_name='outboundattempt',
+                name='error',
+                field=models.CharField(blank=True, max_length=500, verbose_name='error'),
+            ),
+            migrations.AlterField(
+                model_name='outboundattempt',
+                name='event',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='attempt_log', to='exchange.outboundevent', verbose_name='event'),
+            ),
+            migrations.AlterField(
+                model_name='outboundattempt',
+                name='response_excerpt',
+                field=models.CharField(blank=True, max_length=500, verbose_name='response excerpt'),
+            ),
+            migrations.AlterField(
+                model_name='outboundattempt',
+                name='status_code',
+                field=models.PositiveSmallIntegerField(blank=True, null=True, verbose_name='status code'),
+            ),
+            migrations.AlterField(
+                model_name='outboundevent',
+                name='attempts',
+                field=models.PositiveIntegerField(default=0, verbose_name='attempts'),
+            ),
+            migrations.AlterField(
+                model_name='outboundevent',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='outboundevent',
+                name='dedupe_key',
+                field=models.CharField(max_length=150, verbose_name='dedupe key'),
+            ),
+            migrations.AlterField(
+                model_name='outboundevent',
+                name='delivered_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='delivered at'),
+            ),
+            migrations.AlterField(
+                model_name='outboundevent',
+                name='endpoint',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='exchange.webhookendpoint', verbose_name='endpoint'),
+            ),
+            migrations.AlterField(
+                model_name='outboundevent',
+                name='next_attempt_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='next attempt at'),
+            ),
+            migrations.AlterField(
+                model_name='outboundevent',
+                name='payload',
+                field=models.JSONField(verbose_name='payload'),
+            ),
+            migrations.AlterField(
+                model_name='outboundevent',
+                name='public_id',
+                field=models.UUIDField(default=uuid.uuid4, editable=False, unique=True, verbose_name='public id'),
+            ),
+            migrations.AlterField(
+                model_name='outboundevent',
+                name='status',
+                field=models.CharField(choices=[('pending', 'Waiting to be sent'), ('delivered', 'Delivered'), ('failed', 'Gave up after retries')], default='pending', max_length=20, verbose_name='status'),
+            ),
+            migrations.AlterField(
+                model_name='outboundevent',
+                name='type',
+                field=models.CharField(max_length=60, verbose_name='type'),
+            ),
+            migrations.AlterField(
+                model_name='paymentevent',
+                name='attempts',
+                field=models.PositiveIntegerField(default=0, verbose_name='attempts'),
+            ),
+            migrations.AlterField(
+                model_name='paymentevent',
+                name='error',
+                field=models.TextField(blank=True, verbose_name='error'),
+            ),
+            migrations.AlterField(
+                model_name='paymentevent',
+                name='event_id',
+                field=models.CharField(max_length=120, verbose_name='event id'),
+            ),
+            migrations.AlterField(
+                model_name='paymentevent',
+                name='gateway',
+                field=models.CharField(max_length=20, verbose_name='gateway'),
+            ),
+            migrations.AlterField(
+                model_name='paymentevent',
+                name='payload',
+                field=models.JSONField(verbose_name='payload'),
+            ),
+            migrations.AlterField(
+                model_name='paymentevent',
+                name='processed_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='processed at'),
+            ),
+            migrations.AlterField(
+                model_name='paymentevent',
+                name='received_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='received at'),
+            ),
+            migrations.AlterField(
+                model_name='paymentevent',
+                name='status',
+                field=models.CharField(choices=[('received', 'Received'), ('processed', 'Processed'), ('ignored', 'Ignored (type not handled)'), ('failed', 'Failed')], default='received', max_length=20, verbose_name='status'),
+            ),
+            migrations.AlterField(
+                model_name='paymentevent',
+                name='type',
+                field=models.CharField(max_length=80, verbose_name='type'),
+            ),
+            migrations.AlterField(
+                model_name='payout',
+                name='amount',
+                field=models.PositiveBigIntegerField(verbose_name='amount'),
+            ),
+            migrations.AlterField(
+                model_name='payout',
+                name='attempts',
+                field=models.PositiveIntegerField(default=0, verbose_name='attempts'),
+            ),
+            migrations.AlterField(
+                model_name='payout',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='payout',
+                name='currency',
+                field=models.CharField(choices=[('CNY', 'CNY'), ('USD', 'USD'), ('EUR', 'EUR')], max_length=3, verbose_name='currency'),
+            ),
+            migrations.AlterField(
+                model_name='payout',
+                name='error',
+                field=models.TextField(blank=True, verbose_name='error'),
+            ),
+            migrations.AlterField(
+                model_name='payout',
+                name='gateway',
+                field=models.CharField(max_length=20, verbose_name='gateway'),
+            ),
+            migrations.AlterField(
+                model_name='payout',
+                name='gateway_reference',
+                field=models.CharField(blank=True, max_length=120, verbose_name='gateway reference'),
+            ),
+            migrations.AlterField(
+                model_name='payout',
+                name='idempotency_key',
+                field=models.CharField(max_length=100, unique=True, verbose_name='idempotency key'),
+            ),
+            migrations.AlterField(
+                model_name='payout',
+                name='merchant',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='payouts', to='merchants.merchant', verbose_name='merchant'),
+            ),
+            migrations.AlterField(
+                model_name='payout',
+                name='run',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='payouts', to='exchange.settlementrun', verbose_name='run'),
+            ),
+            migrations.AlterField(
+                model_name='payout',
+                name='sent_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='sent at'),
+            ),
+            migrations.AlterField(
+                model_name='payout',
+                name='status',
+                field=models.CharField(choices=[('pending', 'Pending'), ('sent', 'Sent'), ('failed', 'Failed')], default='pending', max_length=20, verbose_name='status'),
+            ),
+            migrations.AlterField(
+                model_name='posting',
+                name='account',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='postings', to='exchange.ledgeraccount', verbose_name='account'),
+            ),
+            migrations.AlterField(
+                model_name='posting',
+                name='amount',
+                field=models.BigIntegerField(verbose_name='amount'),
+            ),
+            migrations.AlterField(
+                model_name='posting',
+                name='currency',
+                field=models.CharField(choices=[('CNY', 'CNY'), ('USD', 'USD'), ('EUR', 'EUR')], max_length=3, verbose_name='currency'),
+            ),
+            migrations.AlterField(
+                model_name='posting',
+                name='entry',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='postings', to='exchange.journalentry', verbose_name='entry'),
+            ),
+            migrations.AlterField(
+                model_name='refund',
+                name='amount',
+                field=models.PositiveBigIntegerField(verbose_name='amount'),
+            ),
+            migrations.AlterField(
+                model_name='refund',
+                name='completed_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='completed at'),
+            ),
+            migrations.AlterField(
+                model_name='refund',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='refund',
+                name='currency',
+                field=models.CharField(choices=[('CNY', 'CNY'), ('USD', 'USD'), ('EUR', 'EUR')], max_length=3, verbose_name='currency'),
+            ),
+            migrations.AlterField(
+                model_name='refund',
+                name='error',
+                field=models.TextField(blank=True, verbose_name='error'),
+            ),
+            migrations.AlterField(
+                model_name='refund',
+                name='gateway_refund_id',
+                field=models.CharField(blank=True, max_length=120, verbose_name='gateway refund id'),
+            ),
+            migrations.AlterField(
+                model_name='refund',
+                name='idempotency_key',
+                field=models.CharField(max_length=150, unique=True, verbose_name='idempotency key'),
+            ),
+            migrations.AlterField(
+                model_name='refund',
+                name='order',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='refunds', to='exchange.order', verbose_name='order'),
+            ),
+            migrations.AlterField(
+                model_name='refund',
+                name='reason',
+                field=models.CharField(max_length=300, verbose_name='reason'),
+            ),
+            migrations.AlterField(
+                model_name='refund',
+                name='requested_by',
+                field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL, verbose_name='requested by'),
+            ),
+            migrations.AlterField(
+                model_name='refund',
+                name='source',
+                field=models.CharField(default='admin', max_length=20, verbose_name='source'),
+            ),
+            migrations.AlterField(
+                model_name='refund',
+                name='status',
+                field=models.CharField(choices=[('pending', 'Pending'), ('succeeded', 'Succeeded'), ('failed', 'Failed')], default='pending', max_length=20, verbose_name='status'),
+            ),
+            migrations.AlterField(
+                model_name='sandboxcheckoutsession',
+                name='amount',
+                field=models.PositiveBigIntegerField(verbose_name='amount'),
+            ),
+            migrations.AlterField(
+                model_name='sandboxcheckoutsession',
+                name='cancel_url',
+                field=models.CharField(max_length=500, verbose_name='cancel url'),
+            ),
+            migrations.AlterField(
+                model_name='sandboxcheckoutsession',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='sandboxcheckoutsession',
+                name='currency',
+                field=models.CharField(max_length=3, verbose_name='currency'),
+            ),
+            migrations.AlterField(
+                model_name='sandboxcheckoutsession',
+                name='description',
+                field=models.CharField(max_length=300, verbose_name='description'),
+            ),
+            migrations.AlterField(
+                model_name='sandboxcheckoutsession',
+                name='id',
+                field=models.CharField(max_length=60, primary_key=True, serialize=False, verbose_name='id'),
+            ),
+            migrations.AlterField(
+                model_name='sandboxcheckoutsession',
+                name='interval',
+                field=models.CharField(blank=True, max_length=10, verbose_name='interval'),
+            ),
+            migrations.AlterField(
+                model_name='sandboxcheckoutsession',
+                name='mode',
+                field=models.CharField(default='payment', max_length=20, verbose_name='mode'),
+            ),
+            migrations.AlterField(
+                model_name='sandboxcheckoutsession',
+                name='order_public_id',
+                field=models.UUIDField(verbose_name='order public id'),
+            ),
+            migrations.AlterField(
+                model_name='sandboxcheckoutsession',
+                name='payment_intent',
+                field=models.CharField(blank=True, max_length=60, verbose_name='payment intent'),
+            ),
+            migrations.AlterField(
+                model_name='sandboxcheckoutsession',
+                name='status',
+                field=models.CharField(choices=[('open', 'Open'), ('complete', 'Complete'), ('declined', 'Declined')], default='open', max_length=20, verbose_name='status'),
+            ),
+            migrations.AlterField(
+                model_name='sandboxcheckoutsession',
+                name='subscription_id',
+                field=models.CharField(blank=True, max_length=60, verbose_name='subscription id'),
+            ),
+            migrations.AlterField(
+                model_name='sandboxcheckoutsession',
+                name='success_url',
+                field=models.CharField(max_length=500, verbose_name='success url'),
+            ),
+            migrations.AlterField(
+                model_name='sandboxtransfer',
+                name='amount',
+                field=models.PositiveBigIntegerField(verbose_name='amount'),
+            ),
+            migrations.AlterField(
+                model_name='sandboxtransfer',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='sandboxtransfer',
+                name='currency',
+                field=models.CharField(max_length=3, verbose_name='currency'),
+            ),
+            migrations.AlterField(
+                model_name='sandboxtransfer',
+                name='id',
+                field=models.CharField(max_length=60, primary_key=True, serialize=False, verbose_name='id'),
+            ),
+            migrations.AlterField(
+                model_name='sandboxtransfer',
+                name='idempotency_key',
+                field=models.CharField(max_length=100, unique=True, verbose_name='idempotency key'),
+            ),
+            migrations.AlterField(
+                model_name='sandboxtransfer',
+                name='merchant',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, to='merchants.merchant', verbose_name='merchant'),
+            ),
+            migrations.AlterField(
+                model_name='settlementbatch',
+                name='attempts',
+                field=models.PositiveIntegerField(default=0, verbose_name='attempts'),
+            ),
+            migrations.AlterField(
+                model_name='settlementbatch',
+                name='block',
+                field=models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='exchange.ledgerblock', verbose_name='block'),
+            ),
+            migrations.AlterField(
+                model_name='settlementbatch',
+                name='error',
+                field=models.TextField(blank=True, verbose_name='error'),
+            ),
+            migrations.AlterField(
+                model_name='settlementbatch',
+                name='finished_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='finished at'),
+            ),
+            migrations.AlterField(
+                model_name='settlementbatch',
+                name='first_order_pk',
+                field=models.BigIntegerField(verbose_name='first order pk'),
+            ),
+            migrations.AlterField(
+                model_name='settlementbatch',
+                name='last_order_pk',
+                field=models.BigIntegerField(verbose_name='last order pk'),
+            ),
+            migrations.AlterField(
+                model_name='settlementbatch',
+                name='ledger_rows',
+                field=models.PositiveIntegerField(default=0, verbose_name='ledger rows'),
+            ),
+            migrations.AlterField(
+                model_name='settlementbatch',
+                name='number',
+                field=models.PositiveIntegerField(verbose_name='number'),
+            ),
+            migrations.AlterField(
+                model_name='settlementbatch',
+                name='orders_settled',
+                field=models.PositiveIntegerField(default=0, verbose_name='orders settled'),
+            ),
+            migrations.AlterField(
+                model_name='settlementbatch',
+                name='run',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='batches', to='exchange.settlementrun', verbose_name='run'),
+            ),
+            migrations.AlterField(
+                model_name='settlementbatch',
+                name='status',
+                field=models.CharField(choices=[('pending', 'Pending'), ('completed', 'Completed'), ('failed', 'Failed')], default='pending', max_length=20, verbose_name='status'),
+            ),
+            migrations.AlterField(
+                model_name='settlementbatch',
+                name='totals',
+                field=models.JSONField(blank=True, default=dict, verbose_name='totals'),
+            ),
+            migrations.AlterField(
+                model_name='settlementrun',
+                name='batches_done',
+                field=models.PositiveIntegerField(default=0, verbose_name='batches done'),
+            ),
+            migrations.AlterField(
+                model_name='settlementrun',
+                name='batches_total',
+                field=models.PositiveIntegerField(default=0, verbose_name='batches total'),
+            ),
+            migrations.AlterField(
+                model_name='settlementrun',
+                name='cutoff',
+                field=models.DateTimeField(blank=True, help_text='Orders delivered up to this time are settled.', null=True, verbose_name='cutoff'),
+            ),
+            migrations.AlterField(
+                model_name='settlementrun',
+                name='error',
+                field=models.TextField(blank=True, verbose_name='error'),
+            ),
+            migrations.AlterField(
+                model_name='settlementrun',
+                name='finished_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='finished at'),
+            ),
+            migrations.AlterField(
+                model_name='settlementrun',
+                name='orders_settled',
+                field=models.PositiveIntegerField(default=0, verbose_name='orders settled'),
+            ),
+            migrations.AlterField(
+                model_name='settlementrun',
+                name='orders_total',
+                field=models.PositiveIntegerField(default=0, verbose_name='orders total'),
+            ),
+            migrations.AlterField(
+                model_name='settlementrun',
+                name='payouts_created',
+                field=models.PositiveIntegerField(default=0, verbose_name='payouts created'),
+            ),
+            migrations.AlterField(
+                model_name='settlementrun',
+                name='requested_by',
+                field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL, verbose_name='requested by'),
+            ),
+            migrations.AlterField(
+                model_name='settlementrun',
+                name='started_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='started at'),
+            ),
+            migrations.AlterField(
+                model_name='settlementrun',
+                name='status',
+                field=models.CharField(choices=[('running', 'Running'), ('completed', 'Completed'), ('failed', 'Failed')], default='running', editable=False, max_length=20, verbose_name='status'),
+            ),
+            migrations.AlterField(
+                model_name='settlementrun',
+                name='trigger',
+                field=models.CharField(default='manual', max_length=20, verbose_name='trigger'),
+            ),
+            migrations.AlterField(
+                model_name='subscription',
+                name='buyer',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='subscriptions', to=settings.AUTH_USER_MODEL, verbose_name='buyer'),
+            ),
+            migrations.AlterField(
+                model_name='subscription',
+                name='cancelled_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='cancelled at'),
+            ),
+            migrations.AlterField(
+                model_name='subscription',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='subscription',
+                name='current_period_end',
+                field=models.DateTimeField(verbose_name='current period end'),
+            ),
+            migrations.AlterField(
+                model_name='subscription',
+                name='gateway',
+                field=models.CharField(max_length=20, verbose_name='gateway'),
+            ),
+            migrations.AlterField(
+                model_name='subscription',
+                name='gateway_subscription_id',
+                field=models.CharField(blank=True, max_length=120, null=True, unique=True, verbose_name='gateway subscription id'),
+            ),
+            migrations.AlterField(
+                model_name='subscription',
+                name='listing',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='subscriptions', to='listings.listing', verbose_name='listing'),
+            ),
+            migrations.AlterField(
+                model_name='subscription',
+                name='order',
+                field=models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='subscription_started', to='exchange.order', verbose_name='order'),
+            ),
+            migrations.AlterField(
+                model_name='subscription',
+                name='plan',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='subscriptions', to='listings.pricingplan', verbose_name='plan'),
+            ),
+            migrations.AlterField(
+                model_name='subscription',
+                name='status',
+                field=models.CharField(choices=[('active', 'Active'), ('past_due', 'Payment failed (grace period)'), ('cancelled', 'Cancelled')], default='active', max_length=20, verbose_name='status'),
+            ),
+            migrations.AlterField(
+                model_name='transactioncertificate',
+                name='document',
+                field=models.TextField(verbose_name='document'),
+            ),
+            migrations.AlterField(
+                model_name='transactioncertificate',
+                name='issued_at',
+                field=models.DateTimeField(default=django.utils.timezone.now, verbose_name='issued at'),
+            ),
+            migrations.AlterField(
+                model_name='transactioncertificate',
+                name='journal_entry',
+                field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='exchange.journalentry', verbose_name='journal entry'),
+            ),
+            migrations.AlterField(
+                model_name='transactioncertificate',
+                name='key_id',
+                field=models.CharField(max_length=32, verbose_name='key id'),
+            ),
+            migrations.AlterField(
+                model_name='transactioncertificate',
+                name='number',
+                field=models.CharField(max_length=40, unique=True, verbose_name='number'),
+            ),
+            migrations.AlterField(
+                model_name='transactioncertificate',
+                name='order',
+                field=models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='certificate', to='exchange.order', verbose_name='order'),
+            ),
+            migrations.AlterField(
+                model_name='transactioncertificate',
+                name='signature',
+                field=models.CharField(max_length=120, verbose_name='signature'),
+            ),
+            migrations.AlterField(
+                model_name='usagemonthly',
+                name='amount',
+                field=models.BigIntegerField(default=0, help_text='Billable units times the unit price, minor units.', verbose_name='amount'),
+            ),
+            migrations.AlterField(
+                model_name='usagemonthly',
+                name='billable_units',
+                field=models.BigIntegerField(default=0, help_text="Units beyond the plan's free allowance.", verbose_name='billable units'),
+            ),
+            migrations.AlterField(
+                model_name='usagemonthly',
+                name='bytes',
+                field=models.BigIntegerField(default=0, verbose_name='bytes'),
+            ),
+            migrations.AlterField(
+                model_name='usagemonthly',
+                name='calls',
+                field=models.BigIntegerField(default=0, verbose_name='calls'),
+            ),
+            migrations.AlterField(
+                model_name='usagemonthly',
+                name='currency',
+                field=models.CharField(blank=True, choices=[('CNY', 'CNY'), ('USD', 'USD'), ('EUR', 'EUR')], max_length=3, verbose_name='currency'),
+            ),
+            migrations.AlterField(
+                model_name='usagemonthly',
+                name='entitlement',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='usage_months', to='exchange.entitlement', verbose_name='entitlement'),
+            ),
+            migrations.AlterField(
+                model_name='usagemonthly',
+                name='listing',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='usage_months', to='listings.listing', verbose_name='listing'),
+            ),
+            migrations.AlterField(
+                model_name='usagemonthly',
+                name='merchant',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='usage_months', to='merchants.merchant', verbose_name='merchant'),
+            ),
+            migrations.AlterField(
+                model_name='usagemonthly',
+                name='month',
+                field=models.DateField(help_text='First day of the month (UTC).', verbose_name='month'),
+            ),
+            migrations.AlterField(
+                model_name='usagemonthly',
+                name='rows',
+                field=models.BigIntegerField(default=0, verbose_name='rows'),
+            ),
+            migrations.AlterField(
+                model_name='usagemonthly',
+                name='units',
+                field=models.BigIntegerField(default=0, verbose_name='units'),
+            ),
+            migrations.AlterField(
+                model_name='usagemonthly',
+                name='updated_at',
+                field=models.DateTimeField(auto_now=True, verbose_name='updated at'),
+            ),
+            migrations.AlterField(
+                model_name='usagerecord',
+                name='api_key',
+                field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='usage_records', to='accounts.apikey', verbose_name='api key'),
+            ),
+            migrations.AlterField(
+                model_name='usagerecord',
+                name='buyer',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='usage_records', to=settings.AUTH_USER_MODEL, verbose_name='buyer'),
+            ),
+            migrations.AlterField(
+                model_name='usagerecord',
+                name='bytes',
+                field=models.BigIntegerField(default=0, verbose_name='bytes'),
+            ),
+            migrations.AlterField(
+                model_name='usagerecord',
+                name='channel',
+                field=models.CharField(choices=[('api', 'Data API call'), ('download', 'File download')], default='api', max_length=10, verbose_name='channel'),
+            ),
+            migrations.AlterField(
+                model_name='usagerecord',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, db_index=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='usagerecord',
+                name='duration_ms',
+                field=models.PositiveIntegerField(default=0, verbose_name='duration ms'),
+            ),
+            migrations.AlterField(
+                model_name='usagerecord',
+                name='entitlement',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='usage_records', to='exchange.entitlement', verbose_name='entitlement'),
+            ),
+            migrations.AlterField(
+                model_name='usagerecord',
+                name='file',
+                field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='usage_records', to='listings.datafile', verbose_name='file'),
+            ),
+            migrations.AlterField(
+                model_name='usagerecord',
+                name='ip_address',
+                field=models.GenericIPAddressField(blank=True, null=True, verbose_name='ip address'),
+            ),
+            migrations.AlterField(
+                model_name='usagerecord',
+                name='listing',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='usage_records', to='listings.listing', verbose_name='listing'),
+            ),
+            migrations.AlterField(
+                model_name='usagerecord',
+                name='rows',
+                field=models.BigIntegerField(default=0, verbose_name='rows'),
+            ),
+            migrations.AlterField(
+                model_name='usagerecord',
+                name='status_code',
+                field=models.PositiveSmallIntegerField(default=200, verbose_name='status code'),
+            ),
+            migrations.AlterField(
+                model_name='usagerecord',
+                name='units',
+                field=models.BigIntegerField(default=0, verbose_name='units'),
+            ),
+            migrations.AlterField(
+                model_name='webhookendpoint',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='webhookendpoint',
+                name='description',
+                field=models.CharField(blank=True, max_length=200, verbose_name='description'),
+            ),
+            migrations.AlterField(
+                model_name='webhookendpoint',
+                name='disabled_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='disabled at'),
+            ),
+            migrations.AlterField(
+                model_name='webhookendpoint',
+                name='event_types',
+                field=models.JSONField(blank=True, default=list, help_text='Empty: every event type.', verbose_name='event types'),
+            ),
+            migrations.AlterField(
+                model_name='webhookendpoint',
+                name='is_active',
+                field=models.BooleanField(default=True, verbose_name='is active'),
+            ),
+            migrations.AlterField(
+                model_name='webhookendpoint',
+                name='secret',
+                field=models.CharField(max_length=100, verbose_name='secret'),
+            ),
+            migrations.AlterField(
+                model_name='webhookendpoint',
+                name='url',
+                field=models.URLField(max_length=500, verbose_name='url'),
+            ),
+            migrations.AlterField(
+                model_name='webhookendpoint',
+                name='user',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='webhook_endpoints', to=settings.AUTH_USER_MODEL, verbose_name='user'),
+            ),
+        ]),
     ]

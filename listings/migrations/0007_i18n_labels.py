@@ -4,6 +4,8 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
+from common.migration_operations import AlterFieldsTogether
+
 
 class Migration(migrations.Migration):
 
@@ -46,404 +48,406 @@ class Migration(migrations.Migration):
             name='tag',
             options={'ordering': ['name'], 'verbose_name': 'tag', 'verbose_name_plural': 'tags'},
         ),
-        migrations.AlterField(
-            model_name='category',
-            name='name',
-            field=models.CharField(max_length=100, verbose_name='name'),
-        ),
-        migrations.AlterField(
-            model_name='category',
-            name='name_zh',
-            field=models.CharField(blank=True, max_length=100, verbose_name='name zh'),
-        ),
-        migrations.AlterField(
-            model_name='category',
-            name='position',
-            field=models.PositiveSmallIntegerField(default=0, verbose_name='position'),
-        ),
-        migrations.AlterField(
-            model_name='category',
-            name='slug',
-            field=models.SlugField(max_length=60, unique=True, verbose_name='slug'),
-        ),
-        migrations.AlterField(
-            model_name='datafile',
-            name='columns',
-            field=models.JSONField(blank=True, default=list, verbose_name='columns'),
-        ),
-        migrations.AlterField(
-            model_name='datafile',
-            name='content_type',
-            field=models.CharField(max_length=100, verbose_name='content type'),
-        ),
-        migrations.AlterField(
-            model_name='datafile',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='datafile',
-            name='encoding',
-            field=models.CharField(blank=True, help_text='Text encoding detected at upload.', max_length=20, verbose_name='encoding'),
-        ),
-        migrations.AlterField(
-            model_name='datafile',
-            name='file',
-            field=models.FileField(max_length=300, upload_to='', verbose_name='file'),
-        ),
-        migrations.AlterField(
-            model_name='datafile',
-            name='format',
-            field=models.CharField(choices=[('csv', 'CSV'), ('tsv', 'TSV'), ('jsonl', 'JSON Lines'), ('parquet', 'Parquet')], max_length=20, verbose_name='format'),
-        ),
-        migrations.AlterField(
-            model_name='datafile',
-            name='original_name',
-            field=models.CharField(max_length=255, verbose_name='original name'),
-        ),
-        migrations.AlterField(
-            model_name='datafile',
-            name='profile_error',
-            field=models.TextField(blank=True, verbose_name='profile error'),
-        ),
-        migrations.AlterField(
-            model_name='datafile',
-            name='profile_status',
-            field=models.CharField(choices=[('pending', 'Waiting for profiling'), ('done', 'Profiled'), ('failed', 'Profiling failed')], default='pending', max_length=20, verbose_name='profile status'),
-        ),
-        migrations.AlterField(
-            model_name='datafile',
-            name='profiled_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='profiled at'),
-        ),
-        migrations.AlterField(
-            model_name='datafile',
-            name='row_count',
-            field=models.BigIntegerField(blank=True, null=True, verbose_name='row count'),
-        ),
-        migrations.AlterField(
-            model_name='datafile',
-            name='sample_rows',
-            field=models.JSONField(blank=True, default=list, verbose_name='sample rows'),
-        ),
-        migrations.AlterField(
-            model_name='datafile',
-            name='sha256',
-            field=models.CharField(max_length=64, verbose_name='sha256'),
-        ),
-        migrations.AlterField(
-            model_name='datafile',
-            name='size',
-            field=models.BigIntegerField(verbose_name='size'),
-        ),
-        migrations.AlterField(
-            model_name='datafile',
-            name='version',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='files', to='listings.listingversion', verbose_name='version'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='category',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='listings', to='listings.category', verbose_name='category'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='column_names',
-            field=models.TextField(blank=True, editable=False, verbose_name='column names'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='data_dictionary',
-            field=models.JSONField(blank=True, default=dict, verbose_name='data dictionary'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='description',
-            field=models.TextField(blank=True, help_text='Markdown; rendered and sanitised.', verbose_name='description'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='geographic_coverage',
-            field=models.CharField(blank=True, max_length=200, verbose_name='geographic coverage'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='licence',
-            field=models.CharField(choices=[('CC-BY-4.0', 'CC BY 4.0'), ('CC-BY-SA-4.0', 'CC BY-SA 4.0'), ('CC-BY-NC-4.0', 'CC BY-NC 4.0'), ('CC-BY-ND-4.0', 'CC BY-ND 4.0'), ('CC0-1.0', 'CC0 1.0 (public domain)'), ('ODbL-1.0', 'Open Database License 1.0'), ('ODC-By-1.0', 'Open Data Commons Attribution 1.0'), ('PDDL-1.0', 'Public Domain Dedication and License 1.0'), ('custom', 'Custom terms')], default='CC-BY-4.0', max_length=20, verbose_name='licence'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='licence_terms',
-            field=models.TextField(blank=True, help_text='The licence text when the licence is custom.', verbose_name='licence terms'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='merchant',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='listings', to='merchants.merchant', verbose_name='merchant'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='price_currency',
-            field=models.CharField(blank=True, editable=False, max_length=3, verbose_name='price currency'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='price_from',
-            field=models.BigIntegerField(blank=True, editable=False, null=True, verbose_name='price from'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='price_kinds',
-            field=models.CharField(blank=True, editable=False, max_length=80, verbose_name='price kinds'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='primary_format',
-            field=models.CharField(blank=True, choices=[('csv', 'CSV'), ('tsv', 'TSV'), ('jsonl', 'JSON Lines'), ('parquet', 'Parquet')], editable=False, max_length=20, verbose_name='primary format'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='published_at',
-            field=models.DateTimeField(blank=True, editable=False, null=True, verbose_name='published at'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='registration_number',
-            field=models.CharField(blank=True, editable=False, max_length=40, null=True, unique=True, verbose_name='registration number'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='requires_access_request',
-            field=models.BooleanField(default=False, verbose_name='requires access request'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='sensitivity',
-            field=models.CharField(choices=[('none', 'No personal data'), ('sensitive', 'Sensitive but not personal'), ('deidentified', 'De-identified personal data'), ('personal', 'Personal data')], default='none', max_length=20, verbose_name='sensitivity'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='slug',
-            field=models.SlugField(max_length=120, unique=True, verbose_name='slug'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='status',
-            field=models.CharField(choices=[('draft', 'Draft'), ('submitted', 'Submitted'), ('in_review', 'In review'), ('approved', 'Approved'), ('published', 'Published'), ('suspended', 'Suspended'), ('rejected', 'Rejected')], default='draft', editable=False, max_length=20, verbose_name='status'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='summary',
-            field=models.CharField(blank=True, max_length=300, verbose_name='summary'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='tags',
-            field=models.ManyToManyField(blank=True, related_name='listings', to='listings.tag', verbose_name='tags'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='temporal_end',
-            field=models.DateField(blank=True, null=True, verbose_name='temporal end'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='temporal_start',
-            field=models.DateField(blank=True, null=True, verbose_name='temporal start'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='title',
-            field=models.CharField(max_length=200, verbose_name='title'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='update_frequency',
-            field=models.CharField(choices=[('once', 'One-off'), ('realtime', 'Real time'), ('daily', 'Daily'), ('weekly', 'Weekly'), ('monthly', 'Monthly'), ('quarterly', 'Quarterly'), ('yearly', 'Yearly'), ('irregular', 'Irregular')], default='once', max_length=20, verbose_name='update frequency'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='updated_at',
-            field=models.DateTimeField(auto_now=True, verbose_name='updated at'),
-        ),
-        migrations.AlterField(
-            model_name='listing',
-            name='use_scenarios',
-            field=models.TextField(blank=True, help_text='The uses the merchant allows, one per line.', verbose_name='use scenarios'),
-        ),
-        migrations.AlterField(
-            model_name='listingreview',
-            name='decided_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='decided at'),
-        ),
-        migrations.AlterField(
-            model_name='listingreview',
-            name='decision',
-            field=models.CharField(choices=[('pending', 'Pending'), ('approved', 'Approved'), ('rejected', 'Rejected')], default='pending', max_length=20, verbose_name='decision'),
-        ),
-        migrations.AlterField(
-            model_name='listingreview',
-            name='listing',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='reviews', to='listings.listing', verbose_name='listing'),
-        ),
-        migrations.AlterField(
-            model_name='listingreview',
-            name='manifest',
-            field=models.JSONField(blank=True, default=list, verbose_name='manifest'),
-        ),
-        migrations.AlterField(
-            model_name='listingreview',
-            name='notes',
-            field=models.TextField(blank=True, verbose_name='notes'),
-        ),
-        migrations.AlterField(
-            model_name='listingreview',
-            name='reviewer',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='reviewer'),
-        ),
-        migrations.AlterField(
-            model_name='listingreview',
-            name='submitted_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='submitted at'),
-        ),
-        migrations.AlterField(
-            model_name='listingreview',
-            name='submitted_by',
-            field=models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='submitted by'),
-        ),
-        migrations.AlterField(
-            model_name='listingreview',
-            name='version',
-            field=models.ForeignKey(null=True, on_delete=django.db.models.deletion.PROTECT, related_name='reviews', to='listings.listingversion', verbose_name='version'),
-        ),
-        migrations.AlterField(
-            model_name='listingstatushistory',
-            name='actor',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL, verbose_name='actor'),
-        ),
-        migrations.AlterField(
-            model_name='listingstatushistory',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='listingstatushistory',
-            name='from_status',
-            field=models.CharField(choices=[('draft', 'Draft'), ('submitted', 'Submitted'), ('in_review', 'In review'), ('approved', 'Approved'), ('published', 'Published'), ('suspended', 'Suspended'), ('rejected', 'Rejected')], max_length=20, verbose_name='from status'),
-        ),
-        migrations.AlterField(
-            model_name='listingstatushistory',
-            name='listing',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='history', to='listings.listing', verbose_name='listing'),
-        ),
-        migrations.AlterField(
-            model_name='listingstatushistory',
-            name='reason',
-            field=models.TextField(blank=True, verbose_name='reason'),
-        ),
-        migrations.AlterField(
-            model_name='listingstatushistory',
-            name='to_status',
-            field=models.CharField(choices=[('draft', 'Draft'), ('submitted', 'Submitted'), ('in_review', 'In review'), ('approved', 'Approved'), ('published', 'Published'), ('suspended', 'Suspended'), ('rejected', 'Rejected')], max_length=20, verbose_name='to status'),
-        ),
-        migrations.AlterField(
-            model_name='listingversion',
-            name='changelog',
-            field=models.TextField(blank=True, verbose_name='changelog'),
-        ),
-        migrations.AlterField(
-            model_name='listingversion',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='listingversion',
-            name='label',
-            field=models.CharField(max_length=40, verbose_name='label'),
-        ),
-        migrations.AlterField(
-            model_name='listingversion',
-            name='listing',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='versions', to='listings.listing', verbose_name='listing'),
-        ),
-        migrations.AlterField(
-            model_name='listingversion',
-            name='published_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='published at'),
-        ),
-        migrations.AlterField(
-            model_name='listingversion',
-            name='schema_diff',
-            field=models.JSONField(blank=True, default=dict, verbose_name='schema diff'),
-        ),
-        migrations.AlterField(
-            model_name='pricingplan',
-            name='amount',
-            field=models.PositiveBigIntegerField(help_text='Price in minor units (fen, cents).', verbose_name='amount'),
-        ),
-        migrations.AlterField(
-            model_name='pricingplan',
-            name='created_at',
-            field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
-        ),
-        migrations.AlterField(
-            model_name='pricingplan',
-            name='currency',
-            field=models.CharField(choices=[('CNY', 'CNY'), ('USD', 'USD'), ('EUR', 'EUR')], max_length=3, verbose_name='currency'),
-        ),
-        migrations.AlterField(
-            model_name='pricingplan',
-            name='free_units_per_month',
-            field=models.PositiveIntegerField(default=0, verbose_name='free units per month'),
-        ),
-        migrations.AlterField(
-            model_name='pricingplan',
-            name='interval',
-            field=models.CharField(blank=True, choices=[('month', 'Monthly'), ('year', 'Yearly')], max_length=10, verbose_name='interval'),
-        ),
-        migrations.AlterField(
-            model_name='pricingplan',
-            name='is_active',
-            field=models.BooleanField(default=True, verbose_name='is active'),
-        ),
-        migrations.AlterField(
-            model_name='pricingplan',
-            name='kind',
-            field=models.CharField(choices=[('free', 'Free'), ('one_time', 'One-time purchase'), ('subscription', 'Subscription'), ('metered', 'Metered (pay per use)')], default='one_time', max_length=20, verbose_name='kind'),
-        ),
-        migrations.AlterField(
-            model_name='pricingplan',
-            name='listing',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='plans', to='listings.listing', verbose_name='listing'),
-        ),
-        migrations.AlterField(
-            model_name='pricingplan',
-            name='metered_unit',
-            field=models.CharField(blank=True, choices=[('call', 'per API call'), ('thousand_rows', 'per 1,000 rows')], max_length=20, verbose_name='metered unit'),
-        ),
-        migrations.AlterField(
-            model_name='pricingplan',
-            name='monthly_cap_units',
-            field=models.PositiveIntegerField(blank=True, help_text='No use beyond this per month.', null=True, verbose_name='monthly cap units'),
-        ),
-        migrations.AlterField(
-            model_name='pricingplan',
-            name='name',
-            field=models.CharField(blank=True, max_length=80, verbose_name='name'),
-        ),
-        migrations.AlterField(
-            model_name='pricingplan',
-            name='version_access',
-            field=models.CharField(choices=[('all', 'All versions'), ('while_entitled', 'Versions published while entitled'), ('latest', 'Latest version only')], default='all', max_length=20, verbose_name='version access'),
-        ),
-        migrations.AlterField(
-            model_name='tag',
-            name='name',
-            field=models.CharField(max_length=50, unique=True, verbose_name='name'),
-        ),
+        AlterFieldsTogether([
+            migrations.AlterField(
+                model_name='category',
+                name='name',
+                field=models.CharField(max_length=100, verbose_name='name'),
+            ),
+            migrations.AlterField(
+                model_name='category',
+                name='name_zh',
+                field=models.CharField(blank=True, max_length=100, verbose_name='name zh'),
+            ),
+            migrations.AlterField(
+                model_name='category',
+                name='position',
+                field=models.PositiveSmallIntegerField(default=0, verbose_name='position'),
+            ),
+            migrations.AlterField(
+                model_name='category',
+                name='slug',
+                field=models.SlugField(max_length=60, unique=True, verbose_name='slug'),
+            ),
+            migrations.AlterField(
+                model_name='datafile',
+                name='columns',
+                field=models.JSONField(blank=True, default=list, verbose_name='columns'),
+            ),
+            migrations.AlterField(
+                model_name='datafile',
+                name='content_type',
+                field=models.CharField(max_length=100, verbose_name='content type'),
+            ),
+            migrations.AlterField(
+                model_name='datafile',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='datafile',
+                name='encoding',
+                field=models.CharField(blank=True, help_text='Text encoding detected at upload.', max_length=20, verbose_name='encoding'),
+            ),
+            migrations.AlterField(
+                model_name='datafile',
+                name='file',
+                field=models.FileField(max_length=300, upload_to='', verbose_name='file'),
+            ),
+            migrations.AlterField(
+                model_name='datafile',
+                name='format',
+                field=models.CharField(choices=[('csv', 'CSV'), ('tsv', 'TSV'), ('jsonl', 'JSON Lines'), ('parquet', 'Parquet')], max_length=20, verbose_name='format'),
+            ),
+            migrations.AlterField(
+                model_name='datafile',
+                name='original_name',
+                field=models.CharField(max_length=255, verbose_name='original name'),
+            ),
+            migrations.AlterField(
+                model_name='datafile',
+                name='profile_error',
+                field=models.TextField(blank=True, verbose_name='profile error'),
+            ),
+            migrations.AlterField(
+                model_name='datafile',
+                name='profile_status',
+                field=models.CharField(choices=[('pending', 'Waiting for profiling'), ('done', 'Profiled'), ('failed', 'Profiling failed')], default='pending', max_length=20, verbose_name='profile status'),
+            ),
+            migrations.AlterField(
+                model_name='datafile',
+                name='profiled_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='profiled at'),
+            ),
+            migrations.AlterField(
+                model_name='datafile',
+                name='row_count',
+                field=models.BigIntegerField(blank=True, null=True, verbose_name='row count'),
+            ),
+            migrations.AlterField(
+                model_name='datafile',
+                name='sample_rows',
+                field=models.JSONField(blank=True, default=list, verbose_name='sample rows'),
+            ),
+            migrations.AlterField(
+                model_name='datafile',
+                name='sha256',
+                field=models.CharField(max_length=64, verbose_name='sha256'),
+            ),
+            migrations.AlterField(
+                model_name='datafile',
+                name='size',
+                field=models.BigIntegerField(verbose_name='size'),
+            ),
+            migrations.AlterField(
+                model_name='datafile',
+                name='version',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='files', to='listings.listingversion', verbose_name='version'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='category',
+                field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='listings', to='listings.category', verbose_name='category'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='column_names',
+                field=models.TextField(blank=True, editable=False, verbose_name='column names'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='data_dictionary',
+                field=models.JSONField(blank=True, default=dict, verbose_name='data dictionary'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='description',
+                field=models.TextField(blank=True, help_text='Markdown; rendered and sanitised.', verbose_name='description'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='geographic_coverage',
+                field=models.CharField(blank=True, max_length=200, verbose_name='geographic coverage'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='licence',
+                field=models.CharField(choices=[('CC-BY-4.0', 'CC BY 4.0'), ('CC-BY-SA-4.0', 'CC BY-SA 4.0'), ('CC-BY-NC-4.0', 'CC BY-NC 4.0'), ('CC-BY-ND-4.0', 'CC BY-ND 4.0'), ('CC0-1.0', 'CC0 1.0 (public domain)'), ('ODbL-1.0', 'Open Database License 1.0'), ('ODC-By-1.0', 'Open Data Commons Attribution 1.0'), ('PDDL-1.0', 'Public Domain Dedication and License 1.0'), ('custom', 'Custom terms')], default='CC-BY-4.0', max_length=20, verbose_name='licence'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='licence_terms',
+                field=models.TextField(blank=True, help_text='The licence text when the licence is custom.', verbose_name='licence terms'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='merchant',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='listings', to='merchants.merchant', verbose_name='merchant'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='price_currency',
+                field=models.CharField(blank=True, editable=False, max_length=3, verbose_name='price currency'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='price_from',
+                field=models.BigIntegerField(blank=True, editable=False, null=True, verbose_name='price from'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='price_kinds',
+                field=models.CharField(blank=True, editable=False, max_length=80, verbose_name='price kinds'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='primary_format',
+                field=models.CharField(blank=True, choices=[('csv', 'CSV'), ('tsv', 'TSV'), ('jsonl', 'JSON Lines'), ('parquet', 'Parquet')], editable=False, max_length=20, verbose_name='primary format'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='published_at',
+                field=models.DateTimeField(blank=True, editable=False, null=True, verbose_name='published at'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='registration_number',
+                field=models.CharField(blank=True, editable=False, max_length=40, null=True, unique=True, verbose_name='registration number'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='requires_access_request',
+                field=models.BooleanField(default=False, verbose_name='requires access request'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='sensitivity',
+                field=models.CharField(choices=[('none', 'No personal data'), ('sensitive', 'Sensitive but not personal'), ('deidentified', 'De-identified personal data'), ('personal', 'Personal data')], default='none', max_length=20, verbose_name='sensitivity'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='slug',
+                field=models.SlugField(max_length=120, unique=True, verbose_name='slug'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='status',
+                field=models.CharField(choices=[('draft', 'Draft'), ('submitted', 'Submitted'), ('in_review', 'In review'), ('approved', 'Approved'), ('published', 'Published'), ('suspended', 'Suspended'), ('rejected', 'Rejected')], default='draft', editable=False, max_length=20, verbose_name='status'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='summary',
+                field=models.CharField(blank=True, max_length=300, verbose_name='summary'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='tags',
+                field=models.ManyToManyField(blank=True, related_name='listings', to='listings.tag', verbose_name='tags'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='temporal_end',
+                field=models.DateField(blank=True, null=True, verbose_name='temporal end'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='temporal_start',
+                field=models.DateField(blank=True, null=True, verbose_name='temporal start'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='title',
+                field=models.CharField(max_length=200, verbose_name='title'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='update_frequency',
+                field=models.CharField(choices=[('once', 'One-off'), ('realtime', 'Real time'), ('daily', 'Daily'), ('weekly', 'Weekly'), ('monthly', 'Monthly'), ('quarterly', 'Quarterly'), ('yearly', 'Yearly'), ('irregular', 'Irregular')], default='once', max_length=20, verbose_name='update frequency'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='updated_at',
+                field=models.DateTimeField(auto_now=True, verbose_name='updated at'),
+            ),
+            migrations.AlterField(
+                model_name='listing',
+                name='use_scenarios',
+                field=models.TextField(blank=True, help_text='The uses the merchant allows, one per line.', verbose_name='use scenarios'),
+            ),
+            migrations.AlterField(
+                model_name='listingreview',
+                name='decided_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='decided at'),
+            ),
+            migrations.AlterField(
+                model_name='listingreview',
+                name='decision',
+                field=models.CharField(choices=[('pending', 'Pending'), ('approved', 'Approved'), ('rejected', 'Rejected')], default='pending', max_length=20, verbose_name='decision'),
+            ),
+            migrations.AlterField(
+                model_name='listingreview',
+                name='listing',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='reviews', to='listings.listing', verbose_name='listing'),
+            ),
+            migrations.AlterField(
+                model_name='listingreview',
+                name='manifest',
+                field=models.JSONField(blank=True, default=list, verbose_name='manifest'),
+            ),
+            migrations.AlterField(
+                model_name='listingreview',
+                name='notes',
+                field=models.TextField(blank=True, verbose_name='notes'),
+            ),
+            migrations.AlterField(
+                model_name='listingreview',
+                name='reviewer',
+                field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='reviewer'),
+            ),
+            migrations.AlterField(
+                model_name='listingreview',
+                name='submitted_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='submitted at'),
+            ),
+            migrations.AlterField(
+                model_name='listingreview',
+                name='submitted_by',
+                field=models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='submitted by'),
+            ),
+            migrations.AlterField(
+                model_name='listingreview',
+                name='version',
+                field=models.ForeignKey(null=True, on_delete=django.db.models.deletion.PROTECT, related_name='reviews', to='listings.listingversion', verbose_name='version'),
+            ),
+            migrations.AlterField(
+                model_name='listingstatushistory',
+                name='actor',
+                field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL, verbose_name='actor'),
+            ),
+            migrations.AlterField(
+                model_name='listingstatushistory',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='listingstatushistory',
+                name='from_status',
+                field=models.CharField(choices=[('draft', 'Draft'), ('submitted', 'Submitted'), ('in_review', 'In review'), ('approved', 'Approved'), ('published', 'Published'), ('suspended', 'Suspended'), ('rejected', 'Rejected')], max_length=20, verbose_name='from status'),
+            ),
+            migrations.AlterField(
+                model_name='listingstatushistory',
+                name='listing',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='history', to='listings.listing', verbose_name='listing'),
+            ),
+            migrations.AlterField(
+                model_name='listingstatushistory',
+                name='reason',
+                field=models.TextField(blank=True, verbose_name='reason'),
+            ),
+            migrations.AlterField(
+                model_name='listingstatushistory',
+                name='to_status',
+                field=models.CharField(choices=[('draft', 'Draft'), ('submitted', 'Submitted'), ('in_review', 'In review'), ('approved', 'Approved'), ('published', 'Published'), ('suspended', 'Suspended'), ('rejected', 'Rejected')], max_length=20, verbose_name='to status'),
+            ),
+            migrations.AlterField(
+                model_name='listingversion',
+                name='changelog',
+                field=models.TextField(blank=True, verbose_name='changelog'),
+            ),
+            migrations.AlterField(
+                model_name='listingversion',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='listingversion',
+                name='label',
+                field=models.CharField(max_length=40, verbose_name='label'),
+            ),
+            migrations.AlterField(
+                model_name='listingversion',
+                name='listing',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='versions', to='listings.listing', verbose_name='listing'),
+            ),
+            migrations.AlterField(
+                model_name='listingversion',
+                name='published_at',
+                field=models.DateTimeField(blank=True, null=True, verbose_name='published at'),
+            ),
+            migrations.AlterField(
+                model_name='listingversion',
+                name='schema_diff',
+                field=models.JSONField(blank=True, default=dict, verbose_name='schema diff'),
+            ),
+            migrations.AlterField(
+                model_name='pricingplan',
+                name='amount',
+                field=models.PositiveBigIntegerField(help_text='Price in minor units (fen, cents).', verbose_name='amount'),
+            ),
+            migrations.AlterField(
+                model_name='pricingplan',
+                name='created_at',
+                field=models.DateTimeField(auto_now_add=True, verbose_name='created at'),
+            ),
+            migrations.AlterField(
+                model_name='pricingplan',
+                name='currency',
+                field=models.CharField(choices=[('CNY', 'CNY'), ('USD', 'USD'), ('EUR', 'EUR')], max_length=3, verbose_name='currency'),
+            ),
+            migrations.AlterField(
+                model_name='pricingplan',
+                name='free_units_per_month',
+                field=models.PositiveIntegerField(default=0, verbose_name='free units per month'),
+            ),
+            migrations.AlterField(
+                model_name='pricingplan',
+                name='interval',
+                field=models.CharField(blank=True, choices=[('month', 'Monthly'), ('year', 'Yearly')], max_length=10, verbose_name='interval'),
+            ),
+            migrations.AlterField(
+                model_name='pricingplan',
+                name='is_active',
+                field=models.BooleanField(default=True, verbose_name='is active'),
+            ),
+            migrations.AlterField(
+                model_name='pricingplan',
+                name='kind',
+                field=models.CharField(choices=[('free', 'Free'), ('one_time', 'One-time purchase'), ('subscription', 'Subscription'), ('metered', 'Metered (pay per use)')], default='one_time', max_length=20, verbose_name='kind'),
+            ),
+            migrations.AlterField(
+                model_name='pricingplan',
+                name='listing',
+                field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='plans', to='listings.listing', verbose_name='listing'),
+            ),
+            migrations.AlterField(
+                model_name='pricingplan',
+                name='metered_unit',
+                field=models.CharField(blank=True, choices=[('call', 'per API call'), ('thousand_rows', 'per 1,000 rows')], max_length=20, verbose_name='metered unit'),
+            ),
+            migrations.AlterField(
+                model_name='pricingplan',
+                name='monthly_cap_units',
+                field=models.PositiveIntegerField(blank=True, help_text='No use beyond this per month.', null=True, verbose_name='monthly cap units'),
+            ),
+            migrations.AlterField(
+                model_name='pricingplan',
+                name='name',
+                field=models.CharField(blank=True, max_length=80, verbose_name='name'),
+            ),
+            migrations.AlterField(
+                model_name='pricingplan',
+                name='version_access',
+                field=models.CharField(choices=[('all', 'All versions'), ('while_entitled', 'Versions published while entitled'), ('latest', 'Latest version only')], default='all', max_length=20, verbose_name='version access'),
+            ),
+            migrations.AlterField(
+                model_name='tag',
+                name='name',
+                field=models.CharField(max_length=50, unique=True, verbose_name='name'),
+            ),
+        ]),
     ]
