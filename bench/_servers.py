@@ -31,8 +31,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def database_recreate(url: str) -> None:
-    """Drop (if present) and create the PostgreSQL database that ``url`` names.
+def database_recreate(url: str, *, template: str = "") -> None:
+    """Drop (if present) and create the PostgreSQL database that ``url`` names, empty or as a copy of ``template``.
 
     Only a plain lower-case name is accepted, so a typo can never point this
     at an unexpected database; connections left open by an earlier run are
@@ -43,12 +43,32 @@ def database_recreate(url: str) -> None:
 
     parts = urlsplit(url)
     name = parts.path.lstrip("/")
-    if not _DB_NAME.match(name) or name in {"postgres", "template0", "template1"}:
-        raise BenchError(f"refusing to recreate database {name!r}")
+    for checked in (name, template or name):
+        if not _DB_NAME.match(checked) or checked in {"postgres", "template0", "template1"}:
+            raise BenchError(f"refusing to recreate database {name!r} from {template!r}")
+    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template:
+        create = sql.SQL("{} TEMPLATE {}").format(create, sql.Identifier(template))
     admin_url = urlunsplit(parts._replace(path="/postgres"))
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute(create)
+
+
+def database_migrated(url: str, *, env: dict[str, str], timeout: float = 600) -> None:
+    """A fresh database at ``url`` with every migration applied: recreated, then ``manage.py migrate``.
+
+    When ``BENCH_MIGRATED_TEMPLATE`` names a database already migrated by
+    this code (the test suite's smoke tests migrate one per session), it is
+    copied instead (``CREATE DATABASE ... TEMPLATE``): about a second where
+    a fresh migrate takes some 25.
+    """
+    template = os.environ.get("BENCH_MIGRATED_TEMPLATE", "")
+    if template:
+        database_recreate(url, template=template)
+        return
+    database_recreate(url)
+    run_checked([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], env=env, timeout=timeout)
 
 
 def redis_flush(url: str) -> None:

@@ -47,11 +47,10 @@ from bench._servers import (
     ROOT,
     BenchError,
     ServerProcess,
-    database_recreate,
+    database_migrated,
     free_port,
     gunicorn,
     redis_flush,
-    run_checked,
 )
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/exchange_bench_download"
@@ -370,9 +369,8 @@ def run(*, size: int, rounds: int, database_url: str, redis_url: str, verify: bo
         private.mkdir(mode=0o755)
         env = bench_environment(database_url=database_url, redis_url=redis_url, scratch=scratch)
         log(f"recreating {database_url.rsplit('/', 1)[-1]}, flushing {redis_url}, migrating")
-        database_recreate(database_url)
+        database_migrated(database_url, env=env, timeout=300)
         redis_flush(redis_url)
-        run_checked([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], env=env, timeout=300)
         django_setup(env)
         seeded = seed(cached=cached, size=size, sha256=sha256, private=private)
         for path in (private, *private.rglob("*")):

@@ -71,11 +71,10 @@ from bench._servers import (
     ServerProcess,
     celery_ready,
     celery_worker,
-    database_recreate,
+    database_migrated,
     free_port,
     gunicorn,
     redis_flush,
-    run_checked,
     wait_until,
 )
 from bench.webhooks import _ping_ok, bench_environment, cores, django_setup, fire
@@ -541,9 +540,8 @@ def run(*, sizes: Sizes, database_url: str, redis_url: str) -> dict:
         env = load_environment(database_url=database_url, redis_url=redis_url, scratch=scratch)
         started, load_at_start = time.monotonic(), os.getloadavg()[0]
         log(f"recreating {database_url.rsplit('/', 1)[-1]}, flushing {redis_url}, migrating")
-        database_recreate(database_url)
+        database_migrated(database_url, env=env, timeout=300)
         redis_flush(redis_url)
-        run_checked([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], env=env, timeout=300)
         django_setup(env)
         manifest = seed(sizes, secret=env["SANDBOX_WEBHOOK_SECRET"])
         manifest_path = scratch / "manifest.json"

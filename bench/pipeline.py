@@ -59,11 +59,10 @@ from bench._servers import (
     ServerProcess,
     celery_ready,
     celery_worker,
-    database_recreate,
+    database_migrated,
     free_port,
     gunicorn,
     redis_flush,
-    run_checked,
     wait_until,
 )
 from bench.webhooks import (
@@ -285,9 +284,8 @@ def run(*, rate: int, seconds: int, burst_size: int, concurrency: int, database_
         # The sweeper is not part of the measured path: beat is not started, and nothing here waits a minute.
         started = time.monotonic()
         log(f"recreating {database_url.rsplit('/', 1)[-1]}, flushing {redis_url}, migrating")
-        database_recreate(database_url)
+        database_migrated(database_url, env=env, timeout=300)
         redis_flush(redis_url)
-        run_checked([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], env=env, timeout=300)
         django_setup(env)
         orders = seed(total)
         events = signed_events(orders, secret=env["SANDBOX_WEBHOOK_SECRET"])

@@ -39,6 +39,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import psycopg
 
+from bench._servers import database_migrated
 from bench.corpus import COMMON_TERM, SELECTIVE_TERM, TWO_TERM, TextGenerator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,14 +69,12 @@ def _with_dbname(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
-def database_recreate(url: str) -> None:
-    """Drop and create the benchmark's own database (a plain lower-case name only)."""
+def database_fresh(url: str) -> None:
+    """Recreate the benchmark's own database, migrated (a plain lower-case name, never the project's own)."""
     name = urlsplit(url).path.lstrip("/")
     if not _DB_NAME.match(name) or name in {"exchange", "exchange_p", "exchange_u", "exchange_s", "postgres"}:
         raise SystemExit(f"refusing to recreate database {name!r}")
-    with psycopg.connect(_with_dbname(url, "postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+    database_migrated(url, env=server_env(url))
 
 
 def server_env(url: str) -> dict[str, str]:
@@ -450,8 +449,7 @@ def run_size(url: str, listings: int, args) -> dict:
         timings = {"reused": True}
     else:
         log(f"seeding {listings} published listings into {urlsplit(url).path.lstrip('/')}")
-        database_recreate(url)
-        migrate(url)
+        database_fresh(url)
         timings = seed(url, listings)
         log(f"seeded: {timings}")
     figures = measure(

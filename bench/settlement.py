@@ -71,7 +71,7 @@ from bench._servers import (
     ServerProcess,
     celery_ready,
     celery_worker,
-    database_recreate,
+    database_migrated,
     redis_flush,
     run_checked,
     wait_until,
@@ -340,8 +340,7 @@ def seed(*, sizes: Sizes, run_url: str, template_url: str, env: dict[str, str]) 
     """Migrate a fresh database, seed it and rename it to the template; return the seconds it took."""
     started = time.monotonic()
     log(f"recreating {_own_name(run_url)} and migrating")
-    database_recreate(run_url)
-    run_checked([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], env=env, timeout=600)
+    database_migrated(run_url, env=env, timeout=600)
     migrated = time.monotonic()
     log(f"migrated in {migrated - started:.1f}s; seeding {sizes.merchants} merchants")
     catalog = seed_catalog(merchants=sizes.merchants)

@@ -53,11 +53,10 @@ from bench._servers import (
     BenchError,
     celery_ready,
     celery_worker,
-    database_recreate,
+    database_migrated,
     free_port,
     gunicorn,
     redis_flush,
-    run_checked,
     wait_until,
 )
 
@@ -417,9 +416,8 @@ def run(
         env = bench_environment(database_url=database_url, redis_url=redis_url, scratch=scratch)
         started = time.monotonic()
         log(f"recreating {database_url.rsplit('/', 1)[-1]}, flushing {redis_url}, migrating")
-        database_recreate(database_url)
+        database_migrated(database_url, env=env, timeout=300)
         redis_flush(redis_url)
-        run_checked([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], env=env, timeout=300)
         django_setup(env)
         orders = seed(events_count * rounds)
         events = signed_events(orders, secret=env["SANDBOX_WEBHOOK_SECRET"])
