@@ -25,6 +25,23 @@ def approve_in_sandbox(client, checkout_url, decision="approve"):
     return client.post(checkout_url, {"decision": decision})
 
 
+def buy_plan(client, buyer, listing, capture, kind="one_time", token="1b4e28ba-2fa1-11d2-883f-0016d3cca427"):
+    """``buyer`` buys ``listing``'s active plan of ``kind`` in the web UI and, when it costs money, pays in the
+    sandbox; on-commit work (the payment event, delivery) runs through ``capture``. Returns the order, fresh."""
+    client.force_login(buyer)
+    plan = listing.plans.get(kind=kind, is_active=True)
+    with capture(execute=True):
+        client.post(
+            reverse("exchange:order_buy", args=[listing.slug]),
+            {"accept_licence": "1", "token": token, "plan": plan.pk},
+        )
+        order = Order.objects.get(plan=plan)
+        if order.status == "pending_payment":
+            approve_in_sandbox(client, order.checkout_url)
+    order.refresh_from_db()
+    return order
+
+
 def checkout_completed_event(order: Order, *, event_id=None, amount=None) -> dict:
     return {
         "id": event_id or f"evt_test_{uuid.uuid4().hex[:12]}",

@@ -15,7 +15,7 @@ from exchange.models import Entitlement, Notification, Order, OutboundEvent, Sub
 from exchange.services.entitlements import entitlements_expiring_notify
 from exchange.services.notifications import notification_email_send, notification_send, order_paid_notify
 from exchange.services.refunds import order_refund
-from tests.exchange.helpers import approve_in_sandbox, buy, checkout_completed_event, post_webhook
+from tests.exchange.helpers import approve_in_sandbox, buy, buy_plan, checkout_completed_event, post_webhook
 from tests.factories import make_listing
 
 pytestmark = pytest.mark.django_db
@@ -33,21 +33,6 @@ def listing(merchant, merchant_user, staff, categories):
 
 def _kinds(user):
     return sorted(Notification.objects.filter(user=user).values_list("kind", flat=True))
-
-
-def _buy_plan(client, buyer, listing, capture, kind):
-    client.force_login(buyer)
-    plan = listing.plans.get(kind=kind, is_active=True)
-    with capture(execute=True):
-        client.post(
-            reverse("exchange:order_buy", args=[listing.slug]),
-            {"accept_licence": "1", "token": "1b4e28ba-2fa1-11d2-883f-0016d3cca427", "plan": plan.pk},
-        )
-        order = Order.objects.get(plan=plan)
-        if order.status == OrderStatus.PENDING_PAYMENT:
-            approve_in_sandbox(client, order.checkout_url)
-    order.refresh_from_db()
-    return order
 
 
 def test_purchase_notifies_buyer_and_merchant_once(
@@ -103,7 +88,7 @@ def test_purchase_notifies_buyer_and_merchant_once(
 
 
 def test_free_order_is_confirmed_at_once(client, buyer, merchant_user, listing, django_capture_on_commit_callbacks):
-    order = _buy_plan(client, buyer, listing, django_capture_on_commit_callbacks, "free")
+    order = buy_plan(client, buyer, listing, django_capture_on_commit_callbacks, "free")
     assert order.status == OrderStatus.PAID
     notice = Notification.objects.get(user=buyer, kind=NotificationKind.PURCHASE_CONFIRMED)
     assert (notice.kind, notice.data["amount"], notice.data["plan_kind"]) == ("purchase_confirmed", 0, "free")
@@ -153,7 +138,7 @@ def test_refund_notifies_buyer_and_merchant_once_per_refund(
 
 
 def test_expiring_access_is_told_once_per_period(client, buyer, listing, django_capture_on_commit_callbacks):
-    order = _buy_plan(client, buyer, listing, django_capture_on_commit_callbacks, "subscription")
+    order = buy_plan(client, buyer, listing, django_capture_on_commit_callbacks, "subscription")
     entitlement = Entitlement.objects.get(order=order)
     first_end = entitlement.valid_until
 

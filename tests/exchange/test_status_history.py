@@ -19,12 +19,12 @@ from exchange.choices import (
 )
 from exchange.gateways import GatewayError
 from exchange.gateways.sandbox import SandboxGateway
-from exchange.models import AccessRequest, Dispute, Entitlement, JournalEntry, Order, PaymentEvent, Refund, Subscription
+from exchange.models import AccessRequest, Dispute, Entitlement, JournalEntry, PaymentEvent, Refund, Subscription
 from exchange.services.access import access_request_create, access_request_decide, access_requests_expire
 from exchange.services.payments import _event_status
 from exchange.services.refunds import order_refund
 from exchange.services.transitions import MACHINES, TransitionError, status_move, statuses_move
-from tests.exchange.helpers import approve_in_sandbox
+from tests.exchange.helpers import buy_plan
 from tests.factories import UserFactory, make_listing
 
 pytestmark = pytest.mark.django_db
@@ -46,16 +46,7 @@ def listing(merchant, merchant_user, staff, categories):
 
 
 def _paid(client, buyer, listing, capture, kind="one_time"):
-    client.force_login(buyer)
-    plan = listing.plans.get(kind=kind, is_active=True)
-    with capture(execute=True):
-        client.post(
-            reverse("exchange:order_buy", args=[listing.slug]),
-            {"accept_licence": "1", "token": "3c1d28ba-2fa1-11d2-883f-0016d3cca427", "plan": plan.pk},
-        )
-        order = Order.objects.get(plan=plan)
-        approve_in_sandbox(client, order.checkout_url)
-    order.refresh_from_db()
+    order = buy_plan(client, buyer, listing, capture, kind)
     assert order.status == OrderStatus.PAID
     return order
 
