@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+UV_VERSION := 0.9.30
 export TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/exchange
 export TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
@@ -13,10 +14,11 @@ export TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
+# uv installs the pinned requirements into the venv (about a minute faster than pip on a fresh machine).
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -r requirements-dev.txt
+	$(PIP) install --quiet uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements-dev.txt
 	touch $(STAMP)
 
 venv: $(STAMP) ## create .venv and install the pinned requirements
