@@ -26,6 +26,7 @@ from collections import defaultdict
 
 import pytest
 from django.conf import settings as django_settings
+from django.contrib.postgres.aggregates import ArrayAgg
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.db.models import Sum
@@ -438,12 +439,17 @@ class MoneyMachine(RuleBasedStateMachine):
         # Runs, batches, payouts, refunds, disputes (and subscriptions, access requests): a history from creation
         # ("" -> first status) through allowed moves only, ending at the status the row has now.
         for model, machine in MACHINES.items():
-            for obj in model.objects.all():
-                moves = list(obj.history.order_by("pk").values_list("from_status", "to_status"))
-                assert moves and moves[0][0] == "", (obj, moves)
+            # One query per machine: each row with its moves in order.
+            rows = model.objects.annotate(
+                froms=ArrayAgg("history__from_status", order_by="history__pk"),
+                tos=ArrayAgg("history__to_status", order_by="history__pk"),
+            ).values_list("pk", "status", "froms", "tos")
+            for pk, status, froms, tos in rows:
+                moves = [move for move in zip(froms, tos, strict=True) if move != (None, None)]
+                assert moves and moves[0][0] == "", (model, pk, moves)
                 for (_, reached), (left, to) in itertools.pairwise(moves):
-                    assert left == reached and to in machine.table.get(left, ()), (obj, moves)
-                assert moves[-1][1] == obj.status, (obj, moves)
+                    assert left == reached and to in machine.table.get(left, ()), (model, pk, moves)
+                assert moves[-1][1] == status, (model, pk, moves)
 
     @invariant()
     def the_chain_verifies(self):
