@@ -650,7 +650,7 @@ PAYMENT_EVENT_TRANSITIONS: dict[str, set[str]] = {
 
 def _event_status(event: PaymentEvent, to_status: str, *, fields: tuple) -> None:
     """The one place a payment event's status changes (row locked by the caller); ``fields`` set already."""
-    if to_status != event.status and to_status not in PAYMENT_EVENT_TRANSITIONS.get(event.status, ()):
+    if to_status not in PAYMENT_EVENT_TRANSITIONS.get(event.status, ()):
         raise ValueError(f"A payment event cannot go from {event.status} to {to_status}.")
     event.status = to_status
     event.save(update_fields=["status", *fields])
@@ -700,7 +700,8 @@ def _record_failure(event_pk: int, message: str, *, permanent: bool, give_up_aft
             return
         event.error = message[:2000]
         event.attempts += 1
-        if permanent or (give_up_after is not None and event.attempts >= give_up_after):
+        gives_up = permanent or (give_up_after is not None and event.attempts >= give_up_after)
+        if gives_up and event.status == PaymentEventStatus.RECEIVED:  # a failed one failing again stays failed
             _event_status(event, PaymentEventStatus.FAILED, fields=("error", "attempts"))
         else:
             event.save(update_fields=["error", "attempts"])

@@ -21,7 +21,7 @@ from exchange.gateways import GatewayError
 from exchange.gateways.sandbox import SandboxGateway
 from exchange.models import AccessRequest, Dispute, Entitlement, JournalEntry, PaymentEvent, Refund, Subscription
 from exchange.services.access import access_request_create, access_request_decide, access_requests_expire
-from exchange.services.payments import _event_status
+from exchange.services.payments import _event_status, _record_failure
 from exchange.services.refunds import order_refund
 from exchange.services.transitions import MACHINES, TransitionError, status_move, statuses_move
 from tests.exchange.helpers import buy_plan
@@ -236,3 +236,19 @@ def test_a_payment_event_moves_only_as_its_table_allows(client, buyer, listing, 
         _event_status(event, PaymentEventStatus.FAILED, fields=())
     event.refresh_from_db()
     assert event.status == PaymentEventStatus.PROCESSED
+
+
+def test_a_failed_payment_event_failing_again_stays_failed_and_counts_the_attempt(
+    client, buyer, listing, django_capture_on_commit_callbacks
+):
+    _paid(client, buyer, listing, django_capture_on_commit_callbacks)
+    event = PaymentEvent.objects.get(type="checkout.session.completed")
+    PaymentEvent.objects.filter(pk=event.pk).update(status=PaymentEventStatus.RECEIVED)  # as if never applied
+    _record_failure(event.pk, "the order is gone", permanent=True)
+    event.refresh_from_db()
+    assert (event.status, event.attempts, event.error) == (PaymentEventStatus.FAILED, 2, "the order is gone")
+    _record_failure(event.pk, "still gone", permanent=True)  # a redelivered task fails again
+    event.refresh_from_db()
+    assert (event.status, event.attempts, event.error) == (PaymentEventStatus.FAILED, 3, "still gone")
+    with pytest.raises(ValueError, match="cannot go from failed to failed"):
+        _event_status(event, PaymentEventStatus.FAILED, fields=())
