@@ -133,7 +133,9 @@ class Order(models.Model):
         indexes = [
             models.Index(fields=["status", "delivered_at"], name="order_status_delivered_idx"),
             models.Index(
-                fields=["access_request"], condition=models.Q(access_request__isnull=False), name="order_access_request_idx"
+                fields=["access_request"],
+                condition=models.Q(access_request__isnull=False),
+                name="order_access_request_idx",
             ),
             models.Index(
                 fields=["subscription"], condition=models.Q(subscription__isnull=False), name="order_subscription_idx"

@@ -6,45 +6,74 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('exchange', '0019_status_history_refunds_disputes_subscriptions_access'),
-        ('listings', '0007_i18n_labels'),
-        ('merchants', '0004_merchant_verification'),
+        ("exchange", "0019_status_history_refunds_disputes_subscriptions_access"),
+        ("listings", "0007_i18n_labels"),
+        ("merchants", "0004_merchant_verification"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='order',
-            name='access_request',
-            field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='orders', to='exchange.accessrequest', verbose_name='access request'),
+            model_name="order",
+            name="access_request",
+            field=models.ForeignKey(
+                blank=True,
+                db_index=False,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="orders",
+                to="exchange.accessrequest",
+                verbose_name="access request",
+            ),
         ),
         migrations.AlterField(
-            model_name='order',
-            name='buyer',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.PROTECT, related_name='orders', to=settings.AUTH_USER_MODEL, verbose_name='buyer'),
+            model_name="order",
+            name="buyer",
+            field=models.ForeignKey(
+                db_index=False,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="orders",
+                to=settings.AUTH_USER_MODEL,
+                verbose_name="buyer",
+            ),
         ),
         migrations.AlterField(
-            model_name='order',
-            name='gateway_session_id',
-            field=models.CharField(blank=True, max_length=120, null=True, verbose_name='gateway session id'),
+            model_name="order",
+            name="gateway_session_id",
+            field=models.CharField(blank=True, max_length=120, null=True, verbose_name="gateway session id"),
         ),
         migrations.AlterField(
-            model_name='order',
-            name='subscription',
-            field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='renewal_orders', to='exchange.subscription', verbose_name='subscription'),
+            model_name="order",
+            name="subscription",
+            field=models.ForeignKey(
+                blank=True,
+                db_index=False,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="renewal_orders",
+                to="exchange.subscription",
+                verbose_name="subscription",
+            ),
         ),
         migrations.AddIndex(
-            model_name='order',
-            index=models.Index(condition=models.Q(('access_request__isnull', False)), fields=['access_request'], name='order_access_request_idx'),
+            model_name="order",
+            index=models.Index(
+                condition=models.Q(("access_request__isnull", False)),
+                fields=["access_request"],
+                name="order_access_request_idx",
+            ),
         ),
         migrations.AddIndex(
-            model_name='order',
-            index=models.Index(condition=models.Q(('subscription__isnull', False)), fields=['subscription'], name='order_subscription_idx'),
+            model_name="order",
+            index=models.Index(
+                condition=models.Q(("subscription__isnull", False)),
+                fields=["subscription"],
+                name="order_subscription_idx",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='order',
-            constraint=models.UniqueConstraint(fields=('gateway_session_id',), name='order_gateway_session_unique'),
+            model_name="order",
+            constraint=models.UniqueConstraint(fields=("gateway_session_id",), name="order_gateway_session_unique"),
         ),
     ]
