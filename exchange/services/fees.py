@@ -12,10 +12,13 @@ force and cannot start in the past (beyond a minute's grace for the clock and
 the form), so changing the schedule never changes the fee of a trade already
 paid: an order paid before a new rule keeps the old rate.
 
-Rounding happens in exactly one function, :func:`common.money.percentage_of`:
-``fee = amount * bps / 10000`` rounded half up (half a minor unit goes to the
-platform), and the merchant gets the remainder ``gross - fee``, so fee plus
-proceeds is always exactly the gross.
+Rounding happens in exactly one function, :func:`common.money.mul_div_half_up`
+(``amount * numerator / denominator`` rounded half up: half a minor unit goes
+to the platform), through :func:`common.money.percentage_of` for the
+commission, ``fee = amount * bps / 10000``, and :func:`common.money.share_of`
+for the share of the buyer service fee kept on a partly refunded order. The
+merchant gets the remainder ``gross - fee``, so fee plus proceeds is always
+exactly the gross.
 
 Settlement settles many orders per run, so it loads the schedule once into a
 :class:`FeeSchedule` (one query) and looks rules up in memory; the order's

@@ -11,14 +11,13 @@ merchant is owed before paying out. Nothing is ever deleted or updated in
 the ledger: a dispute won is a new entry that reverses the withdrawal.
 """
 
-from decimal import ROUND_HALF_UP, Decimal
-
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from audit.services import audit_record
+from common.money import mul_div_half_up
 from exchange.choices import (
     MERCHANT_ACCOUNT_KINDS,
     AccountKind,
@@ -52,18 +51,15 @@ class RefundConflict(ValidationError):
     """The refund would exceed what was paid, or the order cannot be refunded now."""
 
 
-def _half_up(numerator: Decimal) -> int:
-    return int(numerator.to_integral_value(rounding=ROUND_HALF_UP))
-
-
 def _sources(order: Order, amount: int) -> list[tuple]:
     """The debit legs that fund ``amount`` going back to the buyer (see module docstring).
 
     After settlement the fee's share is computed on everything returned so far,
     not on this amount alone: the platform has given back, in total,
-    fee * returned / gross rounded half up, so several partial returns give
-    back exactly the fee once everything is returned (per-refund rounding
-    could give back a unit more or less than was charged).
+    fee * returned / gross rounded half up (``common.money.mul_div_half_up``),
+    so several partial returns give back exactly the fee once everything is
+    returned (per-refund rounding could give back a unit more or less than
+    was charged).
     """
     sale = JournalEntry.objects.filter(idempotency_key=f"sale:{order.pk}").prefetch_related("postings__account").first()
     if sale is None:
@@ -78,7 +74,7 @@ def _sources(order: Order, amount: int) -> list[tuple]:
     ).values_list("account__kind", "amount")
     fee_back = sum(value for kind, value in since_sale if kind == AccountKind.PLATFORM_REVENUE)
     returned = sum(value for _, value in since_sale)
-    owed_back = _half_up(Decimal(fee) * min(returned + amount, gross) / gross) if gross else 0
+    owed_back = mul_div_half_up(fee, min(returned + amount, gross), gross) if gross else 0
     fee_share = max(0, min(amount, owed_back - fee_back))
     merchant_share = amount - fee_share
     # The merchant gives back from what it is still owed; beyond that (it was paid out) it owes the rest.
