@@ -53,7 +53,12 @@ def rows_copy(model, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
         return len(rows)
     table = connection.ops.quote_name(model._meta.db_table)
     names = ", ".join(connection.ops.quote_name(model._meta.get_field(c).column) for c in columns)
-    with connection.cursor() as cursor, cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+    # The raw psycopg cursor: its errors are turned into Django's (IntegrityError, ...) as any query's are.
+    with (
+        connection.wrap_database_errors,
+        connection.cursor() as cursor,
+        cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy,
+    ):
         for row in rows:
             copy.write_row(row)
     return len(rows)

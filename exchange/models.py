@@ -567,6 +567,16 @@ class JournalEntry(models.Model):
         blank=True,
         related_name="journal_entries",
     )
+    # A correction names what it corrects: the entry whose every leg it negates (ledger.journal_reverse), at most
+    # once. Covered by the entry's hash.
+    reverses = models.OneToOneField(
+        "self",
+        verbose_name=_("reverses"),
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="reversed_by",
+    )
     memo = models.CharField(verbose_name=_("memo"), max_length=300, blank=True)
     created_at = models.DateTimeField(verbose_name=_("created at"))
     prev_hash = models.CharField(verbose_name=_("prev hash"), max_length=64)
@@ -1081,8 +1091,10 @@ class LedgerVerification(models.Model):
     @property
     def break_location(self) -> str:
         """Where the first break is: an entry (and its block), a block, or the ledger as a whole."""
-        if self.first_break_sequence:
+        if self.first_break_sequence and self.first_break_block:
             return f"entry #{self.first_break_sequence} in block #{self.first_break_block}"
+        if self.first_break_sequence:  # an entry outside every block
+            return f"entry #{self.first_break_sequence}"
         if self.first_break_block:
             return f"block #{self.first_break_block}"
         return "the ledger as a whole"

@@ -20,7 +20,7 @@ one-row insert and the commit.
 import hashlib
 import json
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from django.db import IntegrityError, connection, transaction
@@ -41,6 +41,10 @@ VERIFICATION_TRIGGERS = ("command", "admin", "schedule")
 
 class UnbalancedEntry(ValueError):
     pass
+
+
+class NotAReversal(ValueError):
+    """An entry that names another as the one it reverses does not negate it leg for leg, or it is reversed already."""
 
 
 MERCHANT_ACCOUNT_NAMES = {
@@ -81,7 +85,7 @@ def merchant_accounts(*, kind: str, merchants: dict[int, str]) -> dict[int, Ledg
     return found
 
 
-def _canonical(*, sequence, idempotency_key, kind, order_id, payout_id, created_at, legs) -> bytes:
+def _canonical(*, sequence, idempotency_key, kind, order_id, payout_id, created_at, legs, reverses_id=None) -> bytes:
     document = {
         "sequence": sequence,
         "key": idempotency_key,
@@ -91,6 +95,8 @@ def _canonical(*, sequence, idempotency_key, kind, order_id, payout_id, created_
         "created_at": created_at.isoformat(),
         "postings": sorted([code, amount, currency] for code, amount, currency in legs),
     }
+    if reverses_id is not None:  # only a reversal has the key, so every entry hashed before it existed still checks
+        document["reverses"] = reverses_id
     return canonical_json(document, ascii_only=True)
 
 
@@ -130,6 +136,7 @@ class EntrySpec:
     order: object = None
     payout: object = None
     memo: str = ""
+    reverses: object = None  # the JournalEntry this one negates leg for leg (journal_reverse)
 
 
 def journal_post(
@@ -140,15 +147,70 @@ def journal_post(
     order=None,
     payout=None,
     memo: str = "",
+    reverses=None,
 ) -> tuple[JournalEntry, bool]:
     """Post a balanced entry once per ``idempotency_key``; return (entry, created).
 
     A repeat with a known key returns the first entry and writes nothing.
     Raises UnbalancedEntry if the postings do not sum to zero per currency or
-    there are fewer than two non-zero legs.
+    there are fewer than two non-zero legs, and NotAReversal if ``reverses``
+    names an entry these postings do not negate leg for leg, or one reversed
+    already.
     """
-    spec = EntrySpec(idempotency_key, kind, postings, order=order, payout=payout, memo=memo)
+    spec = EntrySpec(idempotency_key, kind, postings, order=order, payout=payout, memo=memo, reverses=reverses)
     return journal_post_many([spec])[0]
+
+
+def journal_reverse(
+    *, entry: JournalEntry, idempotency_key: str, kind: str, memo: str = "", order=None, payout=None
+) -> tuple[JournalEntry, bool]:
+    """Post the exact reverse of ``entry`` (each of its legs negated) as a ``kind`` entry naming it; once.
+
+    The ledger is append-only: a correction is this reversing entry, and the
+    original stays as it was. An entry is reversed at most once
+    (NotAReversal for a second reversal under another key; the same key is a
+    repeat and returns the first).
+    """
+    legs = [
+        (posting.account, -posting.amount, posting.currency)
+        for posting in entry.postings.select_related("account").order_by("pk")
+    ]
+    return journal_post(
+        idempotency_key=idempotency_key,
+        kind=kind,
+        postings=legs,
+        order=order,
+        payout=payout,
+        memo=memo,
+        reverses=entry,
+    )
+
+
+def _check_reversals(fresh: list[tuple[EntrySpec, list]]) -> None:
+    """NotAReversal unless each reversing spec negates its original leg for leg and the original is not reversed."""
+    reversing = [(spec, legs) for spec, legs in fresh if spec.reverses is not None]
+    if not reversing:
+        return
+    originals = {spec.reverses.pk for spec, _ in reversing}
+    legs_of: dict[int, Counter] = defaultdict(Counter)
+    for entry_id, account_id, amount, currency in Posting.objects.filter(entry_id__in=originals).values_list(
+        "entry_id", "account_id", "amount", "currency"
+    ):
+        legs_of[entry_id][(account_id, -amount, currency)] += 1
+    taken = dict(JournalEntry.objects.filter(reverses_id__in=originals).values_list("reverses_id", "idempotency_key"))
+    seen: set[int] = set()
+    for spec, legs in reversing:
+        original = spec.reverses
+        if original.pk in taken or original.pk in seen:
+            raise NotAReversal(
+                f"Entry #{original.sequence} is reversed already (by {taken.get(original.pk, spec.idempotency_key)})."
+            )
+        seen.add(original.pk)
+        if Counter((account.pk, amount, currency) for account, amount, currency in legs) != legs_of[original.pk]:
+            raise NotAReversal(
+                f"Entry {spec.idempotency_key} does not negate entry #{original.sequence} leg for leg,"
+                " so it cannot name it as the entry it reverses."
+            )
 
 
 def _balanced_legs(spec: EntrySpec) -> list[tuple[LedgerAccount, int, str]]:
@@ -197,6 +259,7 @@ ENTRY_COLUMNS = (
     "created_at",
     "prev_hash",
     "entry_hash",
+    "reverses_id",
 )
 
 
@@ -233,6 +296,7 @@ def journal_entries_write(specs: list[EntrySpec]) -> PendingBlock:
             fresh.append((spec, legs))
     if not fresh:
         return PendingBlock(None, [], [(existing[key], False) for key in keys])
+    _check_reversals(fresh)
     block_id, numbers = _allocate(len(fresh))
     created_at = timezone.now()
     prev_hash = GENESIS_HASH
@@ -246,6 +310,7 @@ def journal_entries_write(specs: list[EntrySpec]) -> PendingBlock:
             payout_id=spec.payout.pk if spec.payout else None,
             created_at=created_at,
             legs=[(account.code, amount, currency) for account, amount, currency in legs],
+            reverses_id=spec.reverses.pk if spec.reverses is not None else None,
         )
         digest = entry_hash(prev_hash=prev_hash, canonical=canonical)
         entry = JournalEntry(
@@ -258,6 +323,7 @@ def journal_entries_write(specs: list[EntrySpec]) -> PendingBlock:
             order=spec.order,
             payout=spec.payout,
             memo=spec.memo[:300],
+            reverses=spec.reverses,
             created_at=created_at,
             prev_hash=prev_hash,
             entry_hash=digest,
@@ -333,10 +399,25 @@ def journal_post_many(specs: list[EntrySpec]) -> list[tuple[JournalEntry, bool]]
     """
     if not specs:
         return []
-    with transaction.atomic():
-        pending = journal_entries_write(specs)
-        block_append(pending)
+    try:
+        with transaction.atomic():
+            pending = journal_entries_write(specs)
+            block_append(pending)
+    except IntegrityError as exc:
+        if not _key_taken_meanwhile(exc):
+            raise
+        # Another writer inserted one of these keys after our look-up and committed while our insert waited on the
+        # key's index entry. Everything of ours was rolled back (to the savepoint); written again, that key is a
+        # repeat and resolves to the other writer's entry, as a replay would.
+        with transaction.atomic():
+            pending = journal_entries_write(specs)
+            block_append(pending)
     return pending.results
+
+
+def _key_taken_meanwhile(exc: IntegrityError) -> bool:
+    diag = getattr(exc.__cause__, "diag", None)
+    return "idempotency_key" in (getattr(diag, "constraint_name", None) or "")
 
 
 def account_balance(*, account: LedgerAccount, currency: str) -> int:
@@ -399,7 +480,17 @@ def ledger_verify(*, chunk_size: int = 2000) -> VerifyResult:
     limit = head["sequence"] if head else 0
     prev_block, blocks_checked, checked = GENESIS_HASH, 0, 0
     totals: dict[str, int] = defaultdict(int)
-    fields = ("id", "sequence", "idempotency_key", "kind", "order_id", "payout_id", "created_at", "prev_hash")
+    fields = (
+        "id",
+        "sequence",
+        "idempotency_key",
+        "kind",
+        "order_id",
+        "payout_id",
+        "created_at",
+        "prev_hash",
+        "reverses_id",
+    )
 
     def broken(message, *, entry=None, block=None):
         return VerifyResult(False, checked, entry, message, first_break_block=block)
@@ -431,7 +522,19 @@ def ledger_verify(*, chunk_size: int = 2000) -> VerifyResult:
             prev = GENESIS_HASH
             entries = entries_by_block.get(block_sequence, [])
             for number, row in enumerate(entries, start=1):
-                position, entry_id, sequence, key, kind, order_id, payout_id, created_at, prev_hash, stored = row
+                (
+                    position,
+                    entry_id,
+                    sequence,
+                    key,
+                    kind,
+                    order_id,
+                    payout_id,
+                    created_at,
+                    prev_hash,
+                    reverses_id,
+                    stored,
+                ) = row
                 where = f"block #{block_sequence}, entry #{sequence}"
                 if position != number:
                     return broken(
@@ -458,6 +561,7 @@ def ledger_verify(*, chunk_size: int = 2000) -> VerifyResult:
                     payout_id=payout_id,
                     created_at=created_at,
                     legs=legs,
+                    reverses_id=reverses_id,
                 )
                 if entry_hash(prev_hash=prev, canonical=canonical) != stored:
                     return broken(f"{where}: content does not match its hash", entry=sequence, block=block_sequence)
@@ -503,6 +607,23 @@ def ledger_verify(*, chunk_size: int = 2000) -> VerifyResult:
     )
     if stray:
         return broken(f"entry #{stray[0]} names block id {stray[1]}, which does not exist", entry=stray[0])
+    # A posting whose entry does not exist is in no block, but balances and payouts would count it.
+    orphan = (
+        Posting.objects.exclude(entry_id__in=JournalEntry.objects.values("id"))
+        .order_by("pk")
+        .values_list("pk", "entry_id", "amount", "currency")
+        .first()
+    )
+    if orphan:
+        return broken(
+            f"posting {orphan[0]} ({orphan[3]} {orphan[2]}) names journal entry id {orphan[1]}, which does not exist"
+        )
+    identity = _account_identity_break()
+    if identity:
+        return broken(identity)
+    reversal = _reversal_break(limit)
+    if reversal:
+        return broken(reversal[1], entry=reversal[0])
     # Independent of the walk: the database's own sum over every posting in the verified blocks.
     ledger_sums = (
         Posting.objects.filter(entry__block__sequence__lte=head["sequence"])
@@ -519,6 +640,50 @@ def ledger_verify(*, chunk_size: int = 2000) -> VerifyResult:
         None,
         f"{checked} entries in {blocks_checked} blocks verified, balanced in {len(totals)} currencies",
     )
+
+
+def _account_identity_break() -> str | None:
+    """The first account whose kind or merchant disagrees with its code (which the entries' hashes cover), if any.
+
+    A merchant's account is coded ``<kind>:<merchant pk>`` and the others by
+    their kind alone (``account_get``); payouts and statements read the kind
+    and the merchant, so an account moved to another merchant or kind would
+    move money without breaking a single hash.
+    """
+    for pk, code, kind, merchant_id in LedgerAccount.objects.order_by("pk").values_list(
+        "pk", "code", "kind", "merchant_id"
+    ):
+        expected = f"{kind}:{merchant_id}" if kind in MERCHANT_ACCOUNT_NAMES else kind
+        if code != expected or (kind not in MERCHANT_ACCOUNT_NAMES and merchant_id is not None):
+            return f"ledger account {pk} ({code}) is recorded as kind {kind}, merchant {merchant_id}: not its code"
+    return None
+
+
+def _reversal_break(limit: int) -> tuple[int, str] | None:
+    """(sequence, message) of the first reversal in blocks up to ``limit`` that does not negate its original."""
+    pairs = list(
+        JournalEntry.objects.filter(reverses__isnull=False, block__sequence__lte=limit)
+        .order_by("sequence")
+        .values_list("id", "sequence", "reverses_id", "reverses__sequence")
+    )
+    if not pairs:
+        return None
+    legs: dict[int, Counter] = defaultdict(Counter)
+    wanted = {entry_id for entry_id, _, _, _ in pairs} | {original for _, _, original, _ in pairs}
+    for entry_id, account_id, amount, currency in Posting.objects.filter(entry_id__in=wanted).values_list(
+        "entry_id", "account_id", "amount", "currency"
+    ):
+        legs[entry_id][(account_id, amount, currency)] += 1
+    for entry_id, sequence, original, original_sequence in pairs:
+        negated = Counter(
+            {(account, -amount, currency): n for (account, amount, currency), n in legs[original].items()}
+        )
+        if legs[entry_id] != negated:
+            return (
+                sequence,
+                f"entry #{sequence} names entry #{original_sequence} as the one it reverses but does not negate it",
+            )
+    return None
 
 
 def ledger_verify_record(*, trigger: str) -> LedgerVerification:

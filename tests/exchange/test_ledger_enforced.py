@@ -109,6 +109,7 @@ def _append_only_disabled():
     for table in LEDGER_TABLES:
         _raw(f"ALTER TABLE {table} DISABLE TRIGGER {table}_append_only")
     _raw("ALTER TABLE exchange_posting DISABLE TRIGGER exchange_posting_checked")  # postings for sealed entries too
+    _raw("ALTER TABLE exchange_ledgerblock DISABLE TRIGGER exchange_ledgerblock_sealed")  # blocks of any content
     try:
         yield
     finally:
@@ -116,6 +117,7 @@ def _append_only_disabled():
         for table in LEDGER_TABLES:
             _raw(f"ALTER TABLE {table} ENABLE TRIGGER {table}_append_only")
         _raw("ALTER TABLE exchange_posting ENABLE TRIGGER exchange_posting_checked")
+        _raw("ALTER TABLE exchange_ledgerblock ENABLE TRIGGER exchange_ledgerblock_sealed")
 
 
 def _tamper(*statements):
