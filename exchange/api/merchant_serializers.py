@@ -47,8 +47,8 @@ class PayoutSerializer(serializers.ModelSerializer):
 
 
 class StatementTotalsSerializer(serializers.Serializer):
-    """One currency's statement in minor units: opening + sales - fees - refunds - disputes - payouts + other
-    == closing."""
+    """One currency's statement in minor units: opening + sales - fees - refunds - disputes
+    - (payouts + payouts_returned) + other == closing."""
 
     currency = serializers.CharField()
     opening = serializers.IntegerField(help_text="What the exchange owed the merchant when the period began.")
@@ -57,6 +57,9 @@ class StatementTotalsSerializer(serializers.Serializer):
     refunds = serializers.IntegerField(help_text="Refunds after settlement.")
     disputes = serializers.IntegerField(help_text="Disputes after settlement, net of disputes won.")
     payouts = serializers.IntegerField(help_text="Payouts booked in the period.")
+    payouts_returned = serializers.IntegerField(
+        help_text="Payouts the gateway refused, owed to the merchant again (zero or negative, under the payouts)."
+    )
     other = serializers.IntegerField(help_text="Other adjustments.")
     closing = serializers.IntegerField(help_text="What the exchange owed the merchant when the period ended.")
     payouts_sent = serializers.IntegerField(help_text="Payouts sent through the gateway in the period.")

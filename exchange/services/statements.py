@@ -14,8 +14,18 @@ with three figures, ``net == gross - fee``:
 * fee: the platform's share, derived as gross - net, so a refund after
   settlement shows the returned fee share as a negative fee.
 
-Totals: opening + sales - fees - refunds - disputes - payouts + other == closing,
-checked against the database's own balance at the period end on every build.
+Payouts: ``payouts`` is what was set aside for payouts in the period (their
+PAYOUT_CREATED entries); a payout the gateway refused comes back to what the
+merchant is owed (PAYOUT_RETURNED) and shows as ``payouts_returned``, a
+negative figure under the payouts, so ``payouts + payouts_returned`` is what
+actually left, and matches the payouts sent when each payout is created and
+sent (or refused) within the period.
+
+Totals: opening + sales - fees - refunds - disputes - (payouts + payouts_returned)
++ other == closing, checked against the database's own balance at the period
+end on every build; the payouts and the returned payouts are also checked
+against the Payout rows whose PAYOUT_CREATED and PAYOUT_RETURNED entries fall
+in the period.
 """
 
 from collections import defaultdict
@@ -141,6 +151,7 @@ class CurrencyTotals:
     refunds: int = 0
     disputes: int = 0
     payouts: int = 0
+    payouts_returned: int = 0  # refused by the gateway and owed again: negative, under the payouts
     other: int = 0
     closing: int = 0
     payouts_sent: int = 0  # Payout rows sent in the period (the gateway side of ``payouts``)
@@ -155,6 +166,7 @@ class CurrencyTotals:
             ("refunds", "Refunds after settlement", self.refunds),
             ("disputes", "Disputes after settlement (net of disputes won)", self.disputes),
             ("payouts", "Payouts", self.payouts),
+            ("payouts_returned", "Payouts returned by the gateway (owed again)", self.payouts_returned),
             ("other", "Other adjustments", self.other),
             ("closing", "Closing balance", self.closing),
             ("payouts_sent", "Payouts sent in the period", self.payouts_sent),
@@ -185,8 +197,9 @@ def statement_build(*, merchant, period: Period) -> Statement:
     """The merchant's statement totals for ``period``, one CurrencyTotals per currency ever booked.
 
     Raises StatementImbalance if opening + movements differs from the balance
-    the database sums at the period end, or if the payouts booked differ from
-    the Payout rows whose creation entry falls in the period.
+    the database sums at the period end, or if the payouts booked (or
+    returned) differ from the Payout rows whose creation (or return) entry
+    falls in the period.
     """
     accounts = _payable_accounts(merchant)
     statement = Statement(merchant=merchant, period=period)
@@ -227,6 +240,16 @@ def statement_build(*, merchant, period: Period) -> Statement:
         .values_list("currency")
         .annotate(s=Sum("amount"))
     )
+    returned = dict(
+        Payout.objects.filter(
+            merchant=merchant,
+            journal_entries__kind=JournalKind.PAYOUT_RETURNED,
+            journal_entries__created_at__gte=period.start,
+            journal_entries__created_at__lt=period.end,
+        )
+        .values_list("currency")
+        .annotate(s=Sum("amount"))
+    )
     for currency in sorted(set(opening) | set(closing)):
         t = CurrencyTotals(currency=currency, opening=-(opening.get(currency) or 0))
         t.closing = -(closing.get(currency) or 0)
@@ -246,9 +269,11 @@ def statement_build(*, merchant, period: Period) -> Statement:
                     t.disputes -= kind_gross
             elif kind == JournalKind.PAYOUT_CREATED:
                 t.payouts -= movement
+            elif kind == JournalKind.PAYOUT_RETURNED:
+                t.payouts_returned -= movement  # the movement is positive (owed again): negative under the payouts
             else:
                 t.other += movement
-        computed = t.opening + t.sales - t.fees - t.refunds - t.disputes - t.payouts + t.other
+        computed = t.opening + t.sales - t.fees - t.refunds - t.disputes - (t.payouts + t.payouts_returned) + t.other
         if computed != t.closing:
             raise StatementImbalance(
                 f"{merchant} {currency} {period.first}..{period.last}: opening + movements = {computed}, "
@@ -257,6 +282,11 @@ def statement_build(*, merchant, period: Period) -> Statement:
         if t.payouts != booked.get(currency, 0):
             raise StatementImbalance(
                 f"{merchant} {currency}: payouts booked {t.payouts} differ from payout rows {booked.get(currency, 0)}."
+            )
+        if -t.payouts_returned != returned.get(currency, 0):
+            raise StatementImbalance(
+                f"{merchant} {currency}: payouts returned {-t.payouts_returned} differ from returned payout rows "
+                f"{returned.get(currency, 0)}."
             )
         statement.totals.append(t)
     return statement

@@ -11,6 +11,7 @@ from django.urls import reverse
 
 from exchange import statement_views
 from exchange.choices import JournalKind, PayoutStatus
+from exchange.gateways import GatewayError
 from exchange.gateways.sandbox import SandboxGateway
 from exchange.models import JournalEntry, Order, Payout, Posting
 from exchange.services.orders import order_checkout_start, order_confirm_receipt, order_create
@@ -215,10 +216,112 @@ def test_statement_csv_is_exact(month, merchant, merchant_user, client):
         [period, "", "total:refunds", "", "CNY", "", "", "617", "", "", "¥6.17 CNY"],
         [period, "", "total:disputes", "", "CNY", "", "", "1234", "", "", "¥12.34 CNY"],
         [period, "", "total:payouts", "", "CNY", "", "", "1667", "", "", "¥16.67 CNY"],
+        [period, "", "total:payouts_returned", "", "CNY", "", "", "0", "", "", "¥0.00 CNY"],
         [period, "", "total:other", "", "CNY", "", "", "0", "", "", "¥0.00 CNY"],
         [period, "", "total:closing", "", "CNY", "", "", "-1111", "", "", "-¥11.11 CNY"],
         [period, "", "total:payouts_sent", "", "CNY", "", "", "1667", "", "", "¥16.67 CNY"],
     ]
+
+
+@pytest.fixture
+def refused(settings, published_listing, merchant, django_capture_on_commit_callbacks, monkeypatch):
+    """March 3: sale E, whose payout the gateway refuses (its 1111 owed again). March 5: the next run pays it."""
+    settings.PLATFORM_FEE_BPS = 1000
+
+    def refuse(self, *, payout):
+        raise GatewayError("the merchant's account is closed", transient=False)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(SandboxGateway, "payout_create", refuse)
+        e = _sell(published_listing, django_capture_on_commit_callbacks, 3, 3)
+    with _at(3, 5), django_capture_on_commit_callbacks(execute=True):
+        settlement_run_start(trigger="test")
+    first, second = Payout.objects.filter(merchant=merchant).order_by("pk")
+    assert (first.status, first.amount, second.status, second.amount) == (
+        PayoutStatus.FAILED,
+        1111,
+        PayoutStatus.SENT,
+        1111,
+    )
+    return {"e": e, "refused": first, "paid": second}
+
+
+MARCH_3 = Period(date(2026, 3, 3), date(2026, 3, 3))
+
+
+def test_a_refused_payout_shows_as_returned_not_as_an_adjustment(refused, merchant):
+    (day,) = statement_build(merchant=merchant, period=MARCH_3).totals
+    figures = {key: amount for key, _, amount, _ in day.figures()}
+    assert figures == {
+        "opening": 0,
+        "sales": 1234,
+        "fees": 123,
+        "refunds": 0,
+        "disputes": 0,
+        "payouts": 1111,
+        "payouts_returned": -1111,
+        "other": 0,
+        "closing": 1111,
+        "payouts_sent": 0,
+    }
+    # What actually left is the payouts net of those returned: nothing was sent that day.
+    assert day.payouts + day.payouts_returned == day.payouts_sent == 0
+    (march,) = statement_build(merchant=merchant, period=MARCH).totals
+    assert (march.sales, march.fees, march.payouts, march.payouts_returned, march.other, march.closing) == (
+        1234,
+        123,
+        2222,
+        -1111,
+        0,
+        0,
+    )
+    assert march.payouts + march.payouts_returned == march.payouts_sent == 1111
+    lines = [
+        (line.at.day, line.kind, line.reference, line.gross, line.fee, line.net)
+        for line in statement_lines(merchant=merchant, period=MARCH)
+    ]
+    e, refused_pk, paid_pk = refused["e"].reference, refused["refused"].pk, refused["paid"].pk
+    assert lines == [
+        (3, "sale", e, 1234, 123, 1111),
+        (3, "payout_created", f"payout {refused_pk}", -1111, 0, -1111),
+        (3, "payout_returned", f"payout {refused_pk}", 1111, 0, 1111),
+        (5, "payout_created", f"payout {paid_pk}", -1111, 0, -1111),
+    ]
+
+
+def test_a_refused_payout_on_the_page_and_in_the_csv(refused, merchant, merchant_user, client):
+    client.force_login(merchant_user)
+    params = {"from": "2026-03-03", "to": "2026-03-03"}
+    html = client.get(reverse("statements:page"), params).content.decode()
+    assert '<tr id="CNY-payouts"><th>Payouts</th><td>¥11.11 CNY</td></tr>' in html
+    assert (
+        '<tr id="CNY-payouts_returned"><th>Payouts returned by the gateway (owed again)</th><td>-¥11.11 CNY</td></tr>'
+        in html
+    )
+    assert '<tr id="CNY-other"><th>Other adjustments</th><td>¥0.00 CNY</td></tr>' in html
+    assert '<tr id="CNY-payouts_sent"><th>Payouts sent in the period</th><td>¥0.00 CNY</td></tr>' in html
+    assert "Payout refused by the gateway, owed again" in html  # the line itself
+    response = client.get(reverse("statements:csv"), params)
+    rows = list(csv.reader(io.StringIO(read_stream(response).decode("utf-8"))))
+    refused_pk = refused["refused"].pk
+    assert [row[2:8] for row in rows[1:4]] == [
+        ["sale", refused["e"].reference, "CNY", "1234", "123", "1111"],
+        ["payout_created", f"payout {refused_pk}", "CNY", "-1111", "0", "-1111"],
+        ["payout_returned", f"payout {refused_pk}", "CNY", "1111", "0", "1111"],
+    ]
+    totals = {row[2]: row[7] for row in rows[5:]}
+    assert totals == {
+        "total:opening": "0",
+        "total:sales": "1234",
+        "total:fees": "123",
+        "total:refunds": "0",
+        "total:disputes": "0",
+        "total:payouts": "1111",
+        "total:payouts_returned": "-1111",
+        "total:other": "0",
+        "total:closing": "1111",
+        "total:payouts_sent": "0",
+    }
 
 
 def _ledger_snapshot():
