@@ -5,24 +5,38 @@ the order with the same amount and currency, and every completed payment
 session must have its PAYMENT entry; every PAYOUT_SENT entry must have the
 SandboxTransfer made under its payout's idempotency key (same id as the
 payout's gateway reference, amount and currency) and every transfer its
-entry. The sandbox keeps no refund records of its own (its refund ids are
-derived from the idempotency key), so REFUND entries are checked against that
-derivation for refunds the exchange itself asked for.
+entry. The sandbox keeps no refund or dispute records of its own (its refund
+ids are derived from the idempotency key), so refunds and disputes cannot be
+reconciled with it and the report says so: REFUND entries of refunds the
+exchange asked for are only checked against the exchange's own refund request
+and that derivation (a difference is listed, a match not counted); DISPUTE and
+DISPUTE_WON entries are counted in a note, unchecked.
 
 Stripe: the platform's balance transactions (listed through the SDK,
-auto-paging, from ``since``) are matched to PAYMENT entries by payment intent
+auto-paging, source expanded) are matched to PAYMENT entries by payment intent
 (``Order.gateway_payment_id``), to PAYOUT_SENT entries by transfer id
-(``Payout.gateway_reference``) and to REFUND entries by refund id. Stripe's
-bank payouts, fees and other types are not ledger events and are ignored.
+(``Payout.gateway_reference``), to REFUND entries by refund id, and, as
+``adjustment`` transactions whose source is a dispute (withdrawn negative,
+reinstated positive), to DISPUTE and DISPUTE_WON entries by dispute id. The
+balance transaction's own amount is in the platform's balance currency
+(converted at its ``exchange_rate``); the ledger books the original, so the
+comparison uses the expanded source's amount and currency. Stripe's bank
+payouts, fees and other types are not ledger events and are ignored.
+
+The Stripe window: both sides are read from ``since`` less
+STRIPE_WINDOW_MARGIN (the ledger also by every reference Stripe listed), so a
+movement Stripe recorded just before ``since`` and the ledger booked just
+after it is matched rather than reported missing; a reference is reported
+when either side of it falls from ``since`` on, and left out when both lie
+before.
 
 A difference names its reference on both sides; an empty difference list
 means the two agree.
 """
 
 import hashlib
-from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 
 import stripe
 from django.conf import settings
@@ -30,18 +44,24 @@ from django.db.models import Q
 from django.utils import timezone
 
 from exchange.choices import AccountKind, JournalKind, SandboxSessionStatus
-from exchange.models import JournalEntry, Posting, Refund, SandboxCheckoutSession, SandboxTransfer
+from exchange.models import Dispute, JournalEntry, Posting, Refund, SandboxCheckoutSession, SandboxTransfer
 
 MISSING_IN_LEDGER = "missing_in_ledger"
 MISSING_AT_GATEWAY = "missing_at_gateway"
 AMOUNT_MISMATCH = "amount_mismatch"
 REFERENCE_MISMATCH = "reference_mismatch"  # same payout, different transfer ids on the two sides
 
+# What a difference is about, in report order.
+_WHATS = ("payment", "payout", "refund", "dispute", "dispute_won")
+# How long before ``since`` Stripe's side of a movement the ledger booked from ``since`` on may lie: the webhook
+# telling the exchange about it can arrive that late (Stripe retries a failed delivery for up to three days).
+STRIPE_WINDOW_MARGIN = timedelta(days=3)
+
 
 @dataclass(frozen=True)
 class Difference:
     kind: str  # one of the constants above
-    what: str  # payment, payout, refund
+    what: str  # payment, payout, refund, dispute, dispute_won
     reference: str  # the gateway's id, or the ledger's key when the gateway has nothing
     ledger: str  # what the ledger says ("" when missing)
     gateway: str  # what the gateway says ("" when missing)
@@ -90,14 +110,17 @@ def _entry_amounts(entries, *, account_kind: str, sign: int) -> dict[int, tuple[
     return amounts
 
 
-def _compare(report, *, what, reference, ledger: tuple[int, str] | None, gateway: tuple[int, str] | None):
+def _compare(
+    report, *, what, reference, ledger: tuple[int, str] | None, gateway: tuple[int, str] | None, count: bool = True
+):
+    """Add the difference between the two sides to ``report``, if any; else count a match (when ``count``)."""
     if ledger is None:
         report.differences.append(Difference(MISSING_IN_LEDGER, what, reference, "", _money(*gateway)))
     elif gateway is None:
         report.differences.append(Difference(MISSING_AT_GATEWAY, what, reference, _money(*ledger), ""))
     elif (ledger[0], ledger[1].upper()) != (gateway[0], gateway[1].upper()):
         report.differences.append(Difference(AMOUNT_MISMATCH, what, reference, _money(*ledger), _money(*gateway)))
-    else:
+    elif count:
         report.matched += 1
 
 
@@ -168,7 +191,9 @@ def _reconcile_sandbox(report: ReconciliationReport, since: datetime | None) -> 
             gateway=gateway,
         )
 
-    # Refunds the exchange asked the sandbox for carry the id the sandbox derives from their key.
+    # The sandbox keeps no refund records (its refund ids are derived from the refund's key), so refunds cannot be
+    # reconciled with it. What can be checked is listed as a difference, but not counted as matched: the ledger
+    # against the exchange's own refund request, and the id against the one the sandbox derives from its key.
     refunds = _ledger_entries(kind=JournalKind.REFUND, since=since).filter(order__gateway="sandbox")
     refunded = _entry_amounts(refunds, account_kind=AccountKind.GATEWAY_CLEARING, sign=-1)
     entry_by_refund = {
@@ -176,18 +201,30 @@ def _reconcile_sandbox(report: ReconciliationReport, since: datetime | None) -> 
         for entry_id, key in refunds.values_list("pk", "idempotency_key")
         if key.startswith("refund:")
     }
-    checked = 0
-    for refund in Refund.objects.filter(pk__in=list(entry_by_refund)).exclude(source="gateway").order_by("pk"):
+    requested = reported = 0
+    for refund in Refund.objects.filter(pk__in=list(entry_by_refund)).order_by("pk"):
+        if refund.source == "gateway":
+            reported += 1
+            continue
         if not refund.gateway_refund_id:
             continue  # a free order's refund never reached the gateway
         expected = "re_sbx_" + hashlib.sha256(refund.idempotency_key.encode()).hexdigest()[:24]
         ledger = refunded.get(entry_by_refund[refund.pk])
         gateway = (refund.amount, refund.currency) if refund.gateway_refund_id == expected else None
-        _compare(report, what="refund", reference=refund.gateway_refund_id, ledger=ledger, gateway=gateway)
-        checked += 1
+        _compare(report, what="refund", reference=refund.gateway_refund_id, ledger=ledger, gateway=gateway, count=False)
+        requested += 1
     report.notes.append(
-        "The sandbox keeps no refund records: refunds the exchange requested are checked against the refund id "
-        f"the sandbox derives from their key ({checked} checked); refunds it reported itself cannot be."
+        f"Refunds are not reconciled with the sandbox: it keeps no refund records. {requested} refund(s) the exchange "
+        "requested were only checked against its own refund requests and the refund id the sandbox derives from "
+        f"their key (not counted as matched); {reported} refund(s) the sandbox reported itself cannot be checked."
+    )
+
+    # Disputes: the sandbox emits dispute events but keeps no dispute records to compare the ledger with.
+    disputes = _ledger_entries(kind=JournalKind.DISPUTE, since=since).filter(order__gateway="sandbox").count()
+    won = _ledger_entries(kind=JournalKind.DISPUTE_WON, since=since).filter(order__gateway="sandbox").count()
+    report.notes.append(
+        "Disputes are not checked: the sandbox keeps no dispute records "
+        f"({disputes} dispute entries and {won} dispute-won entries in the ledger not checked)."
     )
 
 
@@ -204,65 +241,187 @@ def _stripe_balance_transactions(since: datetime | None):
     return client.v1.balance_transactions.list(params=params).auto_paging_iter()
 
 
-def _reconcile_stripe(report: ReconciliationReport, since: datetime | None) -> None:
-    gateway_payments: dict[str, tuple[int, str]] = defaultdict(lambda: (0, ""))
-    gateway_transfers: dict[str, tuple[int, str]] = {}
-    gateway_refunds: dict[str, tuple[int, str]] = {}
+@dataclass
+class _Record:
+    """One side's figure for a reference: amount (positive), currency, and when that side recorded it."""
+
+    amount: int
+    currency: str
+    at: datetime
+
+    def add(self, amount: int, at: datetime) -> None:
+        self.amount += amount
+        self.at = min(self.at, at)
+
+    @property
+    def money(self) -> tuple[int, str]:
+        return self.amount, self.currency
+
+
+def _original_money(txn: dict, source: dict) -> tuple[int, str]:
+    """What the balance transaction moved in the source's own currency, as a positive amount.
+
+    The balance transaction's ``amount`` and ``currency`` are in the platform's
+    balance currency (converted at ``exchange_rate`` when the charge, refund,
+    transfer or dispute was in another currency); the ledger books the
+    original, which the expanded source object carries. A charge counts what
+    was captured. Without an expanded source, the balance figures are all
+    there is.
+    """
+    if "amount" in source and source.get("currency"):
+        amount = source.get("amount_captured") or source["amount"]
+        return abs(int(amount)), str(source["currency"]).upper()
+    return abs(int(txn["amount"])), str(txn["currency"]).upper()
+
+
+def _record(side: dict[str, _Record], reference: str, money: tuple[int, str], at: datetime) -> None:
+    if reference in side:
+        side[reference].add(money[0], at)
+    else:
+        side[reference] = _Record(money[0], money[1], at)
+
+
+def _stripe_gateway_side(since: datetime | None) -> tuple[dict[str, dict[str, _Record]], int]:
+    """The balance transactions from ``since`` on, by what they are and their reference; and how many were ignored.
+
+    Payments by payment intent, payouts by transfer id, refunds by refund id,
+    disputes (funds withdrawn) and disputes won (funds reinstated) by dispute
+    id: Stripe books both as ``adjustment`` transactions whose source is the
+    dispute, withdrawn negative and reinstated positive. A dispute counts its
+    amount once per direction however many transactions Stripe splits it into.
+    """
+    sides: dict[str, dict[str, _Record]] = {what: {} for what in _WHATS}
     ignored = 0
     for resource in _stripe_balance_transactions(since):
         txn = resource.to_dict()  # plain dicts, nested objects included (the SDK's objects are not dicts)
         source = txn.get("source")
         expanded = source if isinstance(source, dict) else {}
-        source_id = expanded.get("id") if expanded else source
-        amount, currency = int(txn["amount"]), str(txn["currency"]).upper()
-        if txn["type"] in ("charge", "payment"):
-            intent = expanded.get("payment_intent") or source_id
-            total, _ = gateway_payments[intent]
-            gateway_payments[intent] = (total + amount, currency)
-        elif txn["type"] == "transfer":
-            gateway_transfers[source_id] = (-amount, currency)  # money leaving the platform is negative
-        elif txn["type"] in ("refund", "payment_refund"):
-            gateway_refunds[source_id] = (-amount, currency)
+        source_id = str(expanded.get("id") if expanded else source)
+        at = datetime.fromtimestamp(int(txn["created"]), tz=UTC)
+        money = _original_money(txn, expanded)
+        kind = txn["type"]
+        if kind in ("charge", "payment"):
+            intent = expanded.get("payment_intent")
+            intent = intent.get("id") if isinstance(intent, dict) else intent
+            _record(sides["payment"], str(intent or source_id), money, at)
+        elif kind == "transfer":
+            _record(sides["payout"], source_id, money, at)
+        elif kind in ("refund", "payment_refund"):
+            _record(sides["refund"], source_id, money, at)
+        elif kind == "adjustment" and (expanded.get("object") == "dispute" or source_id.startswith("dp_")):
+            what = "dispute" if int(txn["amount"]) < 0 else "dispute_won"
+            if source_id in sides[what]:
+                sides[what][source_id].at = min(sides[what][source_id].at, at)  # another part of the same movement
+            else:
+                sides[what][source_id] = _Record(money[0], money[1], at)
         else:
             ignored += 1
-    payments = _ledger_entries(kind=JournalKind.PAYMENT, since=since).filter(order__gateway="stripe")
-    paid = _entry_amounts(payments, account_kind=AccountKind.GATEWAY_CLEARING, sign=1)
-    ledger_payments = {
-        intent or f"order {order_id} (no payment intent)": paid.get(entry_id)
-        for entry_id, order_id, intent in payments.values_list("pk", "order_id", "order__gateway_payment_id")
-    }
-    sent = _ledger_entries(kind=JournalKind.PAYOUT_SENT, since=since).filter(payout__gateway="stripe")
-    sent_amounts = _entry_amounts(sent, account_kind=AccountKind.PAYOUTS_PENDING, sign=1)
-    ledger_transfers = {
-        reference or f"payout {payout_id} (no transfer id)": sent_amounts.get(entry_id)
-        for entry_id, payout_id, reference in sent.values_list("pk", "payout_id", "payout__gateway_reference")
-    }
-    refunds = _ledger_entries(kind=JournalKind.REFUND, since=since).filter(order__gateway="stripe")
-    refund_amounts = _entry_amounts(refunds, account_kind=AccountKind.GATEWAY_CLEARING, sign=-1)
-    refund_ids = {
-        f"refund:{r.pk}": r.gateway_refund_id
-        for r in Refund.objects.filter(
-            pk__in=[
-                k.split(":", 1)[1] for k in refunds.values_list("idempotency_key", flat=True) if k.startswith("refund:")
-            ]
+    return sides, ignored
+
+
+def _key_pk(key: str, prefix: str) -> int | None:
+    """The row pk in a ledger idempotency key ``<prefix>:<pk>`` (``refund:12``, ``dispute:3``), else None."""
+    head, _, tail = key.partition(":")
+    return int(tail) if head == prefix and tail.isdigit() else None
+
+
+def _ledger_side(entries, *, sign: int, reference_of) -> dict[str, _Record]:
+    """``entries``' gateway clearing legs (times ``sign``) summed by the reference ``reference_of(entry)`` names."""
+    entries = list(entries)
+    amounts = _entry_amounts([e.pk for e in entries], account_kind=AccountKind.GATEWAY_CLEARING, sign=sign)
+    side: dict[str, _Record] = {}
+    for entry in entries:
+        amount, currency = amounts.get(entry.pk, (0, ""))
+        _record(side, reference_of(entry), (amount, currency), entry.created_at)
+    return side
+
+
+def _stripe_ledger_side(
+    lower: datetime | None, gateway: dict[str, dict[str, _Record]]
+) -> dict[str, dict[str, _Record]]:
+    """The ledger's Stripe entries booked from ``lower`` on, plus those (of any date) naming a reference the
+    gateway listed, by what they are and their gateway reference (or the ledger's key when it has none)."""
+
+    def entries(kind: str, named: Q):
+        qs = JournalEntry.objects.filter(kind=kind)
+        qs = (
+            qs.filter(payout__gateway="stripe")
+            if kind == JournalKind.PAYOUT_SENT
+            else qs.filter(order__gateway="stripe")
+        )
+        if lower is not None:
+            qs = qs.filter(Q(created_at__gte=lower) | named)
+        return qs.select_related("order", "payout").order_by("sequence")
+
+    payments = entries(JournalKind.PAYMENT, Q(order__gateway_payment_id__in=list(gateway["payment"])))
+    payouts = entries(JournalKind.PAYOUT_SENT, Q(payout__gateway_reference__in=list(gateway["payout"])))
+    refund_keys = {
+        f"refund:{pk}": ref
+        for pk, ref in Refund.objects.filter(gateway_refund_id__in=list(gateway["refund"])).values_list(
+            "pk", "gateway_refund_id"
         )
     }
-    ledger_refunds = {
-        refund_ids.get(key) or key: refund_amounts.get(entry_id)
-        for entry_id, key in refunds.values_list("pk", "idempotency_key")
+    disputes = dict(
+        Dispute.objects.filter(
+            gateway_dispute_id__in=list(gateway["dispute"]) + list(gateway["dispute_won"])
+        ).values_list("pk", "gateway_dispute_id")
+    )
+    refunds = list(entries(JournalKind.REFUND, Q(idempotency_key__in=list(refund_keys))))
+    # Refunds booked from ``lower`` on but not listed by the gateway still need their refund id.
+    unnamed = [_key_pk(e.idempotency_key, "refund") for e in refunds if e.idempotency_key not in refund_keys]
+    unnamed = [pk for pk in unnamed if pk]
+    refund_keys.update(
+        (f"refund:{pk}", ref)
+        for pk, ref in Refund.objects.filter(pk__in=unnamed).values_list("pk", "gateway_refund_id")
+    )
+    opened = list(entries(JournalKind.DISPUTE, Q(idempotency_key__in=[f"dispute:{pk}" for pk in disputes])))
+    won = list(entries(JournalKind.DISPUTE_WON, Q(idempotency_key__in=[f"dispute_won:{pk}" for pk in disputes])))
+    keys = [_key_pk(e.idempotency_key, "dispute") for e in opened] + [
+        _key_pk(e.idempotency_key, "dispute_won") for e in won
+    ]
+    disputes.update(Dispute.objects.filter(pk__in=[pk for pk in keys if pk]).values_list("pk", "gateway_dispute_id"))
+
+    def dispute_id(entry):
+        pk = _key_pk(entry.idempotency_key, "dispute") or _key_pk(entry.idempotency_key, "dispute_won")
+        return disputes.get(pk) or entry.idempotency_key
+
+    return {
+        "payment": _ledger_side(
+            payments,
+            sign=1,
+            reference_of=lambda e: e.order.gateway_payment_id or f"order {e.order_id} (no payment intent)",
+        ),
+        "payout": _ledger_side(
+            payouts,
+            sign=-1,
+            reference_of=lambda e: e.payout.gateway_reference or f"payout {e.payout_id} (no transfer id)",
+        ),
+        "refund": _ledger_side(
+            refunds, sign=-1, reference_of=lambda e: refund_keys.get(e.idempotency_key) or e.idempotency_key
+        ),
+        "dispute": _ledger_side(opened, sign=-1, reference_of=dispute_id),
+        "dispute_won": _ledger_side(won, sign=1, reference_of=dispute_id),
     }
-    for what, ledger_side, gateway_side in (
-        ("payment", ledger_payments, dict(gateway_payments)),
-        ("payout", ledger_transfers, gateway_transfers),
-        ("refund", ledger_refunds, gateway_refunds),
-    ):
-        for reference in sorted(set(ledger_side) | set(gateway_side)):
+
+
+def _reconcile_stripe(report: ReconciliationReport, since: datetime | None) -> None:
+    # Both sides are read from ``since`` less a margin, and the ledger also by the references Stripe listed, so
+    # a movement Stripe recorded just before ``since`` and the ledger just after it is matched, not missing.
+    # Only references with a side in the window are reported.
+    lower = since - STRIPE_WINDOW_MARGIN if since is not None else None
+    gateway, ignored = _stripe_gateway_side(lower)
+    ledger = _stripe_ledger_side(lower, gateway)
+    for what in _WHATS:
+        for reference in sorted(set(ledger[what]) | set(gateway[what])):
+            ours, theirs = ledger[what].get(reference), gateway[what].get(reference)
+            if since is not None and all(side is None or side.at < since for side in (ours, theirs)):
+                continue  # wholly before the window: an earlier report's
             _compare(
                 report,
                 what=what,
                 reference=reference,
-                ledger=ledger_side.get(reference),
-                gateway=gateway_side.get(reference),
+                ledger=ours.money if ours else None,
+                gateway=theirs.money if theirs else None,
             )
     if ignored:
         report.notes.append(f"{ignored} Stripe balance transactions of other types (fees, bank payouts) ignored.")

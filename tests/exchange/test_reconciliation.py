@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from io import StringIO
 
 import pytest
+import time_machine
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
@@ -31,7 +32,7 @@ from exchange.services.reconciliation import (
 )
 from exchange.services.refunds import order_refund
 from exchange.services.settlement import settlement_run_start
-from tests.factories import UserFactory
+from tests.factories import UserFactory, make_listing
 from tests.fakes.stripe_balance import FakeStripeWithBalance
 from tests.fakes.stripe_server import settings_use_fake_stripe
 
@@ -72,14 +73,49 @@ def _snapshot():
     )
 
 
+SANDBOX_REFUNDS_NOTE = (
+    "Refunds are not reconciled with the sandbox: it keeps no refund records. {requested} refund(s) the exchange "
+    "requested were only checked against its own refund requests and the refund id the sandbox derives from their "
+    "key (not counted as matched); {reported} refund(s) the sandbox reported itself cannot be checked."
+)
+SANDBOX_DISPUTES_NOTE = (
+    "Disputes are not checked: the sandbox keeps no dispute records "
+    "({disputes} dispute entries and {won} dispute-won entries in the ledger not checked)."
+)
+
+
 def test_sandbox_ledger_and_gateway_agree(trades):
     report = reconciliation_report(gateway="sandbox")
-    # 2 payments, 2 payouts, 1 refund.
-    assert (report.ok, report.matched, report.differences) == (True, 5, [])
+    # 2 payments, 2 payouts; the refund is checked but cannot be matched with a sandbox record.
+    assert (report.ok, report.matched, report.differences) == (True, 4, [])
+    assert report.notes == [
+        SANDBOX_REFUNDS_NOTE.format(requested=1, reported=0),
+        SANDBOX_DISPUTES_NOTE.format(disputes=0, won=0),
+    ]
     out = StringIO()
     call_command("reconcile", stdout=out)
-    assert out.getvalue().splitlines()[0] == "Reconciliation with sandbox: 5 matched."
+    assert out.getvalue().splitlines()[0] == "Reconciliation with sandbox: 4 matched."
     assert out.getvalue().splitlines()[-1] == "No differences."
+
+
+def test_sandbox_report_says_disputes_and_reported_refunds_are_not_checked(trades, django_capture_on_commit_callbacks):
+    _, second = trades
+    gateway = SandboxGateway()
+    with django_capture_on_commit_callbacks(execute=True):
+        gateway.emit_dispute(order=second, dispute_id="dp_sbx_recon")
+    with django_capture_on_commit_callbacks(execute=True):
+        gateway.emit_dispute(
+            order=Order.objects.get(pk=second.pk), status="won", closed=True, dispute_id="dp_sbx_recon"
+        )
+    with django_capture_on_commit_callbacks(execute=True):
+        gateway.emit_refund(order=Order.objects.get(pk=second.pk), amount=100)
+    assert JournalEntry.objects.filter(kind__in=["dispute", "dispute_won"]).count() == 2
+    report = reconciliation_report(gateway="sandbox")
+    assert (report.ok, report.matched) == (True, 4)
+    assert report.notes == [
+        SANDBOX_REFUNDS_NOTE.format(requested=1, reported=1),
+        SANDBOX_DISPUTES_NOTE.format(disputes=1, won=1),
+    ]
 
 
 def test_a_transfer_without_a_payout_entry_is_exactly_the_difference(trades, merchant):
@@ -88,7 +124,7 @@ def test_a_transfer_without_a_payout_entry_is_exactly_the_difference(trades, mer
     )
     before = _snapshot()
     report = reconciliation_report(gateway="sandbox")
-    assert report.matched == 5
+    assert report.matched == 4
     assert report.differences == [Difference(MISSING_IN_LEDGER, "payout", "tr_sbx_stray", "", "500 CNY")]
     out = StringIO()
     with pytest.raises(CommandError) as exc:
@@ -102,7 +138,7 @@ def test_a_session_whose_amount_differs_is_exactly_the_difference(trades):
     first, _ = trades
     SandboxCheckoutSession.objects.filter(pk=first.gateway_session_id).update(amount=1000)
     report = reconciliation_report(gateway="sandbox")
-    assert report.matched == 4
+    assert report.matched == 3
     assert report.differences == [
         Difference(AMOUNT_MISMATCH, "payment", first.gateway_session_id, "1234 CNY", "1000 CNY")
     ]
@@ -119,9 +155,10 @@ def test_a_payout_entry_whose_transfer_is_gone_is_missing_at_the_gateway(trades)
     ]
 
 
-def test_a_refund_whose_gateway_record_differs_is_exactly_the_difference(trades):
+def test_a_refund_whose_entry_differs_from_its_request_is_still_listed(trades):
     refund = Refund.objects.get()
-    Refund.objects.filter(pk=refund.pk).update(amount=300)  # the exchange's record of what the sandbox refunded
+    # The sandbox keeps no refunds: the exchange's own request is all there is to check the ledger against.
+    Refund.objects.filter(pk=refund.pk).update(amount=300)
     report = reconciliation_report(gateway="sandbox")
     assert report.matched == 4
     assert report.differences == [Difference(AMOUNT_MISMATCH, "refund", refund.gateway_refund_id, "200 CNY", "300 CNY")]
@@ -160,7 +197,8 @@ def test_staff_page_lists_the_differences(trades, merchant, client, staff):
     response = client.get(reverse("statements:reconciliation"), {"gateway": "sandbox"})
     assert response.status_code == 200
     html = response.content.decode()
-    assert "sandbox: 5 matched, 1 difference" in html
+    assert "sandbox: 4 matched, 1 difference" in html
+    assert "Disputes are not checked: the sandbox keeps no dispute records" in html
     assert "<td>missing_in_ledger</td><td>payout</td><td><code>tr_sbx_stray</code></td>" in html
     bad = client.get(reverse("statements:reconciliation"), {"since": "soon"})
     assert bad.status_code == 400
@@ -192,27 +230,9 @@ def fake_stripe(settings):
     server.stop()
 
 
-def _stripe_sale(client, listing, capture, fake, intent: str) -> Order:
-    buyer = UserFactory()
-    order, _ = order_create(buyer=buyer, listing=listing, idempotency_key=f"k-{buyer.pk}")
-    order_checkout_start(order=order)
-    order.refresh_from_db()
-    event = {
-        "id": f"evt_{time.time_ns()}",
-        "object": "event",
-        "type": "checkout.session.completed",
-        "data": {
-            "object": {
-                "id": order.gateway_session_id,
-                "object": "checkout.session",
-                "amount_total": order.amount,
-                "currency": order.currency.lower(),
-                "payment_status": "paid",
-                "payment_intent": intent,
-                "metadata": {"order_id": str(order.public_id)},
-            }
-        },
-    }
+def _stripe_event(client, capture, event_type: str, obj: dict) -> None:
+    """Deliver a signed Stripe event to the webhook endpoint and process it."""
+    event = {"id": f"evt_{time.time_ns()}", "object": "event", "type": event_type, "data": {"object": obj}}
     body = json.dumps(event).encode()
     with capture(execute=True):
         response = client.post(
@@ -222,7 +242,26 @@ def _stripe_sale(client, listing, capture, fake, intent: str) -> Order:
             HTTP_STRIPE_SIGNATURE=sign_payload(body=body, secret=WEBHOOK_SECRET),
         )
     assert response.status_code == 200
-    fake.charge(payment_intent=intent, amount=order.amount, currency=order.currency)
+
+
+def _stripe_sale(client, listing, capture, fake, intent: str, charged_at: int | None = None) -> Order:
+    """A buyer pays through Stripe Checkout (the charge at Stripe ``charged_at``, default now), confirms receipt,
+    and a settlement run pays the merchant by a Connect transfer."""
+    buyer = UserFactory()
+    order, _ = order_create(buyer=buyer, listing=listing, idempotency_key=f"k-{buyer.pk}")
+    order_checkout_start(order=order)
+    order.refresh_from_db()
+    session = {
+        "id": order.gateway_session_id,
+        "object": "checkout.session",
+        "amount_total": order.amount,
+        "currency": order.currency.lower(),
+        "payment_status": "paid",
+        "payment_intent": intent,
+        "metadata": {"order_id": str(order.public_id)},
+    }
+    _stripe_event(client, capture, "checkout.session.completed", session)
+    fake.charge(payment_intent=intent, amount=order.amount, currency=order.currency, created=charged_at)
     with capture(execute=True):
         order_confirm_receipt(order=Order.objects.get(pk=order.pk), actor=buyer)
         settlement_run_start(trigger="test")
@@ -269,7 +308,7 @@ def test_stripe_difference_charge_unknown_to_the_ledger_and_transfer_amount(stri
     fake_stripe.charge(payment_intent="pi_test_stranger", amount=999, currency="CNY")
     transfer = fake_stripe.balance_transactions[1]  # the first sale's transfer (after its charge)
     assert transfer["type"] == "transfer"
-    transfer["amount"] = -1000
+    fake_stripe.sources[transfer["source"]]["amount"] = 1000
     report = reconciliation_report(gateway="stripe")
     assert report.matched == 4  # both ledger payments, the second payout and the refund
     assert report.differences == [
@@ -284,4 +323,130 @@ def test_stripe_since_is_sent_to_stripe(stripe_trades, fake_stripe):
     report = reconciliation_report(gateway="stripe", since=since)
     assert (report.matched, report.differences) == (0, [])
     _, _, params, _ = [r for r in fake_stripe.requests if r[1] == "/v1/balance_transactions"][-1]
-    assert params["created"] == {"gte": str(int(since.timestamp()))}
+    # Read from three days earlier: a movement Stripe recorded before ``since`` may be booked after it.
+    assert params["created"] == {"gte": str(int(since.timestamp()) - 3 * 24 * 3600)}
+
+
+def test_stripe_balance_transaction_amount_is_not_compared_only_the_source(stripe_trades, fake_stripe):
+    # The balance transaction is in the balance currency: a different figure there (fees, conversion) is no mismatch.
+    charge = fake_stripe.balance_transactions[0]
+    assert charge["type"] == "charge"
+    charge["amount"] = 1200
+    report = reconciliation_report(gateway="stripe")
+    assert (report.ok, report.matched) == (True, 5)
+
+
+@pytest.fixture
+def usd_trade(fake_stripe, client, merchant, merchant_user, staff, django_capture_on_commit_callbacks):
+    """A 1500 USD Stripe sale on a platform whose balance is in CNY: settled, paid out (1350 USD), 300 refunded."""
+    merchant.stripe_account_id = "acct_test_merchant"
+    merchant.save(update_fields=["stripe_account_id"])
+    listing = make_listing(merchant=merchant, owner=merchant_user, reviewer=staff, price=1500, currency="USD")
+    order = _stripe_sale(client, listing, django_capture_on_commit_callbacks, fake_stripe, "pi_test_usd")
+    assert Payout.objects.get(currency="USD").amount == 1350
+    order_refund(order=order, amount=300, reason="a late file", actor=staff)
+    # What Stripe's balance shows: CNY, converted (1500 * 7.1234, -1350 * 7.1234, -300 * 7.1234).
+    balance = [(t["type"], t["amount"], t["currency"]) for t in fake_stripe.balance_transactions]
+    assert balance == [("charge", 10685, "cny"), ("transfer", -9617, "cny"), ("refund", -2137, "cny")]
+    return order
+
+
+def test_stripe_foreign_currency_movements_match_their_original_amount(usd_trade, fake_stripe):
+    report = reconciliation_report(gateway="stripe")
+    assert (report.ok, report.matched, report.differences, report.notes) == (True, 3, [], [])
+
+
+def test_stripe_foreign_currency_mismatch_is_still_reported(usd_trade, fake_stripe):
+    charge, transfer, _refund = (fake_stripe.sources[t["source"]] for t in fake_stripe.balance_transactions)
+    charge["amount"] = 1400
+    transfer["currency"] = "eur"
+    report = reconciliation_report(gateway="stripe")
+    assert report.matched == 1  # the refund
+    assert report.differences == [
+        Difference(AMOUNT_MISMATCH, "payment", "pi_test_usd", "1500 USD", "1400 USD"),
+        Difference(AMOUNT_MISMATCH, "payout", transfer["id"], "1350 USD", "1350 EUR"),
+    ]
+
+
+def _dispute_event(client, capture, dispute: dict, event_type: str = "charge.dispute.created") -> None:
+    _stripe_event(client, capture, event_type, {**dispute, "reason": "fraudulent"})
+
+
+def test_stripe_dispute_and_dispute_won_are_matched(
+    stripe_trades, fake_stripe, client, django_capture_on_commit_callbacks
+):
+    capture = django_capture_on_commit_callbacks
+    dispute = fake_stripe.dispute(payment_intent="pi_test_2", amount=1234, currency="CNY")
+    _dispute_event(client, capture, dispute)
+    report = reconciliation_report(gateway="stripe")
+    # The withdrawal is an adjustment whose source is the dispute: compared, not ignored.
+    assert (report.ok, report.matched, report.differences, report.notes) == (True, 6, [], [])
+    fake_stripe.dispute_won(dispute)
+    _dispute_event(client, capture, dispute, "charge.dispute.closed")
+    assert JournalEntry.objects.filter(kind="dispute_won").count() == 1
+    report = reconciliation_report(gateway="stripe")
+    assert (report.ok, report.matched, report.differences, report.notes) == (True, 7, [], [])
+
+
+def test_stripe_dispute_missing_on_either_side_is_reported(
+    stripe_trades, fake_stripe, client, django_capture_on_commit_callbacks
+):
+    capture = django_capture_on_commit_callbacks
+    # Stripe withdrew the funds but the exchange never heard of it.
+    unheard = fake_stripe.dispute(payment_intent="pi_test_1", amount=1234, currency="CNY")
+    # The exchange booked a dispute, and it being won, that Stripe's balance does not show.
+    unseen = {
+        "id": "dp_test_unseen",
+        "object": "dispute",
+        "payment_intent": "pi_test_2",
+        "amount": 1234,
+        "currency": "cny",
+        "status": "needs_response",
+    }
+    _dispute_event(client, capture, unseen)
+    _dispute_event(client, capture, {**unseen, "status": "won"}, "charge.dispute.closed")
+    report = reconciliation_report(gateway="stripe")
+    assert report.matched == 5
+    assert report.differences == [
+        Difference(MISSING_IN_LEDGER, "dispute", unheard["id"], "", "1234 CNY"),
+        Difference(MISSING_AT_GATEWAY, "dispute", "dp_test_unseen", "1234 CNY", ""),
+        Difference(MISSING_AT_GATEWAY, "dispute_won", "dp_test_unseen", "1234 CNY", ""),
+    ]
+
+
+def test_stripe_foreign_currency_dispute_is_matched(usd_trade, fake_stripe, client, django_capture_on_commit_callbacks):
+    # 300 of the 1500 was refunded: the bank pulls back the 1200 left.
+    dispute = fake_stripe.dispute(payment_intent="pi_test_usd", amount=1200, currency="USD")
+    _dispute_event(client, django_capture_on_commit_callbacks, dispute)
+    assert fake_stripe.balance_transactions[-1]["amount"] == -8548  # in CNY at Stripe
+    report = reconciliation_report(gateway="stripe")
+    assert (report.ok, report.matched, report.differences) == (True, 4, [])
+
+
+def test_stripe_window_matches_a_movement_recorded_either_side_of_since(
+    fake_stripe, client, published_listing, merchant, django_capture_on_commit_callbacks
+):
+    merchant.stripe_account_id = "acct_test_merchant"
+    merchant.save(update_fields=["stripe_account_id"])
+    since = datetime(2026, 3, 2, tzinfo=UTC)
+    # Stripe charged at 23:59:50 the day before; the webhook booked the payment at 00:00:10 (in the window).
+    with time_machine.travel(since + timedelta(seconds=10), tick=False):
+        _stripe_sale(
+            client,
+            published_listing,
+            django_capture_on_commit_callbacks,
+            fake_stripe,
+            "pi_test_boundary",
+            charged_at=int(since.timestamp()) - 10,
+        )
+    # Wholly before the window (within the margin read to match the boundary): not this report's.
+    fake_stripe.charge(payment_intent="pi_test_old", amount=500, currency="CNY", created=int(since.timestamp()) - 3600)
+    # In the window, unknown to the ledger: reported.
+    fake_stripe.charge(payment_intent="pi_test_new", amount=700, currency="CNY", created=int(since.timestamp()) + 3600)
+    assert JournalEntry.objects.get(kind="payment").created_at == since + timedelta(seconds=10)
+    report = reconciliation_report(gateway="stripe", since=since)
+    assert report.matched == 2  # the payment and its payout
+    assert report.differences == [Difference(MISSING_IN_LEDGER, "payment", "pi_test_new", "", "700 CNY")]
+    # The day after: everything lies before it.
+    later = reconciliation_report(gateway="stripe", since=since + timedelta(days=1))
+    assert (later.matched, later.differences) == (0, [])

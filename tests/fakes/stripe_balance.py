@@ -2,9 +2,16 @@
 
 Transfers and refunds made through the API add a balance transaction, as
 Stripe does; a charge (which the Checkout flow would create at Stripe) is
-added with ``charge``. ``GET /v1/balance_transactions`` lists them newest
-first with Stripe's cursor pagination (``limit``, ``starting_after``),
-``created[gte]`` and ``expand[]=data.source``.
+added with ``charge``, a dispute's withdrawal and reinstatement (``adjustment``
+transactions whose source is the dispute) with ``dispute`` and
+``dispute_won``. ``GET /v1/balance_transactions`` lists them newest first with
+Stripe's cursor pagination (``limit``, ``starting_after``), ``created[gte]``
+and ``expand[]=data.source``.
+
+As at Stripe, a balance transaction's ``amount`` and ``currency`` are in the
+platform's balance currency (``balance_currency``, CNY): a movement in another
+currency is converted at ``rates[currency]`` (recorded as ``exchange_rate``),
+while its source object keeps the original amount and currency.
 """
 
 import json
@@ -16,19 +23,26 @@ from tests.fakes.stripe_server import FakeStripe, _nest
 
 
 class FakeStripeWithBalance(FakeStripe):
+    balance_currency = "cny"
+    rates = {"usd": 7.1234, "eur": 7.8}  # one unit of the currency in the balance currency
+
     def __init__(self):
         super().__init__()
         self.balance_transactions: list[dict] = []  # oldest first; listed newest first
         self.sources: dict[str, dict] = {}
 
     def _add(self, *, type_: str, amount: int, currency: str, source: dict, created: int | None = None) -> dict:
+        """A balance transaction of ``amount`` in ``currency`` (the source's), booked in the balance currency."""
         self.sources[source["id"]] = source
+        currency = currency.lower()
+        rate = None if currency == self.balance_currency else self.rates[currency]
         txn = {
             "id": f"txn_test_{secrets.token_hex(8)}",
             "object": "balance_transaction",
             "type": type_,
-            "amount": amount,
-            "currency": currency.lower(),
+            "amount": amount if rate is None else round(amount * rate),
+            "currency": self.balance_currency,
+            "exchange_rate": rate,
             "source": source["id"],
             "created": created if created is not None else int(time.time()),
         }
@@ -47,12 +61,45 @@ class FakeStripeWithBalance(FakeStripe):
         with self.lock:
             return self._add(type_="charge", amount=amount, currency=currency, source=source, created=created)
 
+    def dispute(self, *, payment_intent: str, amount: int, currency: str, created: int | None = None) -> dict:
+        """The buyer's bank disputes a charge: the funds are withdrawn (a negative adjustment). Returns the dispute."""
+        source = {
+            "id": f"dp_test_{secrets.token_hex(8)}",
+            "object": "dispute",
+            "payment_intent": payment_intent,
+            "amount": amount,
+            "currency": currency.lower(),
+            "status": "needs_response",
+        }
+        with self.lock:
+            self._add(type_="adjustment", amount=-amount, currency=currency, source=source, created=created)
+        return source
+
+    def dispute_won(self, dispute: dict, created: int | None = None) -> dict:
+        """The dispute is won: the funds are reinstated (a positive adjustment with the same dispute as source)."""
+        dispute["status"] = "won"
+        with self.lock:
+            return self._add(
+                type_="adjustment",
+                amount=dispute["amount"],
+                currency=dispute["currency"],
+                source=dispute,
+                created=created,
+            )
+
+    def _currency_of(self, payment_intent: str | None) -> str:
+        for source in self.sources.values():
+            if source.get("object") == "charge" and source.get("payment_intent") == payment_intent:
+                return source["currency"]
+        return self.balance_currency
+
     def _create(self, path: str, params: dict) -> tuple[int, dict]:
         status, obj = super()._create(path, params)
         if status == 200 and path == "/v1/transfers":
             self._add(type_="transfer", amount=-obj["amount"], currency=obj["currency"], source=obj)
         elif status == 200 and path == "/v1/refunds":
-            self._add(type_="refund", amount=-obj["amount"], currency=params.get("currency", "cny"), source=obj)
+            obj.setdefault("currency", self._currency_of(obj.get("payment_intent")))  # a refund is in its charge's
+            self._add(type_="refund", amount=-obj["amount"], currency=obj["currency"], source=obj)
         return status, obj
 
     def _list(self, query: dict) -> dict:
