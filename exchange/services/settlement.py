@@ -50,6 +50,7 @@ from exchange.models import (
     Order,
     Payout,
     Posting,
+    Refund,
     SettlementBatch,
     SettlementRun,
 )
@@ -210,6 +211,7 @@ def settlement_batch_execute(*, batch_pk: int, queue_finish: bool = True) -> Set
                     .order_by("pk")
                 )
             )
+            orders = _without_pending_refunds(orders)
             schedule = FeeSchedule.load()  # once per batch: the fee costs no query per order
             accounts = {
                 "escrow": account_get(kind=AccountKind.ESCROW_HELD),
@@ -254,6 +256,30 @@ def settlement_batch_execute(*, batch_pk: int, queue_finish: bool = True) -> Set
     if queue_finish and not run.batches.exclude(status=SettlementBatchStatus.COMPLETED).exists():
         _queue_finish(run.pk)
     return batch
+
+
+def _without_pending_refunds(orders: list[Order]) -> list[Order]:
+    """The locked ``orders`` less those with a refund still PENDING, read by a statement of its own.
+
+    The batch's query excludes such orders, but it read the refunds in its
+    snapshot: an order whose refund was being requested (order row locked,
+    refunded_amount raised, the PENDING refund created, not yet committed)
+    passed that test, and once the refund committed PostgreSQL re-checked
+    only the order row (EvalPlanQual), not the refund subquery. Settled for
+    what remained, the refund would then be booked out of the fee and the
+    merchant's payable instead of escrow. Under READ COMMITTED this new
+    statement sees the committed refund; the order stays unsettled for the
+    next run, as the exclusion intends. The locked rows themselves are the
+    latest committed versions, so status and refunded_amount are current.
+    """
+    if not orders:
+        return orders
+    waiting = set(
+        Refund.objects.filter(order_id__in=[order.pk for order in orders], status=RefundStatus.PENDING).values_list(
+            "order_id", flat=True
+        )
+    )
+    return [order for order in orders if order.pk not in waiting] if waiting else orders
 
 
 def _record_batch_failure(*, batch_pk: int, error: str) -> None:
