@@ -212,6 +212,17 @@ CELERY_BEAT_SCHEDULE["ledger-verify-daily"] = {
     "schedule": crontab(minute=30, hour=LEDGER_VERIFY_HOUR_UTC),
 }
 
+# Refunds a gateway that did not answer left PENDING are sent again (same idempotency key) by a beat sweep:
+# every REFUND_RETRY_SWEEP_SECONDS, those older than REFUND_RETRY_AFTER_SECONDS, and only while younger than
+# REFUND_RETRY_MAX_AGE_SECONDS (Stripe keeps an idempotency key for 24 hours; a later retry could refund twice).
+REFUND_RETRY_SWEEP_SECONDS = env_int("REFUND_RETRY_SWEEP_SECONDS", 300, minimum=30)
+REFUND_RETRY_AFTER_SECONDS = env_int("REFUND_RETRY_AFTER_SECONDS", 300, minimum=0)
+REFUND_RETRY_MAX_AGE_SECONDS = env_int("REFUND_RETRY_MAX_AGE_SECONDS", 23 * 3600, minimum=60, maximum=23 * 3600)
+CELERY_BEAT_SCHEDULE["refunds-retry-pending"] = {
+    "task": "exchange.tasks.refunds_retry_pending",
+    "schedule": float(REFUND_RETRY_SWEEP_SECONDS),
+}
+
 # --- auth -----------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = [

@@ -164,6 +164,16 @@ def refund_execute(refund_pk: int) -> str:
     return f"refund {refund.pk}: {refund.status}"
 
 
+@shared_task
+def refunds_retry_pending() -> dict:
+    """Beat: send again refunds a gateway that did not answer left PENDING (same key: the buyer is refunded once)."""
+    from exchange.services.refunds import refunds_retry_pending as retry
+
+    return retry(
+        older_than_seconds=settings.REFUND_RETRY_AFTER_SECONDS, max_age_seconds=settings.REFUND_RETRY_MAX_AGE_SECONDS
+    )
+
+
 @shared_task(**RETRY)
 def sandbox_checkout_resolve(session_id: str, approve: bool) -> str:
     """The sandbox's "approve after a delay": the provider answers later, through the webhook path."""

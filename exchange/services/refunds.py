@@ -9,15 +9,30 @@ still holds money; beyond that (it was paid out already) it is booked to the
 merchant's receivable, which the next settlement run nets against what the
 merchant is owed before paying out. Nothing is ever deleted or updated in
 the ledger: a dispute won is a new entry that reverses the withdrawal.
+
+A refund is PENDING from the moment its amount is reserved on the order until
+the gateway answers. When the gateway did not answer (a timeout, a 5xx) the
+refund stays PENDING, its amount reserved and its order out of settlement, and
+is sent again with the same idempotency key, so the gateway refunds once: by
+staff submitting the same form again (``order_refund`` with the same key), and
+by the beat sweep ``refunds_retry_pending``. When the gateway did refund but
+the answer was lost, its ``charge.refunded`` webhook settles the matter too:
+``refund_record_from_gateway`` books the reported refund as that PENDING
+refund instead of as a second one.
 """
 
+import logging
+from contextlib import contextmanager
+from datetime import timedelta
+
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from audit.services import audit_record
-from common.money import mul_div_half_up
+from common.money import format_minor, mul_div_half_up
 from exchange.choices import (
     MERCHANT_ACCOUNT_KINDS,
     AccountKind,
@@ -33,6 +48,8 @@ from exchange.services.ledger import account_balance, account_get, journal_post
 from exchange.services.notifications import refund_notify
 from exchange.services.orders import order_transition
 from exchange.services.transitions import history_start, status_move
+
+log = logging.getLogger(__name__)
 
 REFUNDABLE = {OrderStatus.PAID, OrderStatus.DELIVERED, OrderStatus.SETTLED, OrderStatus.PARTIALLY_REFUNDED}
 
@@ -135,7 +152,12 @@ def order_refund(
     is called, so two concurrent refunds can never return more than was paid:
     the second one gets RefundConflict. The gateway call carries the refund's
     stored idempotency key. A repeated ``idempotency_key`` returns the first
-    refund.
+    refund; when that one is still PENDING (the gateway did not answer), it is
+    sent again first, with the same key, so the gateway refunds once.
+
+    When the gateway does not answer, GatewayError (``transient``) says so: the
+    refund stays PENDING with its amount reserved, and is retried by submitting
+    the same key again or by the sweep (``refunds_retry_pending``).
     """
     reason = (reason or "").strip()
     if not reason:
@@ -144,6 +166,8 @@ def order_refund(
         raise ValidationError({"amount": "A refund amount must be a positive number of minor units."})
     if idempotency_key:
         existing = Refund.objects.filter(idempotency_key=idempotency_key).first()
+        if existing and existing.status == RefundStatus.PENDING:
+            return _refund_retry_now(existing)
         if existing:
             return existing
     with transaction.atomic():
@@ -184,11 +208,64 @@ def order_refund(
             currency=locked.currency,
             source=source,
         )
-    return refund_execute(refund_pk=refund.pk)
+    return _execute_or_explain(refund)
 
 
-def refund_execute(*, refund_pk: int) -> Refund:
-    """Send a pending refund to the gateway and book it. Safe to call again (the key dedupes)."""
+# How long one retry may hold its claim on a refund (longer than any gateway call takes, timeouts included).
+RETRY_CLAIM_SECONDS = 300
+
+
+@contextmanager
+def _retry_claim(refund_pk: int):
+    """Yield whether this process may retry the refund now: no other retry of it is under way.
+
+    Two calls with the same idempotency key at the same moment can make Stripe
+    answer 409 (a request with this key is in progress), which would fail a
+    refund the other call completes; so a retry claims the refund first.
+    """
+    key = f"exchange:refund-retry:{refund_pk}"
+    claimed = cache.add(key, 1, timeout=RETRY_CLAIM_SECONDS)
+    try:
+        yield claimed
+    finally:
+        if claimed:
+            cache.delete(key)
+
+
+def _execute_or_explain(refund: Refund, *, via: str = "") -> Refund:
+    """``refund_execute``, with a gateway that did not answer explained to the person who asked."""
+    try:
+        return refund_execute(refund_pk=refund.pk, via=via)
+    except GatewayError as exc:  # refund_execute raises only the transient ones
+        raise GatewayError(
+            f"The payment gateway did not answer ({exc}). Refund {refund.pk} of "
+            f"{format_minor(refund.amount, refund.currency)} stays pending, its amount reserved on the order; "
+            "it is sent again automatically within minutes with the same idempotency key, so the buyer is "
+            "refunded once. Submitting the same form again retries it now.",
+            transient=True,
+        ) from exc
+
+
+def _refund_retry_now(refund: Refund) -> Refund:
+    """Staff submitted a refund again that is still PENDING: send it again now (same key)."""
+    with _retry_claim(refund.pk) as claimed:
+        if not claimed:
+            raise RefundConflict(
+                f"Refund {refund.pk} is pending and being sent to the gateway again right now; "
+                "look at the order again in a minute.",
+                code="retry_in_progress",
+            )
+        return _execute_or_explain(refund, via="sent again: the same refund was submitted again")
+
+
+def refund_execute(*, refund_pk: int, via: str = "") -> Refund:
+    """Send a pending refund to the gateway and book it. Safe to call again (the key dedupes).
+
+    A refund that is no longer PENDING is returned as it is. A refusal fails it
+    and frees its amount; a gateway that did not answer leaves it PENDING (its
+    error recorded) and the GatewayError is raised. ``via`` says in the status
+    history why this attempt was made (a retry), when it was not the first.
+    """
     refund = Refund.objects.select_related("order").get(pk=refund_pk)
     if refund.status != RefundStatus.PENDING:
         return refund
@@ -210,7 +287,7 @@ def refund_execute(*, refund_pk: int) -> Refund:
             elif exc.transient:
                 locked.save(update_fields=["error"])
             else:
-                status_move(locked, RefundStatus.FAILED, reason=f"gateway refused: {exc}", fields=("error",))
+                status_move(locked, RefundStatus.FAILED, reason=_why(f"gateway refused: {exc}", via), fields=("error",))
                 Order.objects.filter(pk=order.pk).update(refunded_amount=F("refunded_amount") - locked.amount)
         if exc.transient:
             raise
@@ -221,18 +298,97 @@ def refund_execute(*, refund_pk: int) -> Refund:
         if locked.status == RefundStatus.PENDING:
             locked.gateway_refund_id = refund.gateway_refund_id
             done = f"gateway refund {locked.gateway_refund_id}" if locked.gateway_refund_id else "nothing to return"
-            _apply_refund(refund=locked, order=locked_order, reason=done)
+            _apply_refund(refund=locked, order=locked_order, reason=_why(done, via))
     locked.refresh_from_db()
     return locked
+
+
+def _why(reason: str, via: str) -> str:
+    return f"{reason} ({via})" if via else reason
+
+
+def refunds_retry_pending(*, older_than_seconds: int, max_age_seconds: int, batch: int = 100, now=None) -> dict:
+    """Send again the refunds a gateway that did not answer left PENDING; return their pks by outcome.
+
+    Retries refunds created more than ``older_than_seconds`` and less than
+    ``max_age_seconds`` ago, oldest first, at most ``batch``, each with its
+    stored idempotency key: a gateway that did refund the first time returns
+    that refund instead of making a second, and the refund is booked. A
+    refusal fails it and frees its amount; no answer again leaves it for the
+    next sweep. Safe to run twice, and alongside itself: a refund no longer
+    PENDING is skipped, and one another process is retrying is left to it.
+
+    Older refunds are not retried automatically: Stripe keeps an idempotency
+    key for 24 hours only, after which a retry could refund twice. They are
+    reported under ``too_old`` (and logged) for staff to check in the
+    gateway's dashboard.
+    """
+    now = now or timezone.now()
+    pending = Refund.objects.filter(status=RefundStatus.PENDING)
+    due = pending.filter(
+        created_at__lte=now - timedelta(seconds=older_than_seconds),
+        created_at__gt=now - timedelta(seconds=max_age_seconds),
+    )
+    outcome: dict[str, list[int]] = {"succeeded": [], "failed": [], "still_pending": [], "too_old": []}
+    for refund_pk in list(due.order_by("created_at", "pk").values_list("pk", flat=True)[:batch]):
+        with _retry_claim(refund_pk) as claimed:
+            if not claimed:
+                continue
+            try:
+                refund = refund_execute(refund_pk=refund_pk, via="sent again by the pending-refund sweep")
+            except GatewayError as exc:
+                log.warning("refund %s still pending: the gateway did not answer (%s)", refund_pk, exc)
+                outcome["still_pending"].append(refund_pk)
+                continue
+        if refund.status == RefundStatus.SUCCEEDED:
+            outcome["succeeded"].append(refund_pk)
+        elif refund.status == RefundStatus.FAILED:
+            outcome["failed"].append(refund_pk)
+    outcome["too_old"] = list(
+        pending.filter(created_at__lte=now - timedelta(seconds=max_age_seconds))
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    if outcome["too_old"]:
+        log.error(
+            "refunds %s pending for over %s seconds are no longer retried automatically; check them at the gateway",
+            outcome["too_old"],
+            max_age_seconds,
+        )
+    return outcome
 
 
 def refund_record_from_gateway(*, order: Order, gateway_refund_id: str, amount: int, reason: str) -> Refund | None:
     """A refund the gateway reports (made in its dashboard, or ours echoed back): book it once.
 
     Call with the order row locked. Returns None when it is already known.
+
+    A refund of ours whose gateway answer was lost (a timeout after the
+    gateway had refunded) is still PENDING, without the gateway's refund id,
+    and its amount is already reserved on the order. Neither gateway tells
+    which of our refunds a reported one answers (Stripe's refund carries no
+    metadata of ours, the sandbox's none at all), so a PENDING refund of this
+    order for the same amount, the oldest first, is taken to be it: it
+    succeeds with the reported id and is booked, instead of a second refund
+    being created (which would reserve the amount twice).
     """
     if Refund.objects.filter(gateway_refund_id=gateway_refund_id).exists():
         return None
+    if amount > 0:
+        pending = (
+            Refund.objects.select_for_update()
+            .filter(order=order, status=RefundStatus.PENDING, amount=amount)
+            .order_by("created_at", "pk")
+            .first()
+        )
+        if pending is not None:
+            pending.gateway_refund_id = gateway_refund_id
+            _apply_refund(
+                refund=pending,
+                order=order,
+                reason=f"gateway refund {gateway_refund_id}, reported by the gateway (matched by order and amount)",
+            )
+            return pending
     remaining = order.amount - order.refunded_amount
     amount = min(amount, remaining)
     if amount <= 0:

@@ -1,0 +1,390 @@
+"""Refunds the gateway did not answer, and orders refunded in part before delivery: they all end booked and settled.
+
+A refund whose gateway call timed out stays PENDING with its amount reserved
+on the order (and the order out of settlement) until one of three things
+resolves it: the pending-refund sweep sends it again, staff submit the same
+form again, or the gateway's charge.refunded webhook reports the refund it did
+make. Each way books it once. Everything goes through the sandbox gateway's
+real paths (signed events, the webhook ingestion, tasks eager on commit).
+"""
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.conf import settings as django_settings
+from django.db.models import Sum
+from django.urls import reverse
+from django.utils import timezone
+
+from exchange import tasks
+from exchange.choices import AccountKind, EntitlementStatus, JournalKind, OrderStatus, RefundStatus
+from exchange.gateways import GatewayError
+from exchange.gateways.sandbox import SandboxGateway
+from exchange.models import Entitlement, JournalEntry, Order, Posting, Refund
+from exchange.services.ledger import ledger_verify
+from exchange.services.orders import order_checkout_start, order_confirm_receipt, order_create
+from exchange.services.refunds import order_refund, refunds_retry_pending
+from exchange.services.settlement import settlement_run_execute, settlement_run_start
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+PRICE = 1234  # make_listing's default one-time price; no buyer service fee in the tests' settings
+KEY = "admin-refund-7f0c"
+LATER = timedelta(minutes=6)  # past REFUND_RETRY_AFTER_SECONDS (300 by default)
+
+
+@pytest.fixture(autouse=True)
+def _no_hold(settings):
+    settings.DISPUTE_HOLD_DAYS = 0  # settle what was delivered a moment ago
+
+
+def _paid(listing, capture):
+    buyer = UserFactory()
+    with capture(execute=True):
+        order, _ = order_create(buyer=buyer, listing=listing, idempotency_key=str(uuid.uuid4()))
+        order_checkout_start(order=order)
+        order.refresh_from_db()
+        SandboxGateway().session_resolve_and_notify(session_id=order.gateway_session_id, approve=True)
+    order = Order.objects.get(pk=order.pk)
+    assert (order.status, order.amount) == (OrderStatus.PAID, PRICE)
+    return order, buyer
+
+
+def _delivered(listing, capture):
+    order, buyer = _paid(listing, capture)
+    with capture(execute=True):
+        order_confirm_receipt(order=order, actor=buyer)
+    order.refresh_from_db()
+    assert order.status == OrderStatus.DELIVERED
+    return order
+
+
+def _balance(kind):
+    return Posting.objects.filter(account__kind=kind).aggregate(total=Sum("amount"))["total"] or 0
+
+
+def _moves(refund):
+    return list(refund.history.order_by("pk").values_list("from_status", "to_status", "reason"))
+
+
+def _sandbox_refund_id(key):
+    return SandboxGateway().refund_create(payment_id="", amount=0, idempotency_key=key)
+
+
+def _timed_out_refund(order, staff, amount, monkeypatch):
+    """Refund ``amount`` of ``order`` while the gateway times out; return the PENDING refund."""
+
+    def timeout(self, **kwargs):
+        raise GatewayError("Stripe: connection timed out", transient=True)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(SandboxGateway, "refund_create", timeout)
+        with pytest.raises(GatewayError) as raised:
+            order_refund(order=order, amount=amount, reason="late file", actor=staff, idempotency_key=KEY)
+    assert raised.value.transient
+    refund = Refund.objects.get(order=order)
+    assert "stays pending" in str(raised.value) and f"Refund {refund.pk}" in str(raised.value)
+    order.refresh_from_db()
+    assert (refund.status, refund.error, order.refunded_amount) == (
+        RefundStatus.PENDING,
+        "Stripe: connection timed out",
+        amount,
+    )
+    return refund
+
+
+def _gateway_must_not_be_called(monkeypatch):
+    def called(self, **kwargs):
+        raise AssertionError("the gateway was asked to refund again")
+
+    monkeypatch.setattr(SandboxGateway, "refund_create", called)
+
+
+def _settle():
+    return settlement_run_execute(run_pk=settlement_run_start(trigger="test").pk)
+
+
+def _refund_entries(order):
+    return list(
+        JournalEntry.objects.filter(order=order, kind=JournalKind.REFUND).values_list("idempotency_key", flat=True)
+    )
+
+
+# --- the sweep -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("amount", [300, PRICE])
+def test_the_sweep_sends_a_timed_out_refund_again_and_books_it_once(
+    published_listing, staff, django_capture_on_commit_callbacks, monkeypatch, amount
+):
+    order = _delivered(published_listing, django_capture_on_commit_callbacks)
+    refund = _timed_out_refund(order, staff, amount, monkeypatch)
+    order.refresh_from_db()
+    assert order.status == OrderStatus.DELIVERED and _refund_entries(order) == []
+    # The reservation keeps the order out of settlement while the refund is pending.
+    _settle()
+    order.refresh_from_db()
+    assert order.settled_at is None and _balance(AccountKind.ESCROW_HELD) == -PRICE
+
+    # Too young for the sweep: a gateway call may still be answering.
+    assert refunds_retry_pending(older_than_seconds=300, max_age_seconds=23 * 3600) == {
+        "succeeded": [],
+        "failed": [],
+        "still_pending": [],
+        "too_old": [],
+    }
+    refund.refresh_from_db()
+    assert refund.status == RefundStatus.PENDING
+
+    with django_capture_on_commit_callbacks(execute=True):
+        swept = refunds_retry_pending(older_than_seconds=300, max_age_seconds=23 * 3600, now=timezone.now() + LATER)
+    assert swept == {"succeeded": [refund.pk], "failed": [], "still_pending": [], "too_old": []}
+    refund.refresh_from_db()
+    order.refresh_from_db()
+    assert (refund.status, refund.gateway_refund_id, refund.error) == (
+        RefundStatus.SUCCEEDED,
+        _sandbox_refund_id(KEY),  # the same key: the gateway returns the refund it made the first time
+        "",
+    )
+    assert _moves(refund) == [
+        ("", "pending", "requested (admin): late file"),
+        ("pending", "succeeded", f"gateway refund {refund.gateway_refund_id} (sent again by the pending-refund sweep)"),
+    ]
+    full = amount == PRICE
+    assert (order.refunded_amount, order.status) == (
+        amount,
+        OrderStatus.REFUNDED if full else OrderStatus.PARTIALLY_REFUNDED,
+    )
+    assert _refund_entries(order) == [f"refund:{refund.pk}"]
+    assert Entitlement.objects.get(order=order).status == (
+        EntitlementStatus.REVOKED if full else EntitlementStatus.ACTIVE
+    )
+
+    # A second sweep (or the same one delivered twice) finds nothing to do and asks the gateway nothing.
+    _gateway_must_not_be_called(monkeypatch)
+    entries = JournalEntry.objects.count()
+    assert refunds_retry_pending(older_than_seconds=300, max_age_seconds=23 * 3600, now=timezone.now() + LATER) == {
+        "succeeded": [],
+        "failed": [],
+        "still_pending": [],
+        "too_old": [],
+    }
+    assert JournalEntry.objects.count() == entries and len(_moves(refund)) == 2
+
+    # The rest of the trade settles; escrow ends empty and the clearing account holds what the buyer kept paid.
+    _settle()
+    order.refresh_from_db()
+    assert order.settled_at is not None or full
+    assert _balance(AccountKind.ESCROW_HELD) == 0
+    assert _balance(AccountKind.GATEWAY_CLEARING) == PRICE - amount
+    assert ledger_verify().ok and _balance(AccountKind.ESCROW_HELD) == 0
+
+
+def test_the_sweep_leaves_a_refund_pending_while_the_gateway_is_still_down_and_fails_a_refused_one(
+    published_listing, staff, django_capture_on_commit_callbacks, monkeypatch
+):
+    order = _delivered(published_listing, django_capture_on_commit_callbacks)
+    refund = _timed_out_refund(order, staff, 300, monkeypatch)
+
+    def still_down(self, **kwargs):
+        raise GatewayError("Stripe: 503 service unavailable", transient=True)
+
+    monkeypatch.setattr(SandboxGateway, "refund_create", still_down)
+    swept = refunds_retry_pending(older_than_seconds=300, max_age_seconds=23 * 3600, now=timezone.now() + LATER)
+    assert swept["still_pending"] == [refund.pk]
+    refund.refresh_from_db()
+    order.refresh_from_db()
+    assert (refund.status, refund.error, order.refunded_amount) == (
+        RefundStatus.PENDING,
+        "Stripe: 503 service unavailable",
+        300,
+    )
+
+    def refused(self, **kwargs):
+        raise GatewayError("Stripe: charge already refunded", transient=False)
+
+    monkeypatch.setattr(SandboxGateway, "refund_create", refused)
+    swept = refunds_retry_pending(older_than_seconds=300, max_age_seconds=23 * 3600, now=timezone.now() + LATER)
+    assert swept["failed"] == [refund.pk]
+    refund.refresh_from_db()
+    order.refresh_from_db()
+    assert (refund.status, order.refunded_amount, order.status) == (RefundStatus.FAILED, 0, OrderStatus.DELIVERED)
+    assert _moves(refund)[-1] == (
+        "pending",
+        "failed",
+        "gateway refused: Stripe: charge already refunded (sent again by the pending-refund sweep)",
+    )
+    assert _refund_entries(order) == []
+
+
+def test_the_sweep_does_not_retry_a_refund_older_than_the_gateways_key_memory(
+    published_listing, staff, django_capture_on_commit_callbacks, monkeypatch
+):
+    order = _delivered(published_listing, django_capture_on_commit_callbacks)
+    refund = _timed_out_refund(order, staff, 300, monkeypatch)
+    _gateway_must_not_be_called(monkeypatch)
+    swept = refunds_retry_pending(
+        older_than_seconds=300, max_age_seconds=23 * 3600, now=timezone.now() + timedelta(hours=24)
+    )
+    assert swept == {"succeeded": [], "failed": [], "still_pending": [], "too_old": [refund.pk]}
+    refund.refresh_from_db()
+    assert refund.status == RefundStatus.PENDING
+
+
+def test_the_beat_task_runs_the_sweep(
+    published_listing, staff, django_capture_on_commit_callbacks, monkeypatch, settings
+):
+    assert django_settings.CELERY_BEAT_SCHEDULE["refunds-retry-pending"] == {
+        "task": "exchange.tasks.refunds_retry_pending",
+        "schedule": float(django_settings.REFUND_RETRY_SWEEP_SECONDS),
+    }
+    order = _delivered(published_listing, django_capture_on_commit_callbacks)
+    refund = _timed_out_refund(order, staff, 300, monkeypatch)
+    settings.REFUND_RETRY_AFTER_SECONDS = 0
+    with django_capture_on_commit_callbacks(execute=True):
+        assert tasks.refunds_retry_pending.apply().get()["succeeded"] == [refund.pk]
+        assert tasks.refunds_retry_pending.apply().get()["succeeded"] == []
+    refund.refresh_from_db()
+    assert refund.status == RefundStatus.SUCCEEDED and _refund_entries(order) == [f"refund:{refund.pk}"]
+
+
+# --- staff submitting the same form again ----------------------------------------------------------------------
+
+
+def test_submitting_the_same_refund_again_sends_it_again(
+    published_listing, staff, django_capture_on_commit_callbacks, monkeypatch
+):
+    order = _delivered(published_listing, django_capture_on_commit_callbacks)
+    refund = _timed_out_refund(order, staff, 300, monkeypatch)
+
+    def still_down(self, **kwargs):
+        raise GatewayError("Stripe: connection timed out", transient=True)
+
+    # Still down: the same answer, nothing changed.
+    with monkeypatch.context() as patched:
+        patched.setattr(SandboxGateway, "refund_create", still_down)
+        with pytest.raises(GatewayError, match="stays pending"):
+            order_refund(order=order, amount=300, reason="late file", actor=staff, idempotency_key=KEY)
+    refund.refresh_from_db()
+    assert refund.status == RefundStatus.PENDING and Refund.objects.count() == 1
+
+    # Back up: the same refund is sent with the same key and booked, once.
+    with django_capture_on_commit_callbacks(execute=True):
+        again = order_refund(order=order, amount=300, reason="late file", actor=staff, idempotency_key=KEY)
+    assert again.pk == refund.pk and again.status == RefundStatus.SUCCEEDED
+    assert again.gateway_refund_id == _sandbox_refund_id(KEY)
+    assert _moves(again)[-1] == (
+        "pending",
+        "succeeded",
+        f"gateway refund {again.gateway_refund_id} (sent again: the same refund was submitted again)",
+    )
+    order.refresh_from_db()
+    assert (order.status, order.refunded_amount) == (OrderStatus.PARTIALLY_REFUNDED, 300)
+    assert Refund.objects.count() == 1 and _refund_entries(order) == [f"refund:{refund.pk}"]
+    # And once more: the succeeded refund is returned, the gateway not asked.
+    _gateway_must_not_be_called(monkeypatch)
+    assert order_refund(order=order, amount=300, reason="late file", actor=staff, idempotency_key=KEY).pk == refund.pk
+    assert _refund_entries(order) == [f"refund:{refund.pk}"]
+
+
+def test_the_admin_form_explains_a_timeout_and_retries_when_sent_again(
+    client, published_listing, staff, django_capture_on_commit_callbacks, monkeypatch
+):
+    order = _delivered(published_listing, django_capture_on_commit_callbacks)
+    client.force_login(staff)
+    url = reverse("admin:exchange_order_refund", args=[order.pk])
+    data = {"amount": "3.00", "reason": "late file", "token": str(uuid.uuid4())}
+
+    def timeout(self, **kwargs):
+        raise GatewayError("Stripe: connection timed out", transient=True)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(SandboxGateway, "refund_create", timeout)
+        first = client.post(url, data)
+    assert first.status_code == 400
+    page = first.content.decode()
+    assert "did not answer" in page and "stays pending" in page and "Submitting the same form again" in page
+    refund = Refund.objects.get()
+    assert refund.status == RefundStatus.PENDING
+
+    with django_capture_on_commit_callbacks(execute=True):
+        again = client.post(url, data, follow=True)
+    assert "Refund of ¥3.00 CNY for order" in again.content.decode() and "Succeeded" in again.content.decode()
+    refund.refresh_from_db()
+    order.refresh_from_db()
+    assert (refund.status, order.refunded_amount, Refund.objects.count()) == (RefundStatus.SUCCEEDED, 300, 1)
+
+
+# --- the gateway's webhook reports the refund it made -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("amount", [300, PRICE])
+def test_the_gateways_report_books_the_pending_refund_instead_of_a_second_one(
+    published_listing, staff, django_capture_on_commit_callbacks, monkeypatch, amount
+):
+    order = _delivered(published_listing, django_capture_on_commit_callbacks)
+    refund = _timed_out_refund(order, staff, amount, monkeypatch)
+    # The gateway had refunded after all; its charge.refunded event arrives through the webhook path.
+    with django_capture_on_commit_callbacks(execute=True):
+        SandboxGateway().emit_refund(order=Order.objects.get(pk=order.pk), amount=amount)
+    (booked,) = Refund.objects.filter(order=order)
+    assert booked.pk == refund.pk
+    assert (booked.status, booked.source, booked.gateway_refund_id[:7]) == (RefundStatus.SUCCEEDED, "admin", "re_sbx_")
+    assert _moves(booked)[-1] == (
+        "pending",
+        "succeeded",
+        f"gateway refund {booked.gateway_refund_id}, reported by the gateway (matched by order and amount)",
+    )
+    order.refresh_from_db()
+    full = amount == PRICE
+    assert (order.refunded_amount, order.status) == (
+        amount,  # reserved once, not twice
+        OrderStatus.REFUNDED if full else OrderStatus.PARTIALLY_REFUNDED,
+    )
+    assert _refund_entries(order) == [f"refund:{refund.pk}"]
+    assert Entitlement.objects.get(order=order).status == (
+        EntitlementStatus.REVOKED if full else EntitlementStatus.ACTIVE
+    )
+    # The same event again, and the sweep after it: nothing more.
+    with django_capture_on_commit_callbacks(execute=True):
+        SandboxGateway().notify(
+            "charge.refunded",
+            {
+                "id": f"ch_sbx_{order.public_id.hex[:16]}",
+                "object": "charge",
+                "amount": order.amount,
+                "amount_refunded": amount,
+                "refunds": {"data": [{"id": booked.gateway_refund_id, "amount": amount, "reason": "x"}]},
+                "payment_intent": order.gateway_payment_id or None,
+                "metadata": {"order_id": str(order.public_id)},
+            },
+        )
+    _gateway_must_not_be_called(monkeypatch)
+    assert refunds_retry_pending(older_than_seconds=0, max_age_seconds=23 * 3600)["succeeded"] == []
+    order.refresh_from_db()
+    assert order.refunded_amount == amount and Refund.objects.count() == 1
+    assert _refund_entries(order) == [f"refund:{refund.pk}"]
+
+    _settle()
+    order.refresh_from_db()
+    assert (order.settled_at is not None) == (not full)
+    assert _balance(AccountKind.ESCROW_HELD) == 0
+    assert _balance(AccountKind.GATEWAY_CLEARING) == PRICE - amount
+    assert ledger_verify().ok
+
+
+def test_a_reported_refund_of_another_amount_is_a_refund_of_its_own(
+    published_listing, staff, django_capture_on_commit_callbacks, monkeypatch
+):
+    order = _delivered(published_listing, django_capture_on_commit_callbacks)
+    pending = _timed_out_refund(order, staff, 300, monkeypatch)
+    with django_capture_on_commit_callbacks(execute=True):
+        SandboxGateway().emit_refund(order=Order.objects.get(pk=order.pk), amount=200)  # made in the dashboard
+    pending.refresh_from_db()
+    assert pending.status == RefundStatus.PENDING
+    dashboard = Refund.objects.get(source="gateway")
+    assert (dashboard.amount, dashboard.status) == (200, RefundStatus.SUCCEEDED)
+    order.refresh_from_db()
+    assert (order.refunded_amount, order.status) == (500, OrderStatus.PARTIALLY_REFUNDED)
