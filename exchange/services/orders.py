@@ -251,29 +251,63 @@ def order_cancel(*, order: Order, actor, reason: str = "cancelled by the buyer")
         return order_transition(order_pk=locked.pk, to_status=OrderStatus.CANCELLED, reason=reason, actor=actor)
 
 
+def _receipt_confirm_locked(*, order: Order, reason: str, actor=None) -> Order:
+    """Confirm delivery of ``order`` (row locked, status checked by the caller): escrow is released to settlement.
+
+    A paid order becomes DELIVERED. A PARTIALLY_REFUNDED order that was never
+    confirmed (refunded in part while its payment was still in escrow) keeps
+    its status, which says what happened to the money (a self-move ORDER_TRANSITIONS
+    allows, so the confirmation has its history row), and gets ``delivered_at``,
+    the stamp settlement waits for, as ``delivery.delivery_confirm`` does.
+    """
+    if order.status == OrderStatus.PAID:
+        return order_transition(order_pk=order.pk, to_status=OrderStatus.DELIVERED, reason=reason, actor=actor)
+    return order_transition(
+        order_pk=order.pk,
+        to_status=OrderStatus.PARTIALLY_REFUNDED,
+        reason=f"{reason} (after a partial refund)",
+        actor=actor,
+        delivered_at=timezone.now(),
+    )
+
+
+def _awaiting_receipt(order: Order) -> bool:
+    """Paid money still in escrow, waiting for the buyer's receipt: paid, or partly refunded before delivery."""
+    return order.delivered_at is None and order.status in (OrderStatus.PAID, OrderStatus.PARTIALLY_REFUNDED)
+
+
 def order_confirm_receipt(*, order: Order, actor) -> Order:
-    """The buyer confirms they received the data: the payment leaves escrow."""
+    """The buyer confirms they received the data: the payment (what is left of it) leaves escrow.
+
+    Accepts a paid order and a partly refunded one not confirmed before;
+    anything else raises OrderTransitionError (code ``not_paid``) and changes
+    nothing.
+    """
     if actor.pk != order.buyer_id:
         raise ValidationError("Only the buyer can confirm receipt.", code="forbidden")
     with transaction.atomic():
         locked = Order.objects.select_for_update().get(pk=order.pk)
-        if locked.status != OrderStatus.PAID:
+        if not _awaiting_receipt(locked):
             raise OrderTransitionError(
                 f"Receipt can only be confirmed for a paid order; this one is {locked.get_status_display()}.",
                 code="not_paid",
             )
-        return order_transition(
-            order_pk=locked.pk, to_status=OrderStatus.DELIVERED, reason="buyer confirmed receipt", actor=actor
-        )
+        return _receipt_confirm_locked(order=locked, reason="buyer confirmed receipt", actor=actor)
 
 
 def orders_auto_confirm(*, now=None) -> int:
-    """Release escrow for paid orders whose data was handed over long enough ago without complaint."""
+    """Release escrow for paid orders whose data was handed over long enough ago without complaint.
+
+    Partly refunded orders never confirmed count as paid here (the rest of
+    their payment is still in escrow). Safe to run twice: each order is
+    re-checked under its row lock.
+    """
     now = now or timezone.now()
     cutoff = now - timedelta(days=settings.ESCROW_AUTO_CONFIRM_DAYS)
     pks = (
         Order.objects.filter(
-            status=OrderStatus.PAID,
+            status__in=[OrderStatus.PAID, OrderStatus.PARTIALLY_REFUNDED],
+            delivered_at__isnull=True,
             paid_at__lte=cutoff,
             entitlement__deliveries__status__in=[DeliveryStatus.READY, DeliveryStatus.CONFIRMED],
         )
@@ -284,11 +318,9 @@ def orders_auto_confirm(*, now=None) -> int:
     for pk in list(pks[:1000]):
         with transaction.atomic():
             locked = Order.objects.select_for_update().get(pk=pk)
-            if locked.status == OrderStatus.PAID:
-                order_transition(
-                    order_pk=pk,
-                    to_status=OrderStatus.DELIVERED,
-                    reason=f"auto-confirmed {settings.ESCROW_AUTO_CONFIRM_DAYS} days after delivery",
+            if _awaiting_receipt(locked):
+                _receipt_confirm_locked(
+                    order=locked, reason=f"auto-confirmed {settings.ESCROW_AUTO_CONFIRM_DAYS} days after delivery"
                 )
                 done += 1
     return done

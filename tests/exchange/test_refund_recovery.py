@@ -23,7 +23,13 @@ from exchange.gateways import GatewayError
 from exchange.gateways.sandbox import SandboxGateway
 from exchange.models import Entitlement, JournalEntry, Order, Posting, Refund
 from exchange.services.ledger import ledger_verify
-from exchange.services.orders import order_checkout_start, order_confirm_receipt, order_create
+from exchange.services.orders import (
+    OrderTransitionError,
+    order_checkout_start,
+    order_confirm_receipt,
+    order_create,
+    orders_auto_confirm,
+)
 from exchange.services.refunds import order_refund, refunds_retry_pending
 from exchange.services.settlement import settlement_run_execute, settlement_run_start
 from tests.factories import UserFactory
@@ -388,3 +394,73 @@ def test_a_reported_refund_of_another_amount_is_a_refund_of_its_own(
     assert (dashboard.amount, dashboard.status) == (200, RefundStatus.SUCCEEDED)
     order.refresh_from_db()
     assert (order.refunded_amount, order.status) == (500, OrderStatus.PARTIALLY_REFUNDED)
+
+
+# --- a partial refund before delivery was confirmed ----------------------------------------------------------------
+
+
+def test_a_partly_refunded_order_confirmed_by_the_buyer_settles_the_rest(
+    published_listing, staff, django_capture_on_commit_callbacks
+):
+    order, buyer = _paid(published_listing, django_capture_on_commit_callbacks)
+    order_refund(order=order, amount=100, reason="one file was late", actor=staff)
+    order.refresh_from_db()
+    assert (order.status, order.delivered_at) == (OrderStatus.PARTIALLY_REFUNDED, None)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        order_confirm_receipt(order=order, actor=buyer)
+    order.refresh_from_db()
+    assert order.status == OrderStatus.PARTIALLY_REFUNDED and order.delivered_at is not None
+    last = order.history.order_by("pk").last()
+    assert (last.from_status, last.to_status, last.reason, last.actor) == (
+        OrderStatus.PARTIALLY_REFUNDED,
+        OrderStatus.PARTIALLY_REFUNDED,
+        "buyer confirmed receipt (after a partial refund)",
+        buyer,
+    )
+    with pytest.raises(OrderTransitionError) as again:
+        order_confirm_receipt(order=order, actor=buyer)
+    assert again.value.code == "not_paid"
+
+    _settle()
+    order.refresh_from_db()
+    assert order.status == OrderStatus.SETTLED
+    sale = JournalEntry.objects.get(idempotency_key=f"sale:{order.pk}")
+    assert sum(p.amount for p in sale.postings.all() if p.account.kind == AccountKind.ESCROW_HELD) == PRICE - 100
+    assert _balance(AccountKind.ESCROW_HELD) == 0
+    assert _balance(AccountKind.GATEWAY_CLEARING) == PRICE - 100
+    assert ledger_verify().ok
+
+
+def test_a_partly_refunded_order_is_auto_confirmed_and_settles_the_rest(
+    published_listing, staff, django_capture_on_commit_callbacks, settings
+):
+    order, _ = _paid(published_listing, django_capture_on_commit_callbacks)
+    order_refund(order=order, amount=100, reason="one file was late", actor=staff)
+    assert orders_auto_confirm() == 0  # not yet: the buyer still has time to complain
+    later = timezone.now() + timedelta(days=settings.ESCROW_AUTO_CONFIRM_DAYS, minutes=1)
+    assert orders_auto_confirm(now=later) == 1
+    assert orders_auto_confirm(now=later) == 0  # run twice: once
+    order.refresh_from_db()
+    assert order.status == OrderStatus.PARTIALLY_REFUNDED and order.delivered_at is not None
+    assert order.history.order_by("pk").last().reason == (
+        f"auto-confirmed {settings.ESCROW_AUTO_CONFIRM_DAYS} days after delivery (after a partial refund)"
+    )
+    _settle()
+    order.refresh_from_db()
+    assert order.status == OrderStatus.SETTLED
+    assert _balance(AccountKind.ESCROW_HELD) == 0
+
+
+def test_a_partly_refunded_order_already_delivered_is_not_confirmed_again(
+    published_listing, staff, django_capture_on_commit_callbacks
+):
+    order = _delivered(published_listing, django_capture_on_commit_callbacks)
+    order_refund(order=order, amount=100, reason="one file was late", actor=staff)
+    order.refresh_from_db()
+    delivered_at = order.delivered_at
+    with pytest.raises(OrderTransitionError):
+        order_confirm_receipt(order=order, actor=order.buyer)
+    assert orders_auto_confirm(now=timezone.now() + timedelta(days=365)) == 0
+    order.refresh_from_db()
+    assert (order.status, order.delivered_at) == (OrderStatus.PARTIALLY_REFUNDED, delivered_at)
