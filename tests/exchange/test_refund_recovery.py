@@ -464,3 +464,20 @@ def test_a_partly_refunded_order_already_delivered_is_not_confirmed_again(
     assert orders_auto_confirm(now=timezone.now() + timedelta(days=365)) == 0
     order.refresh_from_db()
     assert (order.status, order.delivered_at) == (OrderStatus.PARTIALLY_REFUNDED, delivered_at)
+
+
+def test_the_order_page_offers_the_confirmation_until_a_partly_refunded_order_is_confirmed(
+    client, published_listing, staff, django_capture_on_commit_callbacks
+):
+    order, buyer = _paid(published_listing, django_capture_on_commit_callbacks)
+    order_refund(order=order, amount=100, reason="one file was late", actor=staff)
+    client.force_login(buyer)
+    page = reverse("exchange:order_detail", args=[order.public_id])
+    confirm = reverse("exchange:order_action", args=[order.public_id, "confirm"])
+    assert f'action="{confirm}"' in client.get(page).content.decode()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(confirm)
+    order.refresh_from_db()
+    assert order.status == OrderStatus.PARTIALLY_REFUNDED and order.delivered_at is not None
+    assert f'action="{confirm}"' not in client.get(page).content.decode()
