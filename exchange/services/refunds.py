@@ -44,7 +44,7 @@ from exchange.choices import (
 from exchange.gateways import GatewayError, get_gateway
 from exchange.models import Dispute, JournalEntry, LedgerAccount, Order, Posting, Refund
 from exchange.services.entitlements import entitlement_restore, entitlement_revoke
-from exchange.services.ledger import account_balance, account_get, journal_post
+from exchange.services.ledger import account_balance, account_get, journal_post, journal_reverse
 from exchange.services.notifications import refund_notify
 from exchange.services.orders import order_transition
 from exchange.services.transitions import history_start, status_move
@@ -457,14 +457,11 @@ def dispute_close(*, order: Order, gateway_dispute_id: str, won: bool) -> Disput
     if won:
         withdrawn = JournalEntry.objects.filter(idempotency_key=f"dispute:{dispute.pk}").first()
         if withdrawn is not None:  # a dispute on a trade not yet paid booked nothing to reverse
-            # The exact reverse of the withdrawal, leg by leg: the money goes back where it came from.
-            journal_post(
+            # The exact reverse of the withdrawal, leg by leg, naming it: the money goes back where it came from.
+            journal_reverse(
+                entry=withdrawn,
                 idempotency_key=f"dispute_won:{dispute.pk}",
                 kind=JournalKind.DISPUTE_WON,
-                postings=[
-                    (posting.account, -posting.amount, posting.currency)
-                    for posting in withdrawn.postings.select_related("account")
-                ],
                 order=order,
                 memo=f"dispute {dispute.gateway_dispute_id} won",
             )

@@ -254,6 +254,13 @@ def test_dispute_revokes_then_won_restores_or_lost_refunds(
     assert order.status == final
     expected = EntitlementStatus.ACTIVE if won else EntitlementStatus.REVOKED
     assert Entitlement.objects.get(order=order).status == expected
+    # A won dispute is the correcting entry of the withdrawal: it names it and negates it leg for leg.
+    withdrawal = JournalEntry.objects.get(order=order, kind=JournalKind.DISPUTE)
+    returned = JournalEntry.objects.filter(order=order, kind=JournalKind.DISPUTE_WON).first()
+    assert (returned.reverses if won else returned) == (withdrawal if won else None)
+    if won:
+        legs = sorted(withdrawal.postings.values_list("account_id", "amount"))
+        assert sorted(returned.postings.values_list("account_id", "amount")) == sorted((a, -n) for a, n in legs)
     _ledger_ok()
 
 
