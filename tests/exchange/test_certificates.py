@@ -483,6 +483,15 @@ def test_certificates_signed_before_a_rotation_verify_with_the_retired_key(clien
 
     result = certificate_verify(document=certificate.document, signature=certificate.signature)
     assert (result.valid, result.key_id, result.reasons) == (True, old_id, [])
+    # The pages name the key the certificate was verified with, not the one the exchange signs with now.
+    for page in (
+        client.post(reverse("certificates:verify"), {"bundle": json.dumps(certificate_bundle(certificate))}),
+        client.get(reverse("certificates:verify_number", args=[certificate.number])),
+    ):
+        html = page.content.decode()
+        assert page.status_code == 200 and "Verified: this certificate is genuine" in html
+        assert f"Signature: <strong>valid</strong> (key <code>{old_id}</code>)" in html
+        assert f"(key <code>{new.key_id}</code>)" not in html
     # Only the current key signs: what the old key signed still verifies, nothing new is signed with it.
     document = certificate.document.replace(old_id, new.key_id).encode()
     resigned = certs.certificate_sign(document_bytes=document)
