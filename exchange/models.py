@@ -71,6 +71,10 @@ class Order(models.Model):
         verbose_name=_("plan kind"), max_length=20, choices=PlanKind.choices, default=PlanKind.ONE_TIME
     )
     refunded_amount = models.PositiveBigIntegerField(verbose_name=_("refunded amount"), default=0)
+    # The platform's commission on this trade (basis points), fixed when it was paid (fees.commission_bps_for): a later
+    # change of the listing's category or of PLATFORM_FEE_BPS does not re-price it. Empty on orders paid before it
+    # was kept (migration 0022), which are priced as they always were.
+    commission_bps = models.PositiveIntegerField(verbose_name=_("commission (bps)"), null=True, blank=True)
     # The licence the buyer accepted by placing the order, as it stood then (order_create): its code, and for a
     # custom licence the sha256 of its text, so the terms agreed can be proven even after the merchant edits them.
     licence = models.CharField(verbose_name=_("licence"), max_length=20, choices=Licence.choices, blank=True)

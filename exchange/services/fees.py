@@ -200,6 +200,11 @@ class FeeSchedule:
         """Same contract as :func:`fee_rule_for`."""
         if at > self.loaded_at - BACKDATE_GRACE:
             return fee_rule_for(merchant_id=merchant_id, category_id=category_id, at=at)
+        return self.rule_loaded_for(merchant_id=merchant_id, category_id=category_id, at=at)
+
+    def rule_loaded_for(self, *, merchant_id: int | None, category_id: int | None, at: datetime) -> FeeRule | None:
+        """:meth:`rule_for` from the rules loaded only: exact for any moment up to the load, when the question is
+        what is in force as the schedule stood then (a payment being recorded)."""
         scopes = [(merchant_id, category_id), (merchant_id, None), (None, category_id), (None, None)]
         for scope in dict.fromkeys(scopes):  # without a category, fewer distinct scopes
             for rule in self._by_scope.get(scope, ()):
@@ -225,12 +230,23 @@ def _category_id(order: Order) -> int | None:
 
 
 def commission_bps_for(order: Order, *, schedule: FeeSchedule | None = None) -> int:
-    """The commission (basis points) on ``order``: the rule in force when it was paid, else the setting.
+    """The commission (basis points) on ``order``: as fixed when it was paid, else the rule in force then.
 
-    The category is the listing's current one (orders keep no copy of it). An
-    order not paid (yet) is priced as of its creation. ``schedule`` (from
-    :meth:`FeeSchedule.load`) saves the query when pricing many orders.
+    An order keeps the commission it was paid under (``Order.commission_bps``,
+    set by ``orders_commission_fix`` in the transaction that pays it), so
+    moving its listing to another category or changing PLATFORM_FEE_BPS
+    afterwards does not re-price it. For an order without one (not paid yet,
+    or paid before it was kept): the rule in force when it was paid (its
+    creation, if unpaid) for the listing's current category, else the setting.
+    ``schedule`` (from :meth:`FeeSchedule.load`) saves the query when pricing
+    many orders.
     """
+    if order.commission_bps is not None:
+        return order.commission_bps
+    return _commission_bps_now(order, schedule=schedule)
+
+
+def _commission_bps_now(order: Order, *, schedule: FeeSchedule | None) -> int:
     at = order.paid_at or order.created_at
     category_id = _category_id(order)
     if schedule is None:
@@ -238,6 +254,25 @@ def commission_bps_for(order: Order, *, schedule: FeeSchedule | None = None) -> 
     else:
         rule = schedule.rule_for(merchant_id=order.merchant_id, category_id=category_id, at=at)
     return settings.PLATFORM_FEE_BPS if rule is None else rule.commission_bps
+
+
+def orders_commission_fix(orders: list[Order]) -> None:
+    """Fix each order's commission as it stands now, at its payment (``paid_at`` set); the caller saves it.
+
+    Orders already carrying one keep it. Several orders are priced with one
+    schedule and one query for their listings' categories.
+    """
+    todo = [order for order in orders if order.commission_bps is None]
+    if not todo:
+        return
+    # Loaded after paid_at was stamped: the rules in force at that moment are all in it (two queries per call).
+    schedule = FeeSchedule.load()
+    categories = dict(Listing.objects.filter(pk__in={o.listing_id for o in todo}).values_list("pk", "category_id"))
+    for order in todo:
+        rule = schedule.rule_loaded_for(
+            merchant_id=order.merchant_id, category_id=categories.get(order.listing_id), at=order.paid_at
+        )
+        order.commission_bps = settings.PLATFORM_FEE_BPS if rule is None else rule.commission_bps
 
 
 def order_split(order: Order, *, held: int, schedule: FeeSchedule | None = None) -> tuple[int, int]:

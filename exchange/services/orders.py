@@ -14,6 +14,7 @@ from exchange.choices import ORDER_TRANSITIONS, AccessRequestStatus, DeliverySta
 from exchange.gateways import get_gateway
 from exchange.models import AccessRequest, Entitlement, Order, OrderStatusHistory
 from exchange.services.entitlements import usable_q
+from exchange.services.fees import orders_commission_fix
 from listings.choices import Licence, PlanKind
 from listings.models import Listing, PricingPlan
 from listings.selectors import listing_active_plan
@@ -82,6 +83,9 @@ def orders_transition_locked(
         if stamp and getattr(order, stamp) is None:
             setattr(order, stamp, now)
             update.add(stamp)
+    if to_status == OrderStatus.PAID:
+        orders_commission_fix(orders)  # the trade's price terms are fixed when it is paid, its commission with them
+        update.add("commission_bps")
     columns = sorted(update)
     values = [tuple(getattr(order, name) for name in columns) for order in orders]
     if len(orders) == 1:

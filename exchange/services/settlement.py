@@ -88,6 +88,7 @@ BATCH_ORDER_FIELDS = (
     "delivered_at",
     "settled_at",
     "settlement_run_id",
+    "commission_bps",
 )
 
 # Delivered trades (a partial refund may have come first) are settled for what remains held.

@@ -350,6 +350,56 @@ def test_settlement_without_rules_uses_the_setting(
     }
 
 
+# --- the commission is fixed when the trade is paid ------------------------------------------------------------------
+
+
+def test_the_commission_is_fixed_at_payment_so_a_later_category_move_or_setting_change_does_not_reprice(
+    client, buyer, staff, published_listing, categories, settings, django_capture_on_commit_callbacks
+):
+    finance = categories["finance"]
+    fee_rule_create(actor=staff, commission_bps=0, category=finance)  # a category the listing is not in (yet)
+    order = _delivered_order(client, buyer, published_listing, django_capture_on_commit_callbacks)
+    assert order.commission_bps == 1000  # the setting, as nothing more specific applied when it was paid
+    # Afterwards: the listing moves into the 0 % category, and the default commission changes.
+    published_listing.category = finance
+    published_listing.save(update_fields=["category"])
+    settings.PLATFORM_FEE_BPS = 4000
+    assert commission_bps_for(Order.objects.get(pk=order.pk)) == 1000
+    _settle(django_capture_on_commit_callbacks)
+    assert _sale_legs(order) == {
+        AccountKind.ESCROW_HELD: 1234,
+        AccountKind.PLATFORM_REVENUE: -123,  # 10 % of 1234 = 123.4 -> 123
+        AccountKind.MERCHANT_PAYABLE: -1111,
+    }
+
+
+def test_a_trade_paid_in_a_category_with_its_own_rule_keeps_that_rule(
+    client, buyer, staff, published_listing, categories, django_capture_on_commit_callbacks
+):
+    finance = categories["finance"]
+    published_listing.category = finance
+    published_listing.save(update_fields=["category"])
+    fee_rule_create(actor=staff, commission_bps=500, category=finance)
+    order = _delivered_order(client, buyer, published_listing, django_capture_on_commit_callbacks)
+    assert order.commission_bps == 500
+    published_listing.category = None
+    published_listing.save(update_fields=["category"])
+    _settle(django_capture_on_commit_callbacks)
+    assert _sale_legs(order)[AccountKind.PLATFORM_REVENUE] == -62  # 5 % of 1234 = 61.7 -> 62
+
+
+def test_an_order_without_a_fixed_commission_is_priced_by_the_rule_in_force_when_it_was_paid(
+    staff, published_listing, settings
+):
+    """Orders paid before the commission was kept on them (migration 0022) are priced as they always were."""
+    settings.PLATFORM_FEE_BPS = 750
+    order = _unsaved_order(published_listing, paid_at=timezone.now())
+    assert order.commission_bps is None
+    assert commission_bps_for(order) == 750
+    order.commission_bps = 1200
+    assert commission_bps_for(order) == 1200
+
+
 # --- admin -----------------------------------------------------------------------------------------------------------
 
 
