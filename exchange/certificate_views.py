@@ -25,11 +25,14 @@ from common.money import format_minor
 from exchange.models import TransactionCertificate
 from exchange.selectors import order_visible
 from exchange.services.certificates import (
+    BUNDLE_FORMAT,
+    CERTIFICATE_VERSION,
     MAX_BUNDLE_BYTES,
     CertificateInputError,
     certificate_bundle,
     certificate_bundle_bytes,
-    certificate_bundle_parse,
+    certificate_bundle_verify,
+    certificate_number_valid,
     certificate_verify,
     certificate_visible,
 )
@@ -131,8 +134,7 @@ def verify(request):
         form = VerifyForm(request.POST, request.FILES)
         if form.is_valid():
             try:
-                document, signature = certificate_bundle_parse(form.cleaned_data["raw"])
-                result = certificate_verify(document=document, signature=signature)
+                result = certificate_bundle_verify(form.cleaned_data["raw"])
             except CertificateInputError as exc:
                 error, status = exc.messages[0], 400
         else:
@@ -144,7 +146,9 @@ def verify(request):
 
 def verify_number(request, number):
     """The stored certificate ``number`` and the outcome of verifying it now; public."""
-    certificate = TransactionCertificate.objects.filter(number=number).first()
+    # A "number" that is no certificate number (a NUL in it would make PostgreSQL refuse the query) is just unknown.
+    valid = certificate_number_valid(number)
+    certificate = TransactionCertificate.objects.filter(number=number).first() if valid else None
     if certificate is None:
         raise Http404("No such certificate.")
     result = certificate_verify(document=certificate.document, signature=certificate.signature)
@@ -199,12 +203,16 @@ class _CertificateApiView(APIView):
 
 
 class BundleSerializer(serializers.Serializer):
-    """A certificate bundle, as ``bundle.json`` holds it; only ``document`` and ``signature`` are checked."""
+    """A certificate bundle, as ``bundle.json`` holds it.
 
-    format = serializers.CharField(required=False)
-    version = serializers.CharField(required=False)
-    number = serializers.CharField(required=False)
-    key_id = serializers.CharField(required=False)
+    ``format`` and ``version``, when present, must be these (else 400); ``number`` and ``key_id``, when present,
+    must be the document's own (else the bundle is not valid).
+    """
+
+    format = serializers.ChoiceField(choices=[BUNDLE_FORMAT], required=False)
+    version = serializers.ChoiceField(choices=[CERTIFICATE_VERSION], required=False)
+    number = serializers.CharField(required=False, help_text="The document's number.")
+    key_id = serializers.CharField(required=False, help_text="The document's key id.")
     document = serializers.CharField(help_text="The signed document: canonical JSON, exactly as issued.")
     signature = serializers.CharField(help_text="The Ed25519 signature of `document`, base64.")
 
@@ -214,6 +222,7 @@ class VerificationSerializer(serializers.Serializer):
     signature_ok = serializers.BooleanField()
     ledger_ok = serializers.BooleanField()
     known = serializers.BooleanField()
+    bundle_ok = serializers.BooleanField(help_text="The bundle's number and key id, if stated, are the document's.")
     reasons = serializers.ListField(child=serializers.CharField())
     number = serializers.CharField(allow_null=True)
     key_id = serializers.CharField(allow_blank=True)
@@ -284,9 +293,10 @@ class CertificateDetailApi(_CertificateApiView):
 class CertificateVerifyApi(_CertificateApiView):
     """``POST /api/v1/certificates/verify/`` with a certificate bundle as the JSON body; public.
 
-    Answers 200 ``{"valid", "signature_ok", "ledger_ok", "known", "reasons", "number", "key_id"}``
+    Answers 200 ``{"valid", "signature_ok", "ledger_ok", "known", "bundle_ok", "reasons", "number", "key_id"}``
     whatever the outcome, or 400 ``{"error": {"code", "message"}}`` when the body is not a bundle
-    (not JSON, no document or signature, wrong types, larger than the limit). Reads only.
+    (not JSON or nested too deeply, not text, no document or signature, wrong types, another format or
+    version, larger than the limit). Reads only.
     """
 
     # Nobody acts as anyone here: without authentication there is no session to forge a request for,
@@ -308,8 +318,7 @@ class CertificateVerifyApi(_CertificateApiView):
         try:
             # An empty body never reaches the parser; DRF then gives an empty dict instead of bytes.
             raw = request.data if isinstance(request.data, bytes) else b""
-            document, signature = certificate_bundle_parse(raw)
-            result = certificate_verify(document=document, signature=signature)
+            result = certificate_bundle_verify(raw)
         except CertificateInputError as exc:
             return Response(error_body(exc.code or "invalid", exc.messages[0]), status=400)
         return Response(result.as_dict())

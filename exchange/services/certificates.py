@@ -12,15 +12,18 @@ The bundle is how a certificate travels (download, verification page, API)::
     {"format": "dx-certificate-bundle", "version": "1", "number": "DX-2026-00000042",
      "key_id": "<16 hex>", "document": "<the canonical JSON, as a string>", "signature": "<base64>"}
 
-Anyone can check the signature with the public key alone
-(``/verify/public-key.pem``); the exchange can also check the ledger entry the
-document names against its hash chain, and that it issued the number with
-exactly that document.
+Only ``document`` and ``signature`` are needed; ``format`` and ``version``,
+if given, must be these, and ``number`` and ``key_id``, if given, the
+document's own (they are not signed). Anyone can check the signature with the
+public key alone (``/verify/public-key.pem``); the exchange can also check the
+ledger entry the document names against its hash chain, and that it issued
+the number with exactly that document.
 """
 
 import base64
 import binascii
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -53,6 +56,9 @@ MAX_DOCUMENT_BYTES = 64 * 1024
 # A bundle holds the document as an escaped JSON string; escaping at most doubles the quotes and backslashes.
 MAX_BUNDLE_BYTES = 2 * MAX_DOCUMENT_BYTES + 4096
 _SIGNATURE_BYTES = 64
+# What certificate_number() writes: the year issued and the order's pk (a bigint: 19 digits at most). ASCII digits
+# only (``\d`` would take any script's), so a number with a NUL or other junk is refused before any query.
+_NUMBER_RE = re.compile(r"DX-[0-9]{4}-[0-9]{8,19}")
 
 
 class CertificateInputError(ValidationError):
@@ -67,6 +73,15 @@ def canonical_bytes(document: dict) -> bytes:
 def certificate_number(*, order: Order, issued_at) -> str:
     """``DX-<year issued>-<order pk, 8 digits or more>``: unique (one certificate per order) and stable."""
     return f"DX-{issued_at.year}-{order.pk:08d}"
+
+
+def certificate_number_valid(number) -> bool:
+    """Whether ``number`` has the form certificate_number() gives; anything else names no certificate.
+
+    Checked before a number from outside (a URL, a submitted document) reaches a query: PostgreSQL refuses a
+    string with a NUL character outright (a DataError, not "no such row").
+    """
+    return isinstance(number, str) and _NUMBER_RE.fullmatch(number) is not None
 
 
 def buyer_public_name(user) -> str:
@@ -324,10 +339,12 @@ class VerificationResult:
     number: str | None = None
     key_id: str = ""
     document: dict | None = None
+    # False when the bundle around the document states another number or key than the document itself.
+    bundle_ok: bool = True
 
     @property
     def valid(self) -> bool:
-        return self.signature_ok and self.ledger_ok and self.known
+        return self.signature_ok and self.ledger_ok and self.known and self.bundle_ok
 
     def as_dict(self) -> dict:
         return {
@@ -335,19 +352,75 @@ class VerificationResult:
             "signature_ok": self.signature_ok,
             "ledger_ok": self.ledger_ok,
             "known": self.known,
+            "bundle_ok": self.bundle_ok,
             "reasons": list(self.reasons),
             "number": self.number,
             "key_id": self.key_id,
         }
 
 
-def _decode_signature(signature) -> bytes:
-    if not isinstance(signature, str) or not signature.strip():
+def _json_loads(data: bytes, *, what: str):
+    """``data`` parsed as JSON; CertificateInputError naming ``what`` (the bundle, the document) for anything else.
+
+    The parser recurses once per level of nesting, so ``[[[[…`` tens of thousands deep exhausts the stack
+    (RecursionError) long before the size limit: that is no certificate either (a real one nests five levels).
+    """
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise CertificateInputError(f"The {what} is not valid UTF-8 JSON.", code="not_json") from None
+    except RecursionError:
+        raise CertificateInputError(
+            f"The {what} is not valid JSON for a certificate: it is nested far too deeply.", code="not_json"
+        ) from None
+
+
+def _is_text(value) -> bool:
+    """False if a string anywhere in the parsed JSON ``value`` holds a lone surrogate, True otherwise.
+
+    JSON may escape half of a UTF-16 pair (``"\\ud800"``); Python parses it into a string that is no text and
+    cannot be encoded as UTF-8, so it could be neither signed, stored nor shown. Walked with a stack, not
+    recursion, for the same reason as ``_json_loads``.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
+def _shown(value, limit: int = 40) -> str:
+    """``value`` as Python writes it (quoted, escapes visible: a NUL shows as ``\\x00``), cut at ``limit``."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_LONE_SURROGATE = "it contains a lone UTF-16 surrogate (an escape such as \\ud800 without its pair), which is no text"
+
+
+def _decode_signature(signature) -> tuple[bytes, bool]:
+    """(the signature's bytes, whether ``signature`` is exactly their base64); CertificateInputError if it is none.
+
+    Base64 has more than one text for the same bytes (the unused bits of the last character before ``=``), and
+    lenient decoding also skips whitespace: a signature with one character changed could still decode to the
+    signed bytes. Only the one canonical text is the signature that was issued.
+    """
+    if not isinstance(signature, str) or not signature:
         raise CertificateInputError(
             "The signature is missing: give the base64 signature that came with the document.", code="missing_signature"
         )
     try:
-        raw = base64.b64decode(signature.strip(), validate=True)
+        raw = base64.b64decode(signature, validate=True)
     except (binascii.Error, ValueError):
         raise CertificateInputError("The signature is not valid base64.", code="bad_signature_encoding") from None
     if len(raw) != _SIGNATURE_BYTES:
@@ -355,12 +428,17 @@ def _decode_signature(signature) -> bytes:
             f"The signature must be {_SIGNATURE_BYTES} bytes (Ed25519), this one is {len(raw)}.",
             code="bad_signature_length",
         )
-    return raw
+    return raw, base64.b64encode(raw).decode("ascii") == signature
 
 
 def _document_bytes(document) -> bytes:
     if isinstance(document, str):
-        document = document.encode("utf-8")
+        try:
+            document = document.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CertificateInputError(
+                f"The document is not valid text: {_LONE_SURROGATE}.", code="not_text"
+            ) from None
     if not isinstance(document, bytes):
         raise CertificateInputError("The document must be the certificate's JSON text.", code="bad_document_type")
     if not document.strip():
@@ -413,28 +491,39 @@ def _check_ledger(parsed: dict, reasons: list[str]) -> bool:
     return True
 
 
-def certificate_verify(*, document: str | bytes, signature: str) -> VerificationResult:
+def certificate_verify(
+    *,
+    document: str | bytes,
+    signature: str,
+    bundle_number: str | None = None,
+    bundle_key_id: str | None = None,
+) -> VerificationResult:
     """Check a certificate: its signature, the ledger entry it names, and that we issued it as it is.
 
-    ``signature_ok``: the Ed25519 signature over the exact document bytes
-    verifies with the exchange's public key. ``ledger_ok``: the entry the
-    document names exists, belongs to the order it names, has the stated hash,
-    and its content still recomputes to that hash (or the document names none
-    and no money moved). ``known``: the number is one we issued, with exactly
-    this document. ``reasons`` lists every failed check, in words.
+    ``signature_ok``: ``signature`` is the canonical base64 of an Ed25519
+    signature over the exact document bytes that verifies with the key the
+    document names (the current key or a retired one). ``ledger_ok``: the
+    entry the document names is that order's SALE entry with the stated hash,
+    its content still recomputes to that hash and it links into its block
+    (``_check_ledger``), or the document names none and no money moved.
+    ``known``: the number is one we issued, with exactly this document.
+    ``bundle_ok``: the number and key id the bundle states around the
+    document (``bundle_number``, ``bundle_key_id``; None when it states
+    none) are the document's own. ``reasons`` lists every failed check, in
+    words.
 
     Raises CertificateInputError (nothing read or written) when the input is
     not a certificate at all: a missing or malformed signature, a document
-    that is not a JSON object, or larger than MAX_DOCUMENT_BYTES. Read-only.
+    that is not a JSON object, not text, or larger than MAX_DOCUMENT_BYTES.
+    Read-only.
     """
-    raw_signature = _decode_signature(signature)
+    raw_signature, canonical_signature = _decode_signature(signature)
     data = _document_bytes(document)
-    try:
-        parsed = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise CertificateInputError("The document is not valid UTF-8 JSON.", code="not_json") from None
+    parsed = _json_loads(data, what="document")
     if not isinstance(parsed, dict):
         raise CertificateInputError("The document must be a JSON object.", code="not_object")
+    if not _is_text(parsed):
+        raise CertificateInputError(f"The document is not valid text: {_LONE_SURROGATE}.", code="not_text")
 
     current = signing_key()
     reasons: list[str] = []
@@ -442,13 +531,22 @@ def certificate_verify(*, document: str | bytes, signature: str) -> Verification
     named = parsed.get("key_id")
     key = verification_keys().get(named) if isinstance(named, str) else None
     if key is None:
-        reasons.append(f"The document names key {named!r}; this exchange signs with {current.key_id}.")
-    try:
-        (key or current).public_key.verify(raw_signature, data)
-        signature_ok = True
-    except InvalidSignature:
+        reasons.append(f"The document names key {_shown(named)}; this exchange signs with {current.key_id}.")
+    if not canonical_signature:
         signature_ok = False
-        reasons.append("The signature does not match the document (it was altered, or not signed by this exchange).")
+        reasons.append(
+            "The signature is not the base64 text that was issued (a character was changed or added, "
+            "even though it decodes to the same bytes)."
+        )
+    else:
+        try:
+            (key or current).public_key.verify(raw_signature, data)
+            signature_ok = True
+        except InvalidSignature:
+            signature_ok = False
+            reasons.append(
+                "The signature does not match the document (it was altered, or not signed by this exchange)."
+            )
 
     ledger_ok = _check_ledger(parsed, reasons)
 
@@ -456,6 +554,9 @@ def certificate_verify(*, document: str | bytes, signature: str) -> Verification
     known = False
     if number is None:
         reasons.append("The document has no certificate number.")
+    elif not certificate_number_valid(number):
+        reasons.append(f"The document's number {_shown(number)} is not a certificate number (DX-<year>-<digits>).")
+        number = None
     else:
         stored = TransactionCertificate.objects.filter(number=number).values_list("document", flat=True).first()
         if stored is None:
@@ -464,11 +565,34 @@ def certificate_verify(*, document: str | bytes, signature: str) -> Verification
             reasons.append(f"Certificate {number} was issued with a different document.")
         else:
             known = True
-    return VerificationResult(signature_ok, ledger_ok, known, reasons, number, (key or current).key_id, parsed)
+
+    # The bundle's own number and key id are not signed; a bundle stating others than its document misleads.
+    bundle_ok = True
+    if bundle_number is not None and bundle_number != parsed.get("number"):
+        bundle_ok = False
+        reasons.append(
+            f"The bundle names certificate {_shown(bundle_number)}, but its document is {_shown(parsed.get('number'))}."
+        )
+    if bundle_key_id is not None and bundle_key_id != parsed.get("key_id"):
+        bundle_ok = False
+        reasons.append(f"The bundle names key {_shown(bundle_key_id)}, but its document names {_shown(named)}.")
+    return VerificationResult(
+        signature_ok, ledger_ok, known, reasons, number, (key or current).key_id, parsed, bundle_ok=bundle_ok
+    )
 
 
-def certificate_bundle_parse(raw: bytes | str) -> tuple[str, str]:
-    """(document, signature) from a bundle's JSON text; CertificateInputError, saying why, for anything else."""
+@dataclass(frozen=True)
+class Bundle:
+    """What ``certificate_bundle_parse`` found: the document and signature, and what the bundle says around them."""
+
+    document: str
+    signature: str
+    number: str | None = None
+    key_id: str | None = None
+
+
+def certificate_bundle_parse(raw: bytes | str) -> Bundle:
+    """The bundle in a bundle's JSON text; CertificateInputError, saying why, for anything else."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8")
     if not raw.strip():
@@ -477,18 +601,18 @@ def certificate_bundle_parse(raw: bytes | str) -> tuple[str, str]:
             code="missing_bundle",
         )
     if len(raw) > MAX_BUNDLE_BYTES:
+        # Not len(raw): the API reads at most MAX_BUNDLE_BYTES + 1 bytes of the body, so that is all we know.
         raise CertificateInputError(
-            f"The bundle is {len(raw)} bytes; certificate bundles are at most {MAX_BUNDLE_BYTES} bytes.",
+            f"The bundle is larger than {MAX_BUNDLE_BYTES} bytes, the most a certificate bundle can be.",
             code="too_large",
         )
-    try:
-        bundle = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise CertificateInputError("The bundle is not valid UTF-8 JSON.", code="not_json") from None
+    bundle = _json_loads(raw, what="bundle")
     if not isinstance(bundle, dict):
         raise CertificateInputError(
             'The bundle must be a JSON object with "document" and "signature".', code="not_object"
         )
+    if not _is_text(bundle):
+        raise CertificateInputError(f"The bundle is not valid text: {_LONE_SURROGATE}.", code="not_text")
     document, signature = bundle.get("document"), bundle.get("signature")
     if document is None:
         raise CertificateInputError('The bundle has no "document".', code="missing_document")
@@ -501,15 +625,42 @@ def certificate_bundle_parse(raw: bytes | str) -> tuple[str, str]:
         raise CertificateInputError('The bundle has no "signature".', code="missing_signature")
     if not isinstance(signature, str):
         raise CertificateInputError('The bundle\'s "signature" must be a base64 string.', code="bad_signature_type")
-    key_id = bundle.get("key_id")
-    if key_id is not None and not isinstance(key_id, str):
-        raise CertificateInputError('The bundle\'s "key_id" must be a string.', code="bad_key_id_type")
-    return document, signature
+    for name in ("key_id", "number"):
+        if bundle.get(name) is not None and not isinstance(bundle[name], str):
+            raise CertificateInputError(f'The bundle\'s "{name}" must be a string.', code=f"bad_{name}_type")
+    # A format or version this exchange does not write may mean the fields say something else: refused, not guessed.
+    if "format" in bundle and bundle["format"] != BUNDLE_FORMAT:
+        raise CertificateInputError(
+            f'The bundle\'s "format" is {_shown(bundle["format"])}; certificate bundles are {BUNDLE_FORMAT!r}.',
+            code="bad_format",
+        )
+    if "version" in bundle and bundle["version"] != CERTIFICATE_VERSION:
+        raise CertificateInputError(
+            f'The bundle\'s "version" is {_shown(bundle["version"])}; this exchange reads version '
+            f"{CERTIFICATE_VERSION!r}.",
+            code="unsupported_version",
+        )
+    return Bundle(document, signature, bundle.get("number"), bundle.get("key_id"))
+
+
+def certificate_bundle_verify(raw: bytes | str) -> VerificationResult:
+    """Parse a bundle's JSON text and verify it, its stated number and key id included. Read-only.
+
+    CertificateInputError, as ``certificate_bundle_parse`` and ``certificate_verify`` raise it, for input that is
+    not a certificate bundle.
+    """
+    bundle = certificate_bundle_parse(raw)
+    return certificate_verify(
+        document=bundle.document,
+        signature=bundle.signature,
+        bundle_number=bundle.number,
+        bundle_key_id=bundle.key_id,
+    )
 
 
 def certificate_visible(*, number: str, user) -> TransactionCertificate | None:
     """The certificate if ``user`` is its buyer, a member of its merchant, or staff; else None."""
-    if not user.is_authenticated:
+    if not user.is_authenticated or not certificate_number_valid(number):
         return None
     certificate = (
         TransactionCertificate.objects.select_related("order", "order__merchant", "order__listing")

@@ -13,13 +13,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from django.core.exceptions import ImproperlyConfigured
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
+from audit.models import AuditEvent
 from exchange.choices import AccountKind, JournalKind, OrderStatus
-from exchange.models import JournalEntry, Order, TransactionCertificate
+from exchange.models import JournalEntry, LedgerBlock, Order, Posting, TransactionCertificate
 from exchange.services import certificates as certs
 from exchange.services.certificates import (
     MAX_DOCUMENT_BYTES,
+    CertificateInputError,
     canonical_bytes,
     certificate_bundle,
     certificate_issue,
@@ -84,6 +87,17 @@ def _bundle_post(client, body, content_type="application/json"):
 
 def _snapshot():
     return list(TransactionCertificate.objects.order_by("pk").values_list("pk", "number", "document", "signature"))
+
+
+def _written():
+    """Everything verification could conceivably write: certificates, the ledger, the audit log."""
+    return (
+        _snapshot(),
+        JournalEntry.objects.count(),
+        Posting.objects.count(),
+        LedgerBlock.objects.count(),
+        AuditEvent.objects.count(),
+    )
 
 
 def test_a_settled_trade_gets_exactly_one_certificate_with_these_facts(settled, buyer, listing, settings):
@@ -204,6 +218,7 @@ def test_the_genuine_bundle_checks_out_everywhere(client, settled, buyer):
         "signature_ok": True,
         "ledger_ok": True,
         "known": True,
+        "bundle_ok": True,
         "reasons": [],
         "number": certificate.number,
         "key_id": certificate.key_id,
@@ -347,6 +362,8 @@ def _genuine() -> dict:
     return certificate_bundle(TransactionCertificate.objects.get())
 
 
+GENUINE = "genuine"  # in a BAD_BUNDLES dict: the genuine bundle's value for that field
+
 BAD_BUNDLES = [
     ("", "missing_bundle", "Paste or upload a certificate bundle"),
     ("not json at all", "not_json", "The bundle is not valid UTF-8 JSON."),
@@ -357,31 +374,106 @@ BAD_BUNDLES = [
     ({"document": "{}", "signature": 5}, "bad_signature_type", 'The bundle\'s "signature" must be a base64 string.'),
     ({"document": "{}", "signature": "%%%"}, "bad_signature_encoding", "The signature is not valid base64."),
     ({"document": "{}", "signature": "QUJD"}, "bad_signature_length", "this one is 3"),
-    ({"document": "nope", "signature": "genuine"}, "not_json", "The document is not valid UTF-8 JSON."),
-    ({"document": "[]", "signature": "genuine"}, "not_object", "The document must be a JSON object."),
-    ({"document": " ", "signature": "genuine"}, "missing_document", "The document is empty."),
+    ({"document": "nope", "signature": GENUINE}, "not_json", "The document is not valid UTF-8 JSON."),
+    ({"document": "[]", "signature": GENUINE}, "not_object", "The document must be a JSON object."),
+    ({"document": " ", "signature": GENUINE}, "missing_document", "The document is empty."),
     (
-        {"document": json.dumps({"pad": "x" * MAX_DOCUMENT_BYTES}), "signature": "genuine"},
+        {"document": json.dumps({"pad": "x" * MAX_DOCUMENT_BYTES}), "signature": GENUINE},
         "too_large",
         f"certificates are at most {MAX_DOCUMENT_BYTES} bytes",
     ),
-    ("x" * (certs.MAX_BUNDLE_BYTES + 1), "too_large", f"bundles are at most {certs.MAX_BUNDLE_BYTES} bytes"),
+    # The parser reads at most one byte more than the limit: the message states the limit, not a size it never saw.
+    (
+        "x" * (certs.MAX_BUNDLE_BYTES * 3),
+        "too_large",
+        f"The bundle is larger than {certs.MAX_BUNDLE_BYTES} bytes, the most a certificate bundle can be.",
+    ),
+    # Nested deeper than the parser's recursion limit (RecursionError): the bundle itself, or the document in it.
+    ("[" * 50_000 + "]" * 50_000, "not_json", "The bundle is not valid JSON for a certificate: it is nested far too"),
+    (
+        {"document": "[" * 30_000 + "]" * 30_000, "signature": GENUINE},
+        "not_json",
+        "The document is not valid JSON for a certificate: it is nested far too deeply.",
+    ),
+    (
+        {"document": '{"a":' * 10_000 + "1" + "}" * 10_000, "signature": GENUINE},
+        "not_json",
+        "The document is not valid JSON for a certificate: it is nested far too deeply.",
+    ),
+    # Half a UTF-16 pair, escaped: parses, but is no text (it cannot even be encoded as UTF-8 to be shown).
+    (
+        '{"document": "{\\"number\\": \\"\\ud800\\"}", "signature": "%s"}' % ("A" * 86 + "=="),
+        "not_text",
+        "The bundle is not valid text: it contains a lone UTF-16 surrogate",
+    ),
+    (
+        {"document": GENUINE, "signature": GENUINE, "number": "\ud800"},
+        "not_text",
+        "The bundle is not valid text: it contains a lone UTF-16 surrogate",
+    ),
+    (
+        {"document": '{"number": "DX-2026-00000001", "key_id": "\\udfff"}', "signature": GENUINE},
+        "not_text",
+        "The document is not valid text: it contains a lone UTF-16 surrogate",
+    ),
+    # The signature exactly as issued: no whitespace around it.
+    ({"document": GENUINE, "signature": " " + GENUINE}, "bad_signature_encoding", "The signature is not valid base64."),
+    (
+        {"document": GENUINE, "signature": GENUINE + "\n"},
+        "bad_signature_encoding",
+        "The signature is not valid base64.",
+    ),
+    # The bundle's own fields: another format or version is refused, not guessed at.
+    (
+        {**dict.fromkeys(("document", "signature", "number", "key_id"), GENUINE), "format": "x", "version": "1"},
+        "bad_format",
+        "The bundle's \"format\" is 'x'; certificate bundles are 'dx-certificate-bundle'.",
+    ),
+    (
+        {**dict.fromkeys(("document", "signature", "number", "key_id", "format"), GENUINE), "version": "9"},
+        "unsupported_version",
+        "The bundle's \"version\" is '9'; this exchange reads version '1'.",
+    ),
+    (
+        {"document": GENUINE, "signature": GENUINE, "version": 1},
+        "unsupported_version",
+        "The bundle's \"version\" is 1; this exchange reads version '1'.",
+    ),
+    ({"document": GENUINE, "signature": GENUINE, "number": 42}, "bad_number_type", 'The bundle\'s "number" must be'),
+    ({"document": GENUINE, "signature": GENUINE, "key_id": ["x"]}, "bad_key_id_type", 'The bundle\'s "key_id" must'),
 ]
+
+
+def _bad_body(bundle) -> str:
+    if isinstance(bundle, str):
+        return bundle
+    genuine = _genuine()
+    fields = {}
+    for name, value in bundle.items():
+        if isinstance(value, str) and GENUINE in value and name in genuine:
+            value = value.replace(GENUINE, genuine[name])
+        fields[name] = value
+    return json.dumps(fields)
 
 
 @pytest.mark.parametrize(("bundle", "code", "message"), BAD_BUNDLES)
 def test_bad_input_is_refused_clearly_and_changes_nothing(client, settled, bundle, code, message):
-    before = _snapshot()
-    if isinstance(bundle, dict) and bundle.get("signature") == "genuine":
-        bundle = {**bundle, "signature": _genuine()["signature"]}
-    body = bundle if isinstance(bundle, str) else json.dumps(bundle)
+    before = _written()
+    body = _bad_body(bundle)
     answer = _bundle_post(client, body)
     assert answer.status_code == 400
     error = answer.json()["error"]
     assert error["code"] == code and message in error["message"]
+    shown = message.replace('"', "&quot;").replace("'", "&#x27;")
     page = client.post(reverse("certificates:verify"), {"bundle": body})
-    assert page.status_code == 400 and message.replace('"', "&quot;").replace("'", "&#x27;") in page.content.decode()
-    assert _snapshot() == before
+    assert page.status_code == 400 and shown in page.content.decode()
+    upload = client.post(
+        reverse("certificates:verify"), {"upload": SimpleUploadedFile("cert.json", body.encode("utf-8"))}
+    )
+    assert upload.status_code == 400
+    if code not in ("missing_bundle", "too_large"):  # the form itself refuses an empty or oversized file
+        assert shown in upload.content.decode()
+    assert _written() == before
 
 
 def test_an_upload_is_verified_and_an_oversized_one_refused(client, settled):
@@ -393,6 +485,121 @@ def test_an_upload_is_verified_and_an_oversized_one_refused(client, settled):
     huge = SimpleUploadedFile("cert.json", b" " * (certs.MAX_BUNDLE_BYTES + 1))
     page = client.post(reverse("certificates:verify"), {"upload": huge})
     assert page.status_code == 400 and f"bundles are at most {certs.MAX_BUNDLE_BYTES} bytes" in page.content.decode()
+
+
+def test_a_document_that_is_not_text_is_refused_without_a_query(settled, django_assert_num_queries):
+    # Given directly (not through a bundle), a lone surrogate cannot even be encoded to check the signature.
+    genuine = _genuine()
+    with django_assert_num_queries(0), pytest.raises(CertificateInputError) as refused:
+        certificate_verify(document=genuine["document"][:-1] + '"\ud800"}', signature=genuine["signature"])
+    assert refused.value.code == "not_text" and "lone UTF-16 surrogate" in refused.value.messages[0]
+
+
+@pytest.mark.parametrize(
+    "number", ["DX\x00", "DX-2026-0000\x001", "DX-2026-1", "DX-२०२६-00000001", "DX-2026-00000001 ", "' OR 1=1 --"]
+)
+def test_a_number_that_is_no_certificate_number_is_not_found_everywhere(client, settled, staff, number):
+    """PostgreSQL refuses a NUL in a string outright: such a number must be "no such certificate", never a 500."""
+    before = _written()
+    assert client.get(reverse("certificates:verify_number", args=[number])).status_code == 404
+    client.force_login(staff)  # staff sees every certificate, so only the number can make these 404
+    for name in ("certificates:detail", "certificates:bundle", "certificates:api_detail"):
+        assert client.get(reverse(name, args=[number])).status_code == 404, name
+    assert client.get(reverse("certificates:api_detail", args=[number])).json() == {
+        "error": {"code": "not_found", "message": "No such certificate."}
+    }
+    assert _written() == before
+
+
+def test_the_raw_nul_urls_are_not_found(client, settled, staff):
+    client.force_login(staff)
+    for url in (
+        "/verify/DX%00/",
+        "/certificates/DX%00/",
+        "/certificates/DX%00/bundle.json",
+        "/api/v1/certificates/DX%00/",
+    ):
+        assert client.get(url).status_code == 404, url
+
+
+def test_a_signed_document_with_a_malformed_number_is_invalid_not_an_error(client, settled):
+    certificate = TransactionCertificate.objects.get()
+    document = json.loads(certificate.document)
+    document["number"] = "DX\x00"
+    forged = canonical_bytes(document)
+    result = certificate_verify(document=forged, signature=certificate_sign(document_bytes=forged))
+    assert (result.signature_ok, result.ledger_ok, result.known, result.valid) == (True, True, False, False)
+    assert result.reasons == ["The document's number 'DX\\x00' is not a certificate number (DX-<year>-<digits>)."]
+    bundle = {"document": forged.decode(), "signature": certificate_sign(document_bytes=forged)}
+    answer = _bundle_post(client, json.dumps(bundle))
+    assert answer.status_code == 200 and answer.json()["valid"] is False and answer.json()["number"] is None
+    page = client.post(reverse("certificates:verify"), {"bundle": json.dumps(bundle)})
+    assert page.status_code == 200 and "NOT verified" in page.content.decode()
+
+
+def _other_base64_text(signature: str) -> str:
+    """The same bytes written differently: the last character before "==" carries 4 unused bits; flip one."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    assert signature.endswith("==") and len(signature) == 88
+    return signature[:-3] + alphabet[alphabet.index(signature[-3]) ^ 1] + "=="
+
+
+def test_a_signature_with_one_character_changed_fails_even_when_it_decodes_to_the_same_bytes(client, settled):
+    certificate = TransactionCertificate.objects.get()
+    changed = _other_base64_text(certificate.signature)
+    assert changed != certificate.signature
+    assert base64.b64decode(changed, validate=True) == base64.b64decode(certificate.signature)
+    result = certificate_verify(document=certificate.document, signature=changed)
+    assert (result.signature_ok, result.ledger_ok, result.known, result.valid) == (False, True, True, False)
+    assert result.reasons == [
+        "The signature is not the base64 text that was issued (a character was changed or added, "
+        "even though it decodes to the same bytes)."
+    ]
+    before = _written()
+    bundle = json.dumps({**certificate_bundle(certificate), "signature": changed})
+    answer = _bundle_post(client, bundle)
+    assert answer.status_code == 200 and (answer.json()["valid"], answer.json()["signature_ok"]) == (False, False)
+    page = client.post(reverse("certificates:verify"), {"bundle": bundle})
+    assert page.status_code == 200 and "Signature: <strong>invalid</strong>" in page.content.decode()
+    assert _written() == before
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        (
+            "number",
+            "DX-9999-99999999",
+            "The bundle names certificate 'DX-9999-99999999', but its document is {number!r}.",
+        ),
+        ("key_id", "zz", "The bundle names key 'zz', but its document names {key_id!r}."),
+    ],
+)
+def test_a_bundle_stating_another_number_or_key_than_its_document_is_invalid(client, settled, field, value, reason):
+    certificate = TransactionCertificate.objects.get()
+    before = _written()
+    bundle = json.dumps({**certificate_bundle(certificate), field: value})
+    answer = _bundle_post(client, bundle)
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "valid": False,
+        "signature_ok": True,
+        "ledger_ok": True,
+        "known": True,
+        "bundle_ok": False,
+        "reasons": [reason.format(number=certificate.number, key_id=certificate.key_id)],
+        "number": certificate.number,
+        "key_id": certificate.key_id,
+    }
+    page = client.post(reverse("certificates:verify"), {"bundle": bundle})
+    assert page.status_code == 200 and "NOT verified" in page.content.decode()
+    assert _written() == before
+
+
+def test_a_bundle_of_only_document_and_signature_still_verifies(client, settled):
+    genuine = _genuine()
+    answer = _bundle_post(client, json.dumps({"document": genuine["document"], "signature": genuine["signature"]}))
+    assert answer.status_code == 200 and answer.json()["valid"] is True and answer.json()["bundle_ok"] is True
 
 
 def test_the_key_is_generated_once_with_0600_and_reused(_own_signing_key):
