@@ -32,16 +32,17 @@ from cryptography.exceptions import InvalidSignature
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Exists, F, OuterRef, Subquery
 from django.utils import timezone
 
 from common.canonical import canonical_json
 from common.db import rows_copy
-from exchange.choices import AccountKind, DeliveryStatus
-from exchange.models import Delivery, Entitlement, JournalEntry, Order, Posting, TransactionCertificate
+from exchange.choices import AccountKind, DeliveryStatus, JournalKind
+from exchange.models import Delivery, Entitlement, JournalEntry, LedgerBlock, Order, Posting, TransactionCertificate
 
-# Not a copy: the ledger's own canonical form, so a certificate's ledger check can never disagree with
-# ledger_verify about what an entry's hash covers.
+# Not copies: the ledger's own canonical form and genesis hash, so a certificate's ledger check can never disagree
+# with ledger_verify about what an entry's hash covers or where a block's chain starts.
+from exchange.services.ledger import GENESIS_HASH
 from exchange.services.ledger import _canonical as ledger_entry_canonical
 from exchange.services.ledger import entry_hash as ledger_entry_hash
 from exchange.signing_key import signing_key, verification_keys
@@ -452,6 +453,13 @@ def _document_bytes(document) -> bytes:
 
 
 def _check_ledger(parsed: dict, reasons: list[str]) -> bool:
+    """The named ledger entry's hash and its place in the chain; appends the first failure to ``reasons``.
+
+    The entry must exist, be the SALE entry of the order the document names, carry the hash the document states,
+    still recompute to that hash from its content, sit in a block that exists, and link to the entry before it
+    in that block (its ``prev_hash`` is that entry's hash; the genesis hash at position 1). What
+    ``ledger_verify`` checks for the whole chain, here for one entry, in the same one query for the entry.
+    """
     named = parsed.get("ledger_entry")
     order = parsed.get("order") if isinstance(parsed.get("order"), dict) else {}
     if named is None:
@@ -465,15 +473,32 @@ def _check_ledger(parsed: dict, reasons: list[str]) -> bool:
     if type(sequence) is not int or not isinstance(claimed, str):
         reasons.append("The document's ledger entry is malformed (needs an integer sequence and an entry_hash).")
         return False
-    entry = JournalEntry.objects.filter(sequence=sequence).select_related("order").first()
+    # Entries name their block by id without a foreign key, so a join could not tell a missing block from a
+    # missing entry: whether the block exists, and the hash of the entry before this one, come as subqueries.
+    entry = (
+        JournalEntry.objects.filter(sequence=sequence)
+        .select_related("order")
+        .annotate(
+            block_exists=Exists(LedgerBlock.objects.filter(pk=OuterRef("block_id"))),
+            previous_hash=Subquery(
+                JournalEntry.objects.filter(block_id=OuterRef("block_id"), position=OuterRef("position") - 1).values(
+                    "entry_hash"
+                )[:1]
+            ),
+        )
+        .first()
+    )
     if entry is None:
         reasons.append(f"The ledger has no entry #{sequence}.")
         return False
-    if entry.entry_hash != claimed:
-        reasons.append(f"Ledger entry #{sequence} has a different hash than the document states.")
-        return False
     if entry.order is None or str(entry.order.public_id) != order.get("public_id"):
         reasons.append(f"Ledger entry #{sequence} does not belong to the order the document names.")
+        return False
+    if entry.kind != JournalKind.SALE:
+        reasons.append(f"Ledger entry #{sequence} is a {entry.kind} entry, not the sale that settled the order.")
+        return False
+    if entry.entry_hash != claimed:
+        reasons.append(f"Ledger entry #{sequence} has a different hash than the document states.")
         return False
     legs = list(Posting.objects.filter(entry=entry).values_list("account__code", "amount", "currency"))
     canonical = ledger_entry_canonical(
@@ -484,9 +509,24 @@ def _check_ledger(parsed: dict, reasons: list[str]) -> bool:
         payout_id=entry.payout_id,
         created_at=entry.created_at,
         legs=legs,
+        reverses_id=entry.reverses_id,  # a reversing entry's hash covers the entry it negates
     )
     if ledger_entry_hash(prev_hash=entry.prev_hash, canonical=canonical) != entry.entry_hash:
         reasons.append(f"Ledger entry #{sequence} no longer matches its own hash: the ledger was altered.")
+        return False
+    if not entry.block_exists:
+        reasons.append(f"Ledger entry #{sequence} names ledger block {entry.block_id}, which does not exist.")
+        return False
+    expected = GENESIS_HASH if entry.position == 1 else entry.previous_hash
+    if expected is None:
+        reasons.append(
+            f"Ledger entry #{sequence} is at position {entry.position} of block {entry.block_id}, "
+            f"but the block has no entry at position {entry.position - 1}."
+        )
+        return False
+    if entry.prev_hash != expected:
+        before = "the genesis hash" if entry.position == 1 else "the hash of the entry before it in its block"
+        reasons.append(f"Ledger entry #{sequence} does not link to {before}: the chain was altered.")
         return False
     return True
 

@@ -2,6 +2,7 @@
 checked against the ledger by the exchange; the printable page only for the trade's parties."""
 
 import base64
+import contextlib
 import json
 import os
 import stat
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 from django.urls import reverse
 
 from audit.models import AuditEvent
@@ -29,6 +31,9 @@ from exchange.services.certificates import (
     certificate_sign,
     certificate_verify,
 )
+from exchange.services.ledger import GENESIS_HASH
+from exchange.services.ledger import _canonical as ledger_entry_canonical
+from exchange.services.ledger import entry_hash as ledger_entry_hash
 from exchange.services.settlement import settlement_run_execute, settlement_run_start
 from exchange.signing_key import _loaded, signing_key
 from listings.services.review import version_manifest
@@ -666,6 +671,148 @@ def test_verification_never_writes(settled, django_assert_num_queries):
     assert result.valid
     with pytest.raises(InvalidSignature):
         signing_key().public_key.verify(base64.b64decode(certificate.signature), b"another document")
+
+
+# The ledger check: the named entry's hash and its place in the chain ----------------------------------------------
+
+
+@contextlib.contextmanager
+def _ledger_writable():
+    """The ledger's append-only triggers off, as the database owner could tamper; on again afterwards."""
+    tables = ("exchange_journalentry", "exchange_ledgerblock")
+    with connection.cursor() as cursor:
+        # ALTER TABLE refuses while deferred checks are pending on the table: run them now (they pass).
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE; SET CONSTRAINTS ALL DEFERRED")
+        for table in tables:
+            cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER {table}_append_only")
+    try:
+        with connection.cursor() as cursor:
+            yield cursor
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE; SET CONSTRAINTS ALL DEFERRED")
+            for table in tables:
+                cursor.execute(f"ALTER TABLE {table} ENABLE TRIGGER {table}_append_only")
+
+
+def _rehashed(entry: JournalEntry, *, prev_hash: str) -> str:
+    """The hash ``entry`` would have after ``prev_hash``: what a forger rewriting the chain would store."""
+    legs = list(Posting.objects.filter(entry=entry).values_list("account__code", "amount", "currency"))
+    canonical = ledger_entry_canonical(
+        sequence=entry.sequence,
+        idempotency_key=entry.idempotency_key,
+        kind=entry.kind,
+        order_id=entry.order_id,
+        payout_id=entry.payout_id,
+        created_at=entry.created_at,
+        legs=legs,
+        reverses_id=entry.reverses_id,
+    )
+    return ledger_entry_hash(prev_hash=prev_hash, canonical=canonical)
+
+
+def _verify_naming(entry_hash: str):
+    """The certificate re-signed by the exchange's own key naming its SALE entry with ``entry_hash``: only the
+    ledger can tell."""
+    document = json.loads(TransactionCertificate.objects.get().document)
+    document["ledger_entry"]["entry_hash"] = entry_hash
+    forged = canonical_bytes(document)
+    return certificate_verify(document=forged, signature=certificate_sign(document_bytes=forged))
+
+
+def test_a_payment_entry_of_the_same_order_does_not_vouch_for_the_sale(settled):
+    payment = JournalEntry.objects.get(kind=JournalKind.PAYMENT, order=settled)
+    document = json.loads(TransactionCertificate.objects.get().document)
+    document["ledger_entry"] = {"sequence": payment.sequence, "entry_hash": payment.entry_hash}
+    forged = canonical_bytes(document)
+    result = certificate_verify(document=forged, signature=certificate_sign(document_bytes=forged))
+    assert (result.signature_ok, result.ledger_ok) == (True, False)
+    assert result.reasons[0] == (
+        f"Ledger entry #{payment.sequence} is a payment entry, not the sale that settled the order."
+    )
+
+
+@pytest.mark.parametrize("sequence", [2**63, -(2**63) - 1, 2**63 - 1])
+def test_a_sequence_beyond_the_ledgers_range_is_no_entry(settled, sequence):
+    # Beyond a bigint: Django answers "no rows" without asking PostgreSQL, which would refuse the query.
+    document = json.loads(TransactionCertificate.objects.get().document)
+    document["ledger_entry"]["sequence"] = sequence
+    forged = canonical_bytes(document)
+    result = certificate_verify(document=forged, signature=certificate_sign(document_bytes=forged))
+    assert (result.signature_ok, result.ledger_ok) == (True, False)
+    assert result.reasons[0] == f"The ledger has no entry #{sequence}."
+
+
+def test_a_sale_entry_in_a_block_that_does_not_exist_fails_the_ledger_check(client, settled):
+    certificate = TransactionCertificate.objects.get()
+    sale = JournalEntry.objects.get(kind=JournalKind.SALE)
+    with _ledger_writable() as cursor:
+        cursor.execute("DELETE FROM exchange_ledgerblock WHERE id = %s", [sale.block_id])
+    assert not LedgerBlock.objects.filter(pk=sale.block_id).exists()
+    before = _written()
+    result = certificate_verify(document=certificate.document, signature=certificate.signature)
+    assert (result.signature_ok, result.ledger_ok, result.known, result.valid) == (True, False, True, False)
+    assert result.reasons == [
+        f"Ledger entry #{sale.sequence} names ledger block {sale.block_id}, which does not exist."
+    ]
+    answer = _bundle_post(client, certs.certificate_bundle_bytes(certificate))
+    assert answer.status_code == 200 and (answer.json()["valid"], answer.json()["ledger_ok"]) == (False, False)
+    page = client.get(reverse("certificates:verify_number", args=[certificate.number]))
+    html = page.content.decode()
+    assert page.status_code == 200 and "does not match the ledger" in html and "which does not exist" in html
+    assert _written() == before
+
+
+def test_the_first_entry_of_a_block_must_follow_the_genesis_hash(settled):
+    sale = JournalEntry.objects.get(kind=JournalKind.SALE)
+    assert sale.position == 1 and sale.prev_hash == GENESIS_HASH
+    # Its own hash recomputed over another prev_hash, and the document re-signed naming it: all consistent but the link.
+    forged = _rehashed(sale, prev_hash="ab" * 32)
+    with _ledger_writable() as cursor:
+        cursor.execute(
+            "UPDATE exchange_journalentry SET prev_hash = %s, entry_hash = %s WHERE id = %s",
+            ["ab" * 32, forged, sale.pk],
+        )
+    result = _verify_naming(forged)
+    assert (result.signature_ok, result.ledger_ok) == (True, False)
+    assert (
+        result.reasons[0] == f"Ledger entry #{sale.sequence} does not link to the genesis hash: the chain was altered."
+    )
+
+
+def test_a_later_entry_must_follow_the_entry_before_it_in_its_block(settled):
+    sale = JournalEntry.objects.get(kind=JournalKind.SALE)
+    payment = JournalEntry.objects.get(kind=JournalKind.PAYMENT, order=settled)
+    last = JournalEntry.objects.filter(block_id=payment.block_id).order_by("-position").first()
+    # Moved behind the payment block's last entry: block and position are not in its hash, its link is.
+    with _ledger_writable() as cursor:
+        cursor.execute(
+            "UPDATE exchange_journalentry SET block_id = %s, position = %s WHERE id = %s",
+            [payment.block_id, last.position + 1, sale.pk],
+        )
+    result = _verify_naming(sale.entry_hash)
+    assert (result.signature_ok, result.ledger_ok) == (True, False)
+    assert result.reasons[0] == (
+        f"Ledger entry #{sale.sequence} does not link to the hash of the entry before it in its block: "
+        "the chain was altered."
+    )
+    # Linked to that entry (and rehashed accordingly), it is in its place again.
+    relinked = _rehashed(sale, prev_hash=last.entry_hash)
+    with _ledger_writable() as cursor:
+        cursor.execute(
+            "UPDATE exchange_journalentry SET prev_hash = %s, entry_hash = %s WHERE id = %s",
+            [last.entry_hash, relinked, sale.pk],
+        )
+    result = _verify_naming(relinked)
+    assert (result.signature_ok, result.ledger_ok) == (True, True)
+    # With a gap before it, there is nothing to link to.
+    with _ledger_writable() as cursor:
+        cursor.execute("UPDATE exchange_journalentry SET position = %s WHERE id = %s", [last.position + 2, sale.pk])
+    result = _verify_naming(relinked)
+    assert not result.ledger_ok and result.reasons[0] == (
+        f"Ledger entry #{sale.sequence} is at position {last.position + 2} of block {payment.block_id}, "
+        f"but the block has no entry at position {last.position + 1}."
+    )
 
 
 # Rotating the signing key ----------------------------------------------------------------------------------------
