@@ -5,9 +5,13 @@ import base64
 import contextlib
 import json
 import os
+import re
+import shutil
 import stat
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -813,6 +817,96 @@ def test_a_later_entry_must_follow_the_entry_before_it_in_its_block(settled):
         f"Ledger entry #{sale.sequence} is at position {last.position + 2} of block {payment.block_id}, "
         f"but the block has no entry at position {last.position + 1}."
     )
+
+
+# The README's standalone verification, run as written ----------------------------------------------------------------
+
+
+def _readme_snippet(language: str) -> str:
+    """The README's ``language`` code block in the transaction certificates item, as a reader would copy it."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    item = readme[readme.index("- **Transaction certificates") : readme.index("- **Rotating the signing key**")]
+    return textwrap.dedent(re.search(rf"```{language}\n(.*?\n) *```", item, re.S).group(1))
+
+
+def _readme_cases(genuine: dict) -> dict[str, tuple[bytes, bool]]:
+    """Bundle files, by what is wrong with them, and whether they are genuine."""
+    altered = genuine["document"].replace('"name":"Guiyang Data"', '"name":"Guiyang Dbta"')
+    assert altered != genuine["document"]
+    return {
+        "genuine": (json.dumps(genuine, indent=2, ensure_ascii=False).encode(), True),
+        "document altered": (json.dumps({**genuine, "document": altered}).encode(), False),
+        "other base64 text": (
+            json.dumps({**genuine, "signature": _other_base64_text(genuine["signature"])}).encode(),
+            False,
+        ),
+        "signature with a space": (json.dumps({**genuine, "signature": " " + genuine["signature"]}).encode(), False),
+    }
+
+
+def _download(client, buyer, tmp_path) -> dict:
+    """The bundle and the public key as a reader downloads them; the bundle parsed."""
+    certificate = TransactionCertificate.objects.get()
+    client.force_login(buyer)
+    download = client.get(reverse("certificates:bundle", args=[certificate.number]))
+    (tmp_path / "exchange-public-key.pem").write_bytes(client.get(reverse("certificates:public_key")).content)
+    return json.loads(download.content)
+
+
+def test_the_readme_python_snippet_accepts_the_genuine_bundle_and_refuses_the_rest_without_a_traceback(
+    client, settled, buyer, tmp_path
+):
+    genuine = _download(client, buyer, tmp_path)
+    script = tmp_path / "verify.py"
+    script.write_text(_readme_snippet("python"), encoding="utf-8")
+    cases = {
+        name: (body, "valid: " + genuine["number"] if ok else "INVALID: altered, or not signed by this key")
+        for name, (body, ok) in _readme_cases(genuine).items()
+    }
+    cases["other base64 text"] = (
+        cases["other base64 text"][0],
+        "INVALID: not a certificate bundle (ValueError: the signature is not the base64 text issued)",
+    )
+    cases["signature with a space"] = (cases["signature with a space"][0], "INVALID: not a certificate bundle (Error: ")
+    cases.update(
+        {
+            "no signature": (json.dumps({"document": genuine["document"]}).encode(), "(KeyError: 'signature')"),
+            "not JSON": (b"nope", "(JSONDecodeError: Expecting value"),
+            "a list": (b"[1, 2]", "(TypeError: list indices must be integers"),
+            "nested absurdly deep": (b"[" * 50_000 + b"]" * 50_000, "(RecursionError: maximum recursion depth"),
+        }
+    )
+    for name, (body, expected) in cases.items():
+        bundle = tmp_path / "DX.json"
+        bundle.write_bytes(body)
+        run = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "exchange-public-key.pem"), str(bundle)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "Traceback" not in run.stderr, (name, run.stderr)
+        if expected.startswith("valid: "):
+            assert (run.returncode, run.stdout, run.stderr) == (0, expected + "\n", ""), name
+        else:
+            assert run.returncode == 1 and expected in run.stderr and run.stdout == "", (name, run.stderr)
+
+
+@pytest.mark.skipif(not all(shutil.which(tool) for tool in ("jq", "openssl", "base64", "cmp")), reason="no jq/openssl")
+def test_the_readme_openssl_snippet_accepts_the_genuine_bundle_and_refuses_the_rest(client, settled, buyer, tmp_path):
+    genuine = _download(client, buyer, tmp_path)
+    script = _readme_snippet("sh")
+    assert "DX-2026-00000042.json" in script
+    for name, (body, ok) in _readme_cases(genuine).items():
+        (tmp_path / "DX-2026-00000042.json").write_bytes(body)
+        run = subprocess.run(["sh", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        if ok:
+            assert (run.returncode, run.stdout) == (0, "Signature Verified Successfully\n"), (name, run.stderr)
+            continue
+        # Refused at the step that can tell: openssl (the bytes), cmp (the base64 text), base64 -d (not base64).
+        said = {"document altered": "Signature Verification Failure", "other base64 text": "differ"}
+        assert run.returncode != 0 and "Signature Verified Successfully" not in run.stdout, (name, run.stdout)
+        assert said.get(name, "invalid input") in run.stdout + run.stderr, (name, run.stdout, run.stderr)
 
 
 # Rotating the signing key ----------------------------------------------------------------------------------------
