@@ -29,9 +29,13 @@ def _client() -> stripe.StripeClient:
 
 
 def _translate(exc: stripe.StripeError) -> GatewayError:
-    """Connection problems and 5xx/429 answers may pass; anything else will not."""
+    """Connection problems and 5xx/429 answers may pass, and so does a 409: another request with the same
+    idempotency key is still in progress (a retry after a timeout), and asking again later returns its outcome.
+    Anything else will not."""
     status = getattr(exc, "http_status", None)
-    transient = isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError) or (status or 0) >= 500
+    transient = (
+        isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError) or status == 409 or (status or 0) >= 500
+    )
     message = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
     return GatewayError(f"Stripe: {message}", transient=transient)
 

@@ -163,6 +163,23 @@ def test_transfer_that_times_out_after_succeeding_is_not_repeated(fake_stripe, s
     assert payout.gateway_reference in fake_stripe.objects["/v1/transfers"]
 
 
+def test_a_transfer_whose_key_is_still_in_progress_is_retried_not_refused(fake_stripe, stripe_payout):
+    """Stripe answers 409 while another request with the same idempotency key is in flight: ask again later."""
+    fake_stripe.fail_next["/v1/transfers"] = (
+        409,
+        {"error": {"type": "idempotency_error", "message": "There is currently another in-progress request."}},
+    )
+    with pytest.raises(GatewayError) as exc:
+        payout_send(payout_pk=stripe_payout.pk)
+    assert exc.value.transient
+    stripe_payout.refresh_from_db()
+    assert (stripe_payout.status, stripe_payout.attempts) == (PayoutStatus.PENDING, 1)
+    assert JournalEntry.objects.count() == 0
+    payout = payout_send(payout_pk=stripe_payout.pk)
+    assert payout.status == PayoutStatus.SENT
+    assert len(fake_stripe.objects["/v1/transfers"]) == 1
+
+
 def test_refused_transfer_is_recorded_not_dropped(fake_stripe, stripe_payout):
     fake_stripe.fail_next["/v1/transfers"] = (
         400,
