@@ -222,6 +222,11 @@ CELERY_BEAT_SCHEDULE["refunds-retry-pending"] = {
     "task": "exchange.tasks.refunds_retry_pending",
     "schedule": float(REFUND_RETRY_SWEEP_SECONDS),
 }
+# Payouts still PENDING after PAYOUT_SWEEP_AGE_SECONDS (their task gave up on a gateway outage, or its message was
+# lost) get their send queued again every PAYOUT_SWEEP_SECONDS; the send reuses the payout's idempotency key.
+PAYOUT_SWEEP_SECONDS = env_int("PAYOUT_SWEEP_SECONDS", 900, minimum=10)
+PAYOUT_SWEEP_AGE_SECONDS = env_int("PAYOUT_SWEEP_AGE_SECONDS", 900, minimum=0)
+CELERY_BEAT_SCHEDULE["payout-sweep"] = {"task": "exchange.tasks.payout_sweep", "schedule": float(PAYOUT_SWEEP_SECONDS)}
 
 # --- auth -----------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"

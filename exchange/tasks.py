@@ -121,6 +121,13 @@ def payout_send(payout_pk: int) -> str:
 
 
 @shared_task
+def payout_sweep() -> str:
+    """Beat (settlement queue, as payout_*): queue again the sends of payouts PENDING too long; held ones are logged."""
+    swept = settlement.payouts_sweep(older_than_seconds=settings.PAYOUT_SWEEP_AGE_SECONDS)
+    return f"queued payouts {swept.queued}, held for review {swept.held}"
+
+
+@shared_task
 def payment_events_sweep(older_than_seconds: int = 60) -> int:
     """Beat: drain events stored but never processed (a lost broker message, a dead worker, out-of-order)."""
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)

@@ -22,10 +22,23 @@ worker killed mid-batch leaves it PENDING and its redelivered or re-queued task
 does it), planning and finishing happen once per run under the run's row lock,
 and ``settlement_runs_resume`` (beat, and ``manage.py settle --resume``)
 queues again whatever a lost message left undone. Only one run is RUNNING at a
-time (a partial unique index).
+time (a partial unique index). ``manage.py settle --now`` does a whole run in
+its process and queues nothing (``queue=False``): it needs no broker, sends the
+payouts itself, and a failure marks the run FAILED instead of leaving it
+RUNNING.
+
+A batch leaves out an order whose refund is still pending, re-read after the
+orders are locked (see ``_without_pending_refunds``): the refund is booked
+from escrow and the next run settles what remains. A payout left PENDING (its
+task gave up, or its message was lost) is sent again by ``payouts_sweep``
+(beat, PAYOUT_SWEEP_SECONDS); one past its gateway's idempotency window is
+held for review instead of sent with a key that may have expired (see
+``payout_send``) and is settled by hand with ``payout_resolve``.
 """
 
+import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
@@ -67,6 +80,8 @@ from exchange.services.ledger import (
 from exchange.services.orders import orders_transition_locked
 from exchange.services.transitions import history_start, status_move
 
+log = logging.getLogger(__name__)
+
 
 class SettlementInProgress(ValidationError):
     pass
@@ -95,8 +110,13 @@ BATCH_ORDER_FIELDS = (
 SETTLEABLE = {OrderStatus.DELIVERED, OrderStatus.PARTIALLY_REFUNDED}
 
 
-def settlement_run_start(*, actor=None, trigger: str = "manual") -> SettlementRun:
-    """Start a run and schedule its planning; refuse (SettlementInProgress) while another run is running."""
+def settlement_run_start(*, actor=None, trigger: str = "manual", queue: bool = True) -> SettlementRun:
+    """Start a run and schedule its planning; refuse (SettlementInProgress) while another run is running.
+
+    With ``queue=False`` nothing is scheduled: the caller executes the run
+    itself (``settlement_run_execute(queue=False)``, ``manage.py settle --now``),
+    so starting it needs no broker.
+    """
     from exchange.tasks import settlement_run_execute
 
     try:
@@ -104,7 +124,8 @@ def settlement_run_start(*, actor=None, trigger: str = "manual") -> SettlementRu
             run = SettlementRun.objects.create(requested_by=actor, trigger=trigger)
             history_start([run], reason=f"started ({trigger})", actor=actor)
             audit_record(action="settlement_run_started", actor=actor, obj=run, trigger=trigger)
-            transaction.on_commit(lambda: settlement_run_execute.delay(run.pk))
+            if queue:
+                transaction.on_commit(lambda: settlement_run_execute.delay(run.pk))
     except IntegrityError:
         running = SettlementRun.objects.filter(status=SettlementRunStatus.RUNNING).first()
         raise SettlementInProgress(
@@ -374,8 +395,12 @@ def _payout_specs(*, run: SettlementRun) -> tuple[list[Payout], list[EntrySpec]]
     return payouts, specs
 
 
-def settlement_run_finish(*, run_pk: int) -> SettlementRun:
-    """Once every batch is done: create the run's payouts (one ledger block), complete the run, queue the sends."""
+def settlement_run_finish(*, run_pk: int, queue: bool = True) -> SettlementRun:
+    """Once every batch is done: create the run's payouts (one ledger block), complete the run, queue the sends.
+
+    With ``queue=False`` the sends are not queued: the caller sends them
+    (``settlement_run_execute(queue=False)``), or the payout sweep does.
+    """
     from exchange.tasks import payout_send
 
     with transaction.atomic():
@@ -397,7 +422,8 @@ def settlement_run_finish(*, run_pk: int) -> SettlementRun:
         )
         block_append(pending)
         pks = [payout.pk for payout in payouts]
-        transaction.on_commit(lambda: [payout_send.delay(pk) for pk in pks])
+        if queue:
+            transaction.on_commit(lambda: [payout_send.delay(pk) for pk in pks])
     return run
 
 
@@ -411,19 +437,78 @@ def settlement_run_progress(run: SettlementRun) -> tuple[int, int]:
     return done["batches"], done["orders"] or 0
 
 
-def settlement_run_execute(*, run_pk: int) -> SettlementRun:
+def settlement_run_execute(*, run_pk: int, queue: bool = True) -> SettlementRun:
     """Do a whole run in this process: plan it, settle its batches one after another, finish it.
 
     The workers' way is the ``settlement_run_execute`` task (planning only)
-    and one task per batch; this is for ``manage.py settle --in-process`` and
-    for tests. Safe alongside workers: each batch is still done once.
+    and one task per batch; this is for ``manage.py settle --now`` and for
+    tests. Safe alongside workers: each batch is still done once.
+
+    With ``queue=True`` the finish queues the payout sends as usual. With
+    ``queue=False`` nothing at all goes through the broker: the run's
+    payouts are sent here too (``payouts_send_here``), and should any step
+    fail, the run is marked FAILED with the reason instead of being left
+    RUNNING (which would refuse every later run): the batches it completed
+    stay settled (their money is in the merchants' payables, which the next
+    run pays out) and the orders it did not reach wait for the next run.
+    The error is re-raised.
     """
-    settlement_run_plan(run_pk=run_pk, queue=False)
-    for batch_pk in SettlementBatch.objects.filter(run_id=run_pk, status=SettlementBatchStatus.PENDING).values_list(
-        "pk", flat=True
-    ):
-        settlement_batch_execute(batch_pk=batch_pk, queue_finish=False)
-    return settlement_run_finish(run_pk=run_pk)
+    if queue:
+        settlement_run_plan(run_pk=run_pk, queue=False)
+        for batch_pk in _pending_batches(run_pk):
+            settlement_batch_execute(batch_pk=batch_pk, queue_finish=False)
+        return settlement_run_finish(run_pk=run_pk)
+    try:
+        settlement_run_plan(run_pk=run_pk, queue=False)
+        for batch_pk in _pending_batches(run_pk):
+            settlement_batch_execute(batch_pk=batch_pk, queue_finish=False)
+        run = settlement_run_finish(run_pk=run_pk, queue=False)
+    except Exception as exc:
+        try:
+            settlement_run_fail(run_pk=run_pk, error=f"{type(exc).__name__}: {exc}")
+        except Exception:  # the database itself is gone: the run stays RUNNING; `settle --resume` continues it
+            log.exception("settlement run %s could not be marked failed", run_pk)
+        raise
+    payouts_send_here(payout_pks=list(run.payouts.filter(status=PayoutStatus.PENDING).values_list("pk", flat=True)))
+    return run
+
+
+def _pending_batches(run_pk: int) -> list[int]:
+    return list(
+        SettlementBatch.objects.filter(run_id=run_pk, status=SettlementBatchStatus.PENDING)
+        .order_by("number")
+        .values_list("pk", flat=True)
+    )
+
+
+def settlement_run_fail(*, run_pk: int, error: str, actor=None) -> SettlementRun:
+    """Mark a RUNNING run FAILED with ``error`` (its row locked); a run that already ended is left as it is.
+
+    What it settled stays settled; its unfinished batches are left PENDING
+    and their orders unsettled, so the next run settles them.
+    """
+    with transaction.atomic():
+        run = SettlementRun.objects.select_for_update().get(pk=run_pk)
+        if run.status == SettlementRunStatus.RUNNING:
+            run.error, run.finished_at = error[:2000], timezone.now()
+            status_move(run, SettlementRunStatus.FAILED, reason=run.error, fields=("error", "finished_at"), actor=actor)
+    return run
+
+
+def payouts_send_here(*, payout_pks: list[int]) -> dict[str, list[int]]:
+    """Send payouts in this process, one after another; {status: payout pks}, ``"pending"`` for the transient.
+
+    A transient gateway error leaves its payout PENDING (recorded by
+    ``payout_send``) and the others are still sent; the payout sweep sends
+    it again later.
+    """
+    outcome: dict[str, list[int]] = defaultdict(list)
+    for pk in payout_pks:
+        try:
+            outcome[payout_send(payout_pk=pk).status].append(pk)
+        except GatewayError:
+            outcome[PayoutStatus.PENDING].append(pk)
+    return dict(outcome)
 
 
 def settlement_runs_resume(*, stalled_after_seconds: int = 0) -> list[int]:
@@ -450,6 +535,93 @@ def settlement_runs_resume(*, stalled_after_seconds: int = 0) -> list[int]:
     return resumed
 
 
+# Gateways whose idempotency keys expire, and for how long after a payout's creation its stored key is trusted.
+# Stripe keeps a key for at least 24 hours after its first use, which comes after the payout was created: 23 hours
+# from creation is inside that window with an hour to spare. The sandbox keeps its transfers' keys for good.
+PAYOUT_KEY_WINDOWS = {"stripe": timedelta(hours=23)}
+HELD_FOR_REVIEW = "Held for review: "
+
+
+def payout_key_expired(payout: Payout, *, now=None) -> bool:
+    """Whether ``payout``'s idempotency key may have expired at its gateway, so a re-send could pay it twice."""
+    window = PAYOUT_KEY_WINDOWS.get(payout.gateway)
+    return window is not None and payout.created_at <= (now or timezone.now()) - window
+
+
+def _payout_hold(payout: Payout) -> None:
+    """Record (once) why a PENDING payout past its key window is not sent again; the caller holds its row lock."""
+    if payout.error.startswith(HELD_FOR_REVIEW):
+        return
+    payout.error = (
+        f"{HELD_FOR_REVIEW}pending since {payout.created_at:%Y-%m-%d %H:%M} UTC, so its idempotency key may have "
+        f"expired at {payout.gateway} and a re-send could pay it twice. Look for a transfer with metadata "
+        f"payout_id={payout.pk} at the gateway, then record it: `manage.py settle --payout-sent {payout.pk} "
+        f"<transfer id>`, or `--payout-not-sent {payout.pk}` (the money goes back to the merchant's payable and "
+        f"the next run pays it). Last error: {payout.error or 'none'}"
+    )[:2000]
+    payout.save(update_fields=["error"])
+    log.error("payout %s held for review: pending past its gateway's idempotency window", payout.pk)
+
+
+def _payout_book_sent(payout: Payout, reference: str, *, reason: str, actor=None) -> None:
+    """A transfer was made: SENT, its ledger entry, its audit event (the caller holds the row lock)."""
+    payout.gateway_reference, payout.sent_at, payout.error = reference, timezone.now(), ""
+    status_move(
+        payout,
+        PayoutStatus.SENT,
+        reason=reason,
+        actor=actor,
+        fields=("attempts", "gateway_reference", "sent_at", "error"),
+    )
+    journal_post(
+        idempotency_key=f"payout_sent:{payout.pk}",
+        kind=JournalKind.PAYOUT_SENT,
+        postings=[
+            (account_get(kind=AccountKind.PAYOUTS_PENDING), payout.amount, payout.currency),
+            (account_get(kind=AccountKind.GATEWAY_CLEARING), -payout.amount, payout.currency),
+        ],
+        payout=payout,
+        memo=f"transfer {reference}",
+    )
+    audit_record(
+        action="payout_sent",
+        actor=actor,
+        obj=payout,
+        amount=payout.amount,
+        currency=payout.currency,
+        reference=reference,
+    )
+
+
+def _payout_book_returned(payout: Payout, error: str, *, reason: str, actor=None) -> None:
+    """No transfer was made: FAILED, its money back to the merchant's payable (the caller holds the row lock)."""
+    payout.error = error[:2000]
+    status_move(payout, PayoutStatus.FAILED, reason=reason, actor=actor, fields=("attempts", "error"))
+    # Refused, not lost: the money goes back to what the merchant is owed, and the next run pays it again.
+    journal_post(
+        idempotency_key=f"payout_returned:{payout.pk}",
+        kind=JournalKind.PAYOUT_RETURNED,
+        postings=[
+            (account_get(kind=AccountKind.PAYOUTS_PENDING), payout.amount, payout.currency),
+            (
+                account_get(kind=AccountKind.MERCHANT_PAYABLE, merchant=payout.merchant),
+                -payout.amount,
+                payout.currency,
+            ),
+        ],
+        payout=payout,
+        memo=reason[:300],
+    )
+    audit_record(
+        action="payout_failed",
+        actor=actor,
+        obj=payout,
+        amount=payout.amount,
+        currency=payout.currency,
+        error=error[:300],
+    )
+
+
 def payout_send(*, payout_pk: int) -> Payout:
     """Pay a payout through the gateway once.
 
@@ -460,6 +632,15 @@ def payout_send(*, payout_pk: int) -> Payout:
     recorded on the payout (FAILED, with the reason) and its amount goes back
     to the merchant's payable (PAYOUT_RETURNED), so the next run pays it
     again; a transient error is recorded and re-raised so the task retries.
+
+    A payout older than its gateway's idempotency window
+    (``PAYOUT_KEY_WINDOWS``: Stripe's keys may expire 24 hours after first
+    use) is not sent: an earlier attempt that timed out may have made the
+    transfer, and the expired key would no longer return it, so a re-send
+    could pay the merchant twice. It stays PENDING, held for review (its
+    error says so and what to do); staff look the transfer up at the
+    gateway (the transfer's metadata names the payout) and record the
+    outcome with ``payout_resolve``.
     """
     with transaction.atomic():
         # The payout's row only (of self): the merchant is read, not locked, so nothing that references the merchant
@@ -467,36 +648,16 @@ def payout_send(*, payout_pk: int) -> Payout:
         payout = Payout.objects.select_for_update(of=("self",)).select_related("merchant").get(pk=payout_pk)
         if payout.status != PayoutStatus.PENDING:
             return payout  # sent already, or refused and its money owed again (the next run pays it)
+        if payout_key_expired(payout):
+            _payout_hold(payout)
+            return payout
         try:
             reference = get_gateway(payout.gateway).payout_create(payout=payout)
         except GatewayError as exc:
             failure = exc
         else:
             payout.attempts += 1
-            payout.gateway_reference, payout.sent_at, payout.error = reference, timezone.now(), ""
-            status_move(
-                payout,
-                PayoutStatus.SENT,
-                reason=f"transfer {reference}",
-                fields=("attempts", "gateway_reference", "sent_at", "error"),
-            )
-            journal_post(
-                idempotency_key=f"payout_sent:{payout.pk}",
-                kind=JournalKind.PAYOUT_SENT,
-                postings=[
-                    (account_get(kind=AccountKind.PAYOUTS_PENDING), payout.amount, payout.currency),
-                    (account_get(kind=AccountKind.GATEWAY_CLEARING), -payout.amount, payout.currency),
-                ],
-                payout=payout,
-                memo=f"transfer {reference}",
-            )
-            audit_record(
-                action="payout_sent",
-                obj=payout,
-                amount=payout.amount,
-                currency=payout.currency,
-                reference=reference,
-            )
+            _payout_book_sent(payout, reference, reason=f"transfer {reference}")
             return payout
     if failure.transient:
         Payout.objects.filter(pk=payout_pk, status=PayoutStatus.PENDING).update(
@@ -507,30 +668,91 @@ def payout_send(*, payout_pk: int) -> Payout:
         payout = Payout.objects.select_for_update(of=("self",)).select_related("merchant").get(pk=payout_pk)
         if payout.status != PayoutStatus.PENDING:
             return payout
-        payout.attempts, payout.error = payout.attempts + 1, str(failure)[:2000]
-        status_move(
-            payout, PayoutStatus.FAILED, reason=f"refused by the gateway: {failure}", fields=("attempts", "error")
-        )
-        # Refused, not lost: the money goes back to what the merchant is owed, and the next run pays it again.
-        journal_post(
-            idempotency_key=f"payout_returned:{payout.pk}",
-            kind=JournalKind.PAYOUT_RETURNED,
-            postings=[
-                (account_get(kind=AccountKind.PAYOUTS_PENDING), payout.amount, payout.currency),
-                (
-                    account_get(kind=AccountKind.MERCHANT_PAYABLE, merchant=payout.merchant),
-                    -payout.amount,
-                    payout.currency,
-                ),
-            ],
-            payout=payout,
-            memo=f"refused by the gateway: {failure}"[:300],
-        )
-        audit_record(
-            action="payout_failed",
-            obj=payout,
-            amount=payout.amount,
-            currency=payout.currency,
-            error=str(failure)[:300],
-        )
+        payout.attempts += 1
+        _payout_book_returned(payout, str(failure), reason=f"refused by the gateway: {failure}")
     return payout
+
+
+class PayoutNotHeld(ValidationError):
+    """Only a payout held for review (PENDING past its gateway's idempotency window) is resolved by hand."""
+
+
+def payout_resolve(*, payout_pk: int, transfer_reference: str = "", actor=None) -> Payout:
+    """Record what staff found at the gateway for a payout held for review.
+
+    ``transfer_reference`` (the transfer the gateway shows for this payout):
+    it was paid, the payout becomes SENT with that reference. Empty: no
+    transfer exists, so the payout is FAILED through the refusal path (its
+    money back to the merchant's payable; the next run pays it with a fresh
+    key). Any other payout is refused with PayoutNotHeld and nothing changes.
+    """
+    transfer_reference = transfer_reference.strip()
+    with transaction.atomic():
+        payout = Payout.objects.select_for_update(of=("self",)).select_related("merchant").get(pk=payout_pk)
+        if payout.status != PayoutStatus.PENDING or not payout_key_expired(payout):
+            raise PayoutNotHeld(
+                f"Payout {payout.pk} is {payout.get_status_display()} and not held for review: "
+                "it is sent (or refused) by the workers, not by hand.",
+                code="payout_not_held",
+            )
+        if transfer_reference:
+            _payout_book_sent(
+                payout, transfer_reference, reason=f"transfer {transfer_reference} found at the gateway", actor=actor
+            )
+        else:
+            _payout_book_returned(
+                payout,
+                "no transfer found at the gateway; paid again by the next run",
+                reason="not sent: no transfer found at the gateway",
+                actor=actor,
+            )
+    return payout
+
+
+@dataclass(frozen=True)
+class PayoutSweep:
+    queued: list[int]  # PENDING payouts whose send was queued again
+    held: list[int]  # PENDING payouts past their gateway's idempotency window, held for review
+
+
+def payouts_sweep(*, older_than_seconds: int) -> PayoutSweep:
+    """Queue the send again of every payout PENDING for longer than ``older_than_seconds``; safe to run twice.
+
+    A payout stays PENDING when its task gave up (transient gateway errors
+    outlasting its retries) or its message was lost (the broker was down
+    when the run finished): nothing else would ever send it, and its money
+    would sit in payouts in transit. A send queued twice is made once
+    (``payout_send`` locks the row, returns early once it is SENT or
+    FAILED, and calls the gateway with the payout's stored idempotency key).
+    Payouts past their gateway's idempotency window are not queued but held
+    for review (see ``payout_send``).
+    """
+    from exchange.tasks import payout_send as payout_send_task
+
+    now = timezone.now()
+    stuck = Payout.objects.filter(
+        status=PayoutStatus.PENDING, created_at__lte=now - timedelta(seconds=older_than_seconds)
+    ).order_by("pk")
+    queued, held = [], []
+    for payout in stuck.only("pk", "gateway", "created_at"):
+        (held if payout_key_expired(payout, now=now) else queued).append(payout.pk)
+    for pk in held:
+        with transaction.atomic():
+            payout = Payout.objects.select_for_update(of=("self",)).get(pk=pk)
+            if payout.status == PayoutStatus.PENDING:
+                _payout_hold(payout)
+    for pk in queued:
+        payout_send_task.delay(pk)
+    if queued:
+        log.info("payouts %s pending too long: their sends are queued again", queued)
+    return PayoutSweep(queued=queued, held=held)
+
+
+def payouts_stuck(*, older_than_seconds: int = 0):
+    """PENDING payouts older than ``older_than_seconds``, oldest first (for ``manage.py settle --payouts``)."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    return (
+        Payout.objects.filter(status=PayoutStatus.PENDING, created_at__lte=cutoff)
+        .select_related("merchant")
+        .order_by("created_at", "pk")
+    )

@@ -1,0 +1,386 @@
+"""Payouts left PENDING are sent again by the sweep, once; ``manage.py settle --now`` needs no broker.
+
+A payout stays PENDING when its task gave up (transient gateway errors outlasting its retries) or its message was
+lost (the broker was down when the run finished). The sweep (beat, ``payout_sweep``) queues its send again; the
+send locks the payout and reuses its idempotency key, so sweeping twice, or alongside the original task, makes
+one transfer. A Stripe payout older than Stripe's idempotency window is held for review instead, and staff
+record what the gateway shows. The sandbox gateway keeps its transfers (``SandboxTransfer``) as a provider would.
+"""
+
+import threading
+import time
+import uuid
+from contextlib import nullcontext
+from datetime import timedelta
+
+import pytest
+from django.conf import settings as django_settings
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import OperationalError, connections
+from django.db.models import Sum
+from django.utils import timezone
+
+from exchange import tasks
+from exchange.celery import app as celery_app
+from exchange.choices import AccountKind, JournalKind, OrderStatus, PayoutStatus, SettlementRunStatus
+from exchange.gateways import GatewayError
+from exchange.gateways.sandbox import SandboxGateway
+from exchange.models import JournalEntry, Order, Payout, Posting, SandboxTransfer, SettlementRun
+from exchange.services import settlement as settlement_module
+from exchange.services.ledger import ledger_verify
+from exchange.services.orders import order_checkout_start, order_confirm_receipt, order_create
+from exchange.services.settlement import (
+    HELD_FOR_REVIEW,
+    PayoutNotHeld,
+    payout_resolve,
+    payout_send,
+    payouts_sweep,
+    settlement_run_execute,
+    settlement_run_start,
+)
+from tests.factories import UserFactory, make_listing, make_merchant
+from tests.fakes.stripe_server import FakeStripe, settings_use_fake_stripe
+
+pytestmark = pytest.mark.django_db
+
+PRICE = 1234  # 10 % fee, half up: 123; the merchant is owed 1111 per order
+NET = 1111
+
+
+@pytest.fixture
+def listing(settings, staff):
+    settings.PLATFORM_FEE_BPS = 1000
+    settings.DISPUTE_HOLD_DAYS = 0
+    settings.BUYER_SERVICE_FEE = {}
+    owner = UserFactory(email="sweep-merchant@example.com")
+    merchant = make_merchant(owner, name="Sweep Data")
+    return make_listing(merchant=merchant, owner=owner, reviewer=staff, price=PRICE)
+
+
+def _delivered(listing, capture=None) -> Order:
+    """A buyer pays through the sandbox and confirms receipt; ``capture`` runs the on-commit tasks (eager)."""
+    buyer = UserFactory()
+    with capture(execute=True) if capture else nullcontext():
+        order, _ = order_create(buyer=buyer, listing=listing, idempotency_key=str(uuid.uuid4()))
+        order_checkout_start(order=order)
+        order.refresh_from_db()
+        SandboxGateway().session_resolve_and_notify(session_id=order.gateway_session_id, approve=True)
+    with capture(execute=True) if capture else nullcontext():
+        order = order_confirm_receipt(order=Order.objects.get(pk=order.pk), actor=buyer)
+    assert order.status == OrderStatus.DELIVERED
+    return Order.objects.get(pk=order.pk)
+
+
+def _delivered_inline(listing, capture) -> Order:
+    return _delivered(listing, capture)
+
+
+def _balance(kind) -> int:
+    return Posting.objects.filter(account__kind=kind).aggregate(total=Sum("amount"))["total"] or 0
+
+
+def _gateway_down(message: str):
+    def payout_create(self, *, payout):
+        raise GatewayError(message, transient=True)
+
+    return payout_create
+
+
+def _pending_payout(listing, capture, monkeypatch) -> Payout:
+    """A run whose payout send failed transiently: the payout is PENDING, its money in payouts in transit."""
+
+    def gateway_down(self, *, payout):
+        raise GatewayError("gateway timed out", transient=True)
+
+    _delivered_inline(listing, capture)
+    with monkeypatch.context() as patch:
+        patch.setattr(SandboxGateway, "payout_create", gateway_down)
+        run = settlement_run_execute(run_pk=settlement_run_start(trigger="test", queue=False).pk, queue=False)
+    (payout,) = Payout.objects.filter(run=run)
+    assert (payout.status, payout.amount, payout.attempts) == (PayoutStatus.PENDING, NET, 1)
+    assert payout.error == "gateway timed out"
+    return payout
+
+
+def _counting_sends(monkeypatch, delay: float = 0.0) -> list[int]:
+    """Count the sandbox's transfer calls (and optionally slow each one down)."""
+    calls: list[int] = []
+    payout_create = SandboxGateway.payout_create
+
+    def counted(self, *, payout):
+        calls.append(payout.pk)
+        time.sleep(delay)
+        return payout_create(self, payout=payout)
+
+    monkeypatch.setattr(SandboxGateway, "payout_create", counted)
+    return calls
+
+
+def test_a_payout_whose_task_gave_up_is_sent_by_the_sweep_once(
+    listing, django_capture_on_commit_callbacks, monkeypatch, settings
+):
+    payout = _pending_payout(listing, django_capture_on_commit_callbacks, monkeypatch)
+    # The task retried (each retry one send, failing transiently) until its retries ran out.
+    with monkeypatch.context() as patch:
+        patch.setattr(SandboxGateway, "payout_create", _gateway_down("503 service unavailable"))
+        for _ in range(3):
+            with pytest.raises(GatewayError):
+                payout_send(payout_pk=payout.pk)
+    payout.refresh_from_db()
+    assert payout.status == PayoutStatus.PENDING and payout.attempts > 1
+    assert _balance(AccountKind.PAYOUTS_PENDING) == -NET  # the money sits in transit
+
+    settings.PAYOUT_SWEEP_AGE_SECONDS = 600
+    assert payouts_sweep(older_than_seconds=600).queued == []  # too young: its task may still be retrying
+    Payout.objects.filter(pk=payout.pk).update(created_at=timezone.now() - timedelta(minutes=20))
+    calls = _counting_sends(monkeypatch)
+    swept = payouts_sweep(older_than_seconds=600)
+    assert (swept.queued, swept.held) == ([payout.pk], [])
+    assert calls == [payout.pk]
+    payout.refresh_from_db()
+    assert payout.status == PayoutStatus.SENT and payout.error == ""
+    (transfer,) = SandboxTransfer.objects.all()
+    assert (payout.gateway_reference, transfer.amount, transfer.idempotency_key) == (
+        transfer.id,
+        NET,
+        payout.idempotency_key,
+    )
+    assert JournalEntry.objects.filter(kind=JournalKind.PAYOUT_SENT, payout=payout).count() == 1
+    assert _balance(AccountKind.PAYOUTS_PENDING) == 0
+
+    # Swept again: nothing is pending, nothing is sent.
+    assert payouts_sweep(older_than_seconds=600).queued == []
+    assert calls == [payout.pk] and SandboxTransfer.objects.count() == 1
+    assert ledger_verify().ok
+
+
+def test_a_payout_whose_message_was_lost_is_sent_by_the_sweep(listing, django_capture_on_commit_callbacks, monkeypatch):
+    _delivered_inline(listing, django_capture_on_commit_callbacks)
+    # The run finishes and commits, but the broker is down: the send is never queued.
+    run = settlement_run_start(trigger="test", queue=False)
+    settlement_module.settlement_run_plan(run_pk=run.pk, queue=False)
+    for batch in run.batches.all():
+        settlement_module.settlement_batch_execute(batch_pk=batch.pk, queue_finish=False)
+    settlement_module.settlement_run_finish(run_pk=run.pk, queue=False)
+    (payout,) = Payout.objects.filter(run=run)
+    assert (payout.status, payout.attempts) == (PayoutStatus.PENDING, 0)
+
+    calls = _counting_sends(monkeypatch)
+    assert payouts_sweep(older_than_seconds=0).queued == [payout.pk]
+    payout.refresh_from_db()
+    assert payout.status == PayoutStatus.SENT and calls == [payout.pk]
+    # The beat task does the same and finds nothing left.
+    assert tasks.payout_sweep.delay().get() == "queued payouts [], held for review []"
+    assert calls == [payout.pk]
+
+
+def test_a_sent_or_refused_payout_is_left_alone(listing, django_capture_on_commit_callbacks, monkeypatch):
+    _delivered_inline(listing, django_capture_on_commit_callbacks)
+    run = settlement_run_execute(run_pk=settlement_run_start(trigger="test", queue=False).pk, queue=False)
+    (sent,) = Payout.objects.filter(run=run)
+    assert sent.status == PayoutStatus.SENT
+    Payout.objects.update(created_at=timezone.now() - timedelta(hours=2))
+    calls = _counting_sends(monkeypatch)
+    assert payouts_sweep(older_than_seconds=0).queued == []
+    assert calls == [] and SandboxTransfer.objects.count() == 1
+    sent.refresh_from_db()
+    assert sent.status == PayoutStatus.SENT and sent.history.count() == 2  # created, sent
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(120)
+def test_two_sweeps_at_once_make_one_transfer(listing, monkeypatch, categories):
+    celery_app.conf.task_always_eager = True
+    _delivered(listing)  # transactional: the on-commit tasks run inline as they would in the workers
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            SandboxGateway,
+            "payout_create",
+            lambda self, *, payout: (_ for _ in ()).throw(GatewayError("502", transient=True)),
+        )
+        run = settlement_run_execute(run_pk=settlement_run_start(trigger="test", queue=False).pk, queue=False)
+    (payout,) = Payout.objects.filter(run=run)
+    assert payout.status == PayoutStatus.PENDING
+    calls = _counting_sends(monkeypatch, delay=0.5)  # the first send holds the payout's lock while it "calls"
+    results, errors = [], []
+
+    def sweep():
+        try:
+            results.append(payouts_sweep(older_than_seconds=0))
+        except Exception as exc:  # reported by the assertion below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=sweep) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert len(results) == 2
+    payout.refresh_from_db()
+    assert payout.status == PayoutStatus.SENT
+    assert len(calls) == 1 and SandboxTransfer.objects.count() == 1
+    assert JournalEntry.objects.filter(kind=JournalKind.PAYOUT_SENT, payout=payout).count() == 1
+    assert payout.history.count() == 2
+
+
+def test_the_sweep_is_on_the_beat_schedule_and_the_settlement_queue():
+    entry = django_settings.CELERY_BEAT_SCHEDULE["payout-sweep"]
+    assert entry == {"task": "exchange.tasks.payout_sweep", "schedule": float(django_settings.PAYOUT_SWEEP_SECONDS)}
+    assert django_settings.PAYOUT_SWEEP_SECONDS == 900 and django_settings.PAYOUT_SWEEP_AGE_SECONDS == 900
+    assert celery_app.amqp.router.route({}, "exchange.tasks.payout_sweep")["queue"].name == "settlement"
+
+
+# --- Stripe's idempotency window ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_stripe(settings):
+    server = FakeStripe().start()
+    settings_use_fake_stripe(settings, server, webhook_secret="whsec_test_sweep")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def stale_stripe_payout(fake_stripe, merchant):
+    """A Stripe payout pending for a day: its idempotency key may have expired at Stripe."""
+    merchant.stripe_account_id = "acct_test_sweep"
+    merchant.save(update_fields=["stripe_account_id"])
+    run = SettlementRun.objects.create(status=SettlementRunStatus.COMPLETED)
+    payout = Payout.objects.create(
+        run=run,
+        merchant=merchant,
+        amount=4500,
+        currency="CNY",
+        idempotency_key=f"payout-{run.pk}-{merchant.pk}-CNY",
+        gateway="stripe",
+        attempts=3,
+        error="Stripe: timed out",
+    )
+    Payout.objects.filter(pk=payout.pk).update(created_at=timezone.now() - timedelta(hours=24))
+    payout.refresh_from_db()
+    return payout
+
+
+def test_a_stripe_payout_past_the_idempotency_window_is_held_not_sent_again(fake_stripe, stale_stripe_payout):
+    payout = stale_stripe_payout
+    swept = payouts_sweep(older_than_seconds=900)
+    assert (swept.queued, swept.held) == ([], [payout.pk])
+    assert payout_send(payout_pk=payout.pk).status == PayoutStatus.PENDING  # a late task message holds it too
+    assert fake_stripe.objects.get("/v1/transfers", {}) == {}
+    payout.refresh_from_db()
+    assert payout.status == PayoutStatus.PENDING and payout.attempts == 3
+    assert payout.error.startswith(HELD_FOR_REVIEW)
+    assert f"payout_id={payout.pk}" in payout.error and payout.error.endswith("Last error: Stripe: timed out")
+    held_error = payout.error
+    payouts_sweep(older_than_seconds=900)
+    payout.refresh_from_db()
+    assert payout.error == held_error  # recorded once
+
+
+def test_staff_record_a_held_payout_as_not_sent_and_its_money_is_owed_again(fake_stripe, stale_stripe_payout, capsys):
+    payout = stale_stripe_payout
+    call_command("settle", "--payouts")
+    listed = capsys.readouterr().out
+    assert f"payout {payout.pk}: Guiyang Data" in listed and "held for review" in listed
+    call_command("settle", "--payout-not-sent", str(payout.pk))
+    payout.refresh_from_db()
+    assert payout.status == PayoutStatus.FAILED
+    returned = JournalEntry.objects.get(kind=JournalKind.PAYOUT_RETURNED, payout=payout)
+    legs = {p.account.kind: p.amount for p in returned.postings.select_related("account")}
+    assert legs == {AccountKind.PAYOUTS_PENDING: 4500, AccountKind.MERCHANT_PAYABLE: -4500}
+    assert list(payout.history.values_list("to_status", flat=True)) == [PayoutStatus.FAILED]  # made without its start
+    with pytest.raises(CommandError, match="not held for review"):
+        call_command("settle", "--payout-sent", str(payout.pk), "tr_whatever")
+    assert fake_stripe.objects.get("/v1/transfers", {}) == {}
+
+
+def test_staff_record_a_held_payout_as_sent_with_the_transfer_found(stale_stripe_payout):
+    payout = payout_resolve(payout_pk=stale_stripe_payout.pk, transfer_reference=" tr_found_1 ")
+    assert (payout.status, payout.gateway_reference, payout.error) == (PayoutStatus.SENT, "tr_found_1", "")
+    assert JournalEntry.objects.filter(kind=JournalKind.PAYOUT_SENT, payout=payout).count() == 1
+
+
+def test_a_payout_not_held_cannot_be_resolved_by_hand(listing, django_capture_on_commit_callbacks, monkeypatch):
+    payout = _pending_payout(listing, django_capture_on_commit_callbacks, monkeypatch)  # sandbox: never held
+    with pytest.raises(PayoutNotHeld):
+        payout_resolve(payout_pk=payout.pk)
+    payout.refresh_from_db()
+    assert payout.status == PayoutStatus.PENDING and payout.history.count() == 1
+
+
+# --- manage.py settle --now, broker or not --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broker_down():
+    """The broker is unreachable (a closed port) and tasks are really published: anything queued fails."""
+    eager, url = celery_app.conf.task_always_eager, celery_app.conf.broker_url
+    celery_app.conf.task_always_eager, celery_app.conf.broker_url = False, "redis://127.0.0.1:1/0"
+    _forget_connections()
+    yield
+    celery_app.conf.task_always_eager, celery_app.conf.broker_url = eager, url
+    _forget_connections()
+
+
+def _forget_connections():
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(120)
+def test_settle_now_with_the_broker_down_settles_and_pays_without_it(listing, categories, capsys, request):
+    celery_app.conf.task_always_eager = True
+    orders = [_delivered(listing) for _ in range(2)]
+    request.getfixturevalue("broker_down")
+    with pytest.raises(Exception, match="Connection refused"):
+        tasks.payout_sweep.delay()  # the broker really is unreachable
+    call_command("settle", "--now")
+    out = capsys.readouterr().out
+    run = SettlementRun.objects.get()
+    assert f"Settlement run {run.pk}: completed, 2 orders settled, 1 payouts created." in out
+    assert "Payouts: 1 sent, 0 refused" in out
+    assert [Order.objects.get(pk=order.pk).status for order in orders] == [OrderStatus.SETTLED] * 2
+    (payout,) = Payout.objects.all()
+    assert (payout.status, payout.amount) == (PayoutStatus.SENT, 2 * NET)
+    assert not SettlementRun.objects.filter(status=SettlementRunStatus.RUNNING).exists()
+    # Nothing blocks the next run.
+    call_command("settle", "--now")
+    assert "0 orders settled, 0 payouts created" in capsys.readouterr().out
+    assert _balance(AccountKind.ESCROW_HELD) == 0 and _balance(AccountKind.PAYOUTS_PENDING) == 0
+
+
+def test_settle_now_failing_midway_fails_the_run_clearly_and_the_next_run_completes(
+    listing, django_capture_on_commit_callbacks, monkeypatch, capsys
+):
+    orders = [_delivered_inline(listing, django_capture_on_commit_callbacks) for _ in range(2)]
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            settlement_module,
+            "_payout_specs",
+            lambda **kw: (_ for _ in ()).throw(OperationalError("server closed the connection unexpectedly")),
+        )
+        with pytest.raises(CommandError, match=r"failed: OperationalError: server closed the connection") as refused:
+            call_command("settle", "--now")
+    assert "the next run settles the rest" in str(refused.value)
+    failed = SettlementRun.objects.get()
+    assert failed.status == SettlementRunStatus.FAILED and "server closed" in failed.error
+    assert list(failed.history.values_list("to_status", flat=True)) == [
+        SettlementRunStatus.RUNNING,
+        SettlementRunStatus.FAILED,
+    ]
+    # Its batch committed before the finish failed: the orders stay settled, their money in the payable.
+    assert [Order.objects.get(pk=order.pk).status for order in orders] == [OrderStatus.SETTLED] * 2
+    assert not Payout.objects.exists()
+
+    call_command("settle", "--now")
+    assert "0 orders settled, 1 payouts created" in capsys.readouterr().out
+    (payout,) = Payout.objects.all()
+    assert (payout.status, payout.amount) == (PayoutStatus.SENT, 2 * NET)
+    assert _balance(AccountKind.MERCHANT_PAYABLE) == 0 and _balance(AccountKind.PAYOUTS_PENDING) == 0
+    assert ledger_verify().ok
