@@ -603,7 +603,7 @@ def copy_payload(*, entries: int, postings: int) -> tuple[list[bytes], list[byte
         digest = hashlib.sha256(f"{previous}{index}".encode()).hexdigest()
         entry_lines.append(
             f"{index}\t{1_000_000 + index}\t{(index - 1) // 500 + 1}\t{position}\tsale:{500_000 + index}\tsale\t"
-            f"{500_000 + index}\t\\N\torder {index:08X} settled in run 1\t{created_at}\t{previous}\t{digest}\n"
+            f"{500_000 + index}\t\\N\torder {index:08X} settled in run 1\t{created_at}\t{previous}\t{digest}\t\\N\n"
         )
         previous = digest
     posting_lines = []

@@ -59,6 +59,7 @@ from exchange.choices import (
 )
 from exchange.gateways import GatewayError, get_gateway
 from exchange.models import (
+    JournalEntry,
     LedgerAccount,
     Order,
     Payout,
@@ -75,6 +76,7 @@ from exchange.services.ledger import (
     block_append,
     journal_entries_write,
     journal_post,
+    journal_reverse,
     merchant_accounts,
 )
 from exchange.services.orders import orders_transition_locked
@@ -597,21 +599,33 @@ def _payout_book_returned(payout: Payout, error: str, *, reason: str, actor=None
     """No transfer was made: FAILED, its money back to the merchant's payable (the caller holds the row lock)."""
     payout.error = error[:2000]
     status_move(payout, PayoutStatus.FAILED, reason=reason, actor=actor, fields=("attempts", "error"))
-    # Refused, not lost: the money goes back to what the merchant is owed, and the next run pays it again.
-    journal_post(
-        idempotency_key=f"payout_returned:{payout.pk}",
-        kind=JournalKind.PAYOUT_RETURNED,
-        postings=[
-            (account_get(kind=AccountKind.PAYOUTS_PENDING), payout.amount, payout.currency),
-            (
-                account_get(kind=AccountKind.MERCHANT_PAYABLE, merchant=payout.merchant),
-                -payout.amount,
-                payout.currency,
-            ),
-        ],
-        payout=payout,
-        memo=reason[:300],
-    )
+    # Refused, not lost: the money goes back to what the merchant is owed, and the next run pays it again. The entry
+    # is the reverse of the one that created the payout, and names it (a payout always has one, unless it was made
+    # outside a settlement run).
+    created = JournalEntry.objects.filter(idempotency_key=f"payout_created:{payout.pk}").first()
+    if created is not None:
+        journal_reverse(
+            entry=created,
+            idempotency_key=f"payout_returned:{payout.pk}",
+            kind=JournalKind.PAYOUT_RETURNED,
+            payout=payout,
+            memo=reason[:300],
+        )
+    else:
+        journal_post(
+            idempotency_key=f"payout_returned:{payout.pk}",
+            kind=JournalKind.PAYOUT_RETURNED,
+            postings=[
+                (account_get(kind=AccountKind.PAYOUTS_PENDING), payout.amount, payout.currency),
+                (
+                    account_get(kind=AccountKind.MERCHANT_PAYABLE, merchant=payout.merchant),
+                    -payout.amount,
+                    payout.currency,
+                ),
+            ],
+            payout=payout,
+            memo=reason[:300],
+        )
     audit_record(
         action="payout_failed",
         actor=actor,

@@ -266,6 +266,9 @@ def test_a_refused_payout_shows_as_returned_not_as_an_adjustment(refused, mercha
     }
     # What actually left is the payouts net of those returned: nothing was sent that day.
     assert day.payouts + day.payouts_returned == day.payouts_sent == 0
+    # The return is the reverse of the entry that created the payout, and names it.
+    created = JournalEntry.objects.get(idempotency_key=f"payout_created:{refused['refused'].pk}")
+    assert JournalEntry.objects.get(idempotency_key=f"payout_returned:{refused['refused'].pk}").reverses == created
     (march,) = statement_build(merchant=merchant, period=MARCH).totals
     assert (march.sales, march.fees, march.payouts, march.payouts_returned, march.other, march.closing) == (
         1234,
