@@ -54,7 +54,12 @@ from exchange.services.orders import order_cancel
 from exchange.services.outbound import outbound_event_retry, webhook_endpoint_set_active
 from exchange.services.reconciliation import reconciliation_report, reconciliation_since
 from exchange.services.refunds import order_refund, refundable_amount
-from exchange.services.settlement import settlement_run_progress, settlement_run_start, settlement_runs_resume
+from exchange.services.settlement import (
+    payout_resolve,
+    settlement_run_progress,
+    settlement_run_start,
+    settlement_runs_resume,
+)
 
 # The admin's own stylesheet (CSP-friendly: no inline styles in the admin templates).
 ADMIN_CSS = {"all": ("admin_ext/admin.css",)}
@@ -711,12 +716,67 @@ class SettlementRunAdmin(ReadOnlyAdmin):
         return super().changelist_view(request, extra_context)
 
 
+class PayoutResolveForm(forms.Form):
+    transfer_reference = forms.CharField(
+        label=_("Transfer found at the gateway"),
+        required=False,
+        max_length=120,
+        help_text=_(
+            "The gateway's id of the transfer made for this payout. Leave it empty if the gateway shows none: "
+            "the payout is then recorded as not sent, its money is owed to the merchant again and the next "
+            "settlement run pays it."
+        ),
+    )
+
+
+@admin.action(description=_("Record what the gateway shows for a held payout…"), permissions=["resolve"])
+def resolve_held_payouts(modeladmin, request, queryset):
+    """Payouts held for review (past their gateway's idempotency window) are settled by a person who looked."""
+    form = PayoutResolveForm(request.POST if "apply" in request.POST else None)
+    if "apply" in request.POST and form.is_valid():
+        reference = form.cleaned_data["transfer_reference"].strip()
+        if reference and queryset.count() != 1:
+            messages.error(request, _("A transfer belongs to one payout: select only that payout to record it."))
+            return None
+        for payout in queryset:
+            try:
+                resolved = payout_resolve(payout_pk=payout.pk, transfer_reference=reference, actor=request.user)
+            except ValidationError as exc:
+                messages.error(request, _("Payout %(pk)s: %(error)s") % {"pk": payout.pk, "error": _error_text(exc)})
+            else:
+                messages.success(
+                    request,
+                    _("Payout %(pk)s recorded as %(status)s.")
+                    % {"pk": resolved.pk, "status": resolved.get_status_display()},
+                )
+        return None
+    return TemplateResponse(
+        request,
+        "admin/exchange/payout_resolve.html",
+        {**modeladmin.admin_site.each_context(request), "form": form, "payouts": queryset, "opts": Payout._meta},
+    )
+
+
 @admin.register(Payout)
 class PayoutAdmin(ReadOnlyAdmin):
-    list_display = ("pk", "merchant", "amount_display", "status", "run", "gateway_reference", "attempts", "sent_at")
+    list_display = (
+        "pk",
+        "merchant",
+        "amount_display",
+        "status",
+        "run",
+        "gateway_reference",
+        "attempts",
+        "sent_at",
+        "error",
+    )
     list_filter = ("status", "currency")
     list_select_related = ("merchant", "run")
     inlines = [PayoutStatusHistoryInline]
+    actions = [resolve_held_payouts]
+
+    def has_resolve_permission(self, request) -> bool:
+        return request.user.has_perm("exchange.change_payout")
 
 
 # --- data API usage (issue 5): the full access log, for admins only -----------------------------

@@ -15,10 +15,12 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings as django_settings
+from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import OperationalError, connections
 from django.db.models import Sum
+from django.urls import reverse
 from django.utils import timezone
 
 from exchange import tasks
@@ -311,6 +313,65 @@ def test_a_payout_not_held_cannot_be_resolved_by_hand(listing, django_capture_on
         payout_resolve(payout_pk=payout.pk)
     payout.refresh_from_db()
     assert payout.status == PayoutStatus.PENDING and payout.history.count() == 1
+
+
+def _admin_resolve(client, staff, payouts, **data):
+    client.force_login(staff)
+    return client.post(
+        reverse("admin:exchange_payout_changelist"),
+        {"action": "resolve_held_payouts", "_selected_action": [p.pk for p in payouts], **data},
+        follow=True,
+    )
+
+
+def test_staff_record_a_held_payout_in_the_admin(client, staff, fake_stripe, stale_stripe_payout):
+    payout = stale_stripe_payout
+    payouts_sweep(older_than_seconds=900)
+    form = _admin_resolve(client, staff, [payout])  # the action first asks what the gateway shows
+    text = form.content.decode()
+    assert "Transfer found at the gateway" in text and f"Payout {payout.pk} to" in text
+    page = _admin_resolve(client, staff, [payout], apply="1", transfer_reference="tr_found_2")
+    assert f"Payout {payout.pk} recorded as Sent." in page.content.decode()
+    payout.refresh_from_db()
+    assert (payout.status, payout.gateway_reference) == (PayoutStatus.SENT, "tr_found_2")
+    moved = payout.history.get()
+    assert (moved.to_status, moved.actor, moved.reason) == (
+        PayoutStatus.SENT,
+        staff,
+        "transfer tr_found_2 found at the gateway",
+    )
+
+
+def test_the_admin_refuses_a_payout_not_held_and_one_reference_for_two_payouts_changing_nothing(
+    client, staff, merchant, fake_stripe, stale_stripe_payout
+):
+    fresh = Payout.objects.create(  # made a moment ago: the workers send it, not a person
+        run=stale_stripe_payout.run,
+        merchant=merchant,
+        amount=300,
+        currency="USD",
+        idempotency_key="payout-fresh-USD",
+        gateway="stripe",
+    )
+    page = _admin_resolve(client, staff, [fresh], apply="1", transfer_reference="")
+    assert f"Payout {fresh.pk}: Payout {fresh.pk} is Pending and not held for review" in page.content.decode()
+    page = _admin_resolve(client, staff, [fresh, stale_stripe_payout], apply="1", transfer_reference="tr_one")
+    assert "A transfer belongs to one payout: select only that payout to record it." in page.content.decode()
+    for payout in (fresh, stale_stripe_payout):
+        payout.refresh_from_db()
+        assert payout.status == PayoutStatus.PENDING
+    assert not JournalEntry.objects.filter(kind__in=[JournalKind.PAYOUT_SENT, JournalKind.PAYOUT_RETURNED]).exists()
+
+
+def test_only_staff_who_may_change_payouts_see_the_action(client, fake_stripe, stale_stripe_payout):
+    viewer = UserFactory(is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_payout"))
+    client.force_login(viewer)
+    page = client.get(reverse("admin:exchange_payout_changelist"))
+    assert page.status_code == 200 and "resolve_held_payouts" not in page.content.decode()
+    _admin_resolve(client, viewer, [stale_stripe_payout], apply="1", transfer_reference="tr_x")
+    stale_stripe_payout.refresh_from_db()
+    assert stale_stripe_payout.status == PayoutStatus.PENDING
 
 
 # --- manage.py settle --now, broker or not --------------------------------------------------------------------------
