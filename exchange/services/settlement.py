@@ -557,7 +557,8 @@ def _payout_hold(payout: Payout) -> None:
     payout.error = (
         f"{HELD_FOR_REVIEW}pending since {payout.created_at:%Y-%m-%d %H:%M} UTC, so its idempotency key may have "
         f"expired at {payout.gateway} and a re-send could pay it twice. Look for a transfer with metadata "
-        f"payout_id={payout.pk} at the gateway, then record it: `manage.py settle --payout-sent {payout.pk} "
+        f"payout_id={payout.pk} at the gateway, then record it on this payout's admin page (Record what the gateway "
+        f"shows), or with `manage.py settle --payout-sent {payout.pk} "
         f"<transfer id>`, or `--payout-not-sent {payout.pk}` (the money goes back to the merchant's payable and "
         f"the next run pays it). Last error: {payout.error or 'none'}"
     )[:2000]
