@@ -40,11 +40,10 @@ from common.db import rows_copy
 from exchange.choices import AccountKind, DeliveryStatus, JournalKind
 from exchange.models import Delivery, Entitlement, JournalEntry, LedgerBlock, Order, Posting, TransactionCertificate
 
-# Not copies: the ledger's own canonical form and genesis hash, so a certificate's ledger check can never disagree
-# with ledger_verify about what an entry's hash covers or where a block's chain starts.
+# Not copies: the ledger's own hashing and genesis hash, so a certificate's ledger check can never disagree with
+# ledger_verify about what an entry's hash covers or where a block's chain starts.
 from exchange.services.ledger import GENESIS_HASH
-from exchange.services.ledger import _canonical as ledger_entry_canonical
-from exchange.services.ledger import entry_hash as ledger_entry_hash
+from exchange.services.ledger import entry_rehash as ledger_entry_rehash
 from exchange.signing_key import signing_key, verification_keys
 from listings.models import DataFile
 from merchants.selectors import merchant_is_member
@@ -500,18 +499,7 @@ def _check_ledger(parsed: dict, reasons: list[str]) -> bool:
     if entry.entry_hash != claimed:
         reasons.append(f"Ledger entry #{sequence} has a different hash than the document states.")
         return False
-    legs = list(Posting.objects.filter(entry=entry).values_list("account__code", "amount", "currency"))
-    canonical = ledger_entry_canonical(
-        sequence=entry.sequence,
-        idempotency_key=entry.idempotency_key,
-        kind=entry.kind,
-        order_id=entry.order_id,
-        payout_id=entry.payout_id,
-        created_at=entry.created_at,
-        legs=legs,
-        reverses_id=entry.reverses_id,  # a reversing entry's hash covers the entry it negates
-    )
-    if ledger_entry_hash(prev_hash=entry.prev_hash, canonical=canonical) != entry.entry_hash:
+    if ledger_entry_rehash(entry) != entry.entry_hash:
         reasons.append(f"Ledger entry #{sequence} no longer matches its own hash: the ledger was altered.")
         return False
     if not entry.block_exists:

@@ -104,6 +104,23 @@ def entry_hash(*, prev_hash: str, canonical: bytes) -> str:
     return hashlib.sha256(prev_hash.encode() + canonical).hexdigest()
 
 
+def entry_rehash(entry: JournalEntry, *, prev_hash: str | None = None) -> str:
+    """The hash a stored ``entry`` should have: its canonical content, read with its postings now, after
+    ``prev_hash`` (its own stored link by default). One query."""
+    legs = list(Posting.objects.filter(entry=entry).values_list("account__code", "amount", "currency"))
+    canonical = _canonical(
+        sequence=entry.sequence,
+        idempotency_key=entry.idempotency_key,
+        kind=entry.kind,
+        order_id=entry.order_id,
+        payout_id=entry.payout_id,
+        created_at=entry.created_at,
+        legs=legs,
+        reverses_id=entry.reverses_id,
+    )
+    return entry_hash(prev_hash=entry.prev_hash if prev_hash is None else prev_hash, canonical=canonical)
+
+
 def block_hash(*, prev_hash: str, sequence: int, entry_count: int, root_hash: str, created_at) -> str:
     """A block's hash: sha256(previous block's hash || canonical header)."""
     header = json.dumps(

@@ -35,9 +35,7 @@ from exchange.services.certificates import (
     certificate_sign,
     certificate_verify,
 )
-from exchange.services.ledger import GENESIS_HASH
-from exchange.services.ledger import _canonical as ledger_entry_canonical
-from exchange.services.ledger import entry_hash as ledger_entry_hash
+from exchange.services.ledger import GENESIS_HASH, entry_rehash
 from exchange.services.settlement import settlement_run_execute, settlement_run_start
 from exchange.signing_key import _loaded, signing_key
 from listings.services.review import version_manifest
@@ -701,18 +699,7 @@ def _ledger_writable():
 
 def _rehashed(entry: JournalEntry, *, prev_hash: str) -> str:
     """The hash ``entry`` would have after ``prev_hash``: what a forger rewriting the chain would store."""
-    legs = list(Posting.objects.filter(entry=entry).values_list("account__code", "amount", "currency"))
-    canonical = ledger_entry_canonical(
-        sequence=entry.sequence,
-        idempotency_key=entry.idempotency_key,
-        kind=entry.kind,
-        order_id=entry.order_id,
-        payout_id=entry.payout_id,
-        created_at=entry.created_at,
-        legs=legs,
-        reverses_id=entry.reverses_id,
-    )
-    return ledger_entry_hash(prev_hash=prev_hash, canonical=canonical)
+    return entry_rehash(entry, prev_hash=prev_hash)
 
 
 def _verify_naming(entry_hash: str):
