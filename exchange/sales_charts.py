@@ -263,7 +263,15 @@ def proceeds_after_fee(*, merchant, window: SalesWindow) -> dict[str, int]:
     """
     orders = with_fee_category(
         _sold(merchant=merchant, window=window).only(
-            "pk", "merchant_id", "amount", "service_fee", "refunded_amount", "currency", "paid_at", "created_at"
+            "pk",
+            "merchant_id",
+            "amount",
+            "service_fee",
+            "refunded_amount",
+            "currency",
+            "paid_at",
+            "created_at",
+            "commission_bps",  # fixed when paid (fees.commission_bps_for reads it first)
         )
     )
     schedule = FeeSchedule.load()
