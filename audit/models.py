@@ -5,6 +5,7 @@ from django.utils.translation import gettext_lazy as _
 
 class AuditAction(models.TextChoices):
     REFUND_REQUESTED = "refund_requested", _("Refund requested")
+    REFUND_RESOLVED = "refund_resolved", _("Held refund recorded from the gateway")
     PAYOUT_SENT = "payout_sent", _("Payout sent")
     PAYOUT_FAILED = "payout_failed", _("Payout refused")
     SETTLEMENT_RUN_STARTED = "settlement_run_started", _("Settlement run started")

@@ -53,7 +53,7 @@ from exchange.services.ledger import ledger_verify_record
 from exchange.services.orders import order_cancel
 from exchange.services.outbound import outbound_event_retry, webhook_endpoint_set_active
 from exchange.services.reconciliation import reconciliation_report, reconciliation_since
-from exchange.services.refunds import order_refund, refundable_amount
+from exchange.services.refunds import order_refund, refund_resolve, refundable_amount
 from exchange.services.settlement import (
     payout_resolve,
     settlement_run_progress,
@@ -85,6 +85,9 @@ class RefundForm(forms.Form):
         help_text=_("In major units (e.g. 12.50). Empty: refund everything not yet refunded."),
     )
     reason = forms.CharField(label=_("Reason"), widget=forms.Textarea(attrs={"rows": 2, "cols": 60}))
+    # One per form shown: with the order, each refund's idempotency key, so submitting the same form again (after
+    # a gateway timeout) retries those refunds instead of making new ones.
+    token = forms.UUIDField(widget=forms.HiddenInput)
 
 
 def _refund_amount(raw: str, order: Order) -> int:
@@ -104,13 +107,17 @@ def _error_text(exc: Exception) -> str:
 
 @admin.action(description=_("Refund selected orders…"), permissions=["refund"])
 def refund_orders(modeladmin, request, queryset):
-    form = RefundForm(request.POST if "apply" in request.POST else None)
+    form = RefundForm(request.POST) if "apply" in request.POST else RefundForm(initial={"token": uuid.uuid4()})
     if "apply" in request.POST and form.is_valid():
         for order in queryset:
             try:
                 amount = _refund_amount(form.cleaned_data["amount"], order)
                 refund = order_refund(
-                    order=order, amount=amount, reason=form.cleaned_data["reason"], actor=request.user
+                    order=order,
+                    amount=amount,
+                    reason=form.cleaned_data["reason"],
+                    actor=request.user,
+                    idempotency_key=f"admin-bulk-{form.cleaned_data['token']}-{order.pk}",
                 )
             except (ValidationError, MoneyError, GatewayError) as exc:
                 messages.error(
@@ -418,12 +425,78 @@ class AccessRequestStatusHistoryInline(ActorStatusHistoryInline):
     model = AccessRequestStatusHistory
 
 
+class RefundResolveForm(forms.Form):
+    gateway_refund_id = forms.CharField(
+        label=_("Refund found at the gateway"),
+        required=False,
+        max_length=120,
+        help_text=_(
+            "The gateway's id of the refund made for this payment and amount. Leave it empty if the gateway shows "
+            "none: the refund is then recorded as failed and its amount is no longer reserved on the order."
+        ),
+    )
+
+
+@admin.action(description=_("Record what the gateway shows for a held refund…"), permissions=["resolve"])
+def resolve_held_refunds(modeladmin, request, queryset):
+    """Refunds pending past the gateway's memory of their key are settled by a person who looked."""
+    form = RefundResolveForm(request.POST if "apply" in request.POST else None)
+    if "apply" in request.POST and form.is_valid():
+        reference = form.cleaned_data["gateway_refund_id"].strip()
+        if reference and queryset.count() != 1:
+            messages.error(request, _("A gateway refund belongs to one refund: select only that refund to record it."))
+            return None
+        for refund in queryset:
+            try:
+                resolved = refund_resolve(refund_pk=refund.pk, gateway_refund_id=reference, actor=request.user)
+            except ValidationError as exc:
+                messages.error(request, _("Refund %(pk)s: %(error)s") % {"pk": refund.pk, "error": _error_text(exc)})
+            else:
+                messages.success(
+                    request,
+                    _("Refund %(pk)s recorded as %(status)s.")
+                    % {"pk": resolved.pk, "status": resolved.get_status_display()},
+                )
+        return None
+    lines = [
+        _("Refund %(pk)s of order %(order)s: %(amount)s (%(status)s)")
+        % {
+            "pk": refund.pk,
+            "order": refund.order.reference,
+            "amount": format_minor(refund.amount, refund.currency),
+            "status": refund.get_status_display(),
+        }
+        + (f" — {refund.error}" if refund.error else "")
+        for refund in queryset.select_related("order")
+    ]
+    explanation = _(
+        "A refund is held for review when it stayed pending longer than the gateway remembers idempotency keys: "
+        "an earlier attempt may have made it, so sending it again could refund the buyer twice. Look the refund "
+        "up at the gateway (the order's payment) and record what you found."
+    )
+    return _gateway_resolve_page(request, modeladmin, form, queryset, "resolve_held_refunds", explanation, lines)
+
+
 @admin.register(Refund)
 class RefundAdmin(ReadOnlyAdmin):
-    list_display = ("pk", "order", "amount", "currency", "status", "source", "gateway_refund_id", "created_at")
+    list_display = (
+        "pk",
+        "order",
+        "amount",
+        "currency",
+        "status",
+        "source",
+        "gateway_refund_id",
+        "created_at",
+        "error",
+    )
     list_filter = ("status", "source")
     search_fields = ("order__public_id", "gateway_refund_id", "idempotency_key")
     inlines = [RefundStatusHistoryInline]
+    actions = [resolve_held_refunds]
+
+    def has_resolve_permission(self, request) -> bool:
+        return request.user.has_perm("exchange.change_refund")
 
 
 @admin.register(Dispute)
@@ -750,11 +823,37 @@ def resolve_held_payouts(modeladmin, request, queryset):
                     % {"pk": resolved.pk, "status": resolved.get_status_display()},
                 )
         return None
-    return TemplateResponse(
-        request,
-        "admin/exchange/payout_resolve.html",
-        {**modeladmin.admin_site.each_context(request), "form": form, "payouts": queryset, "opts": Payout._meta},
+    lines = [
+        _("Payout %(pk)s to %(merchant)s: %(amount)s (%(status)s)")
+        % {
+            "pk": payout.pk,
+            "merchant": payout.merchant,
+            "amount": payout.amount_display,
+            "status": payout.get_status_display(),
+        }
+        + (f" — {payout.error}" if payout.error else "")
+        for payout in queryset
+    ]
+    explanation = _(
+        "A payout is held for review when it stayed unsent longer than its gateway remembers idempotency keys: "
+        "an earlier attempt may have made the transfer, so sending it again could pay the merchant twice. Look "
+        "the transfer up at the gateway (its metadata names the payout) and record what you found."
     )
+    return _gateway_resolve_page(request, modeladmin, form, queryset, "resolve_held_payouts", explanation, lines)
+
+
+def _gateway_resolve_page(request, modeladmin, form, queryset, action, explanation, lines):
+    """The form that asks staff what the gateway shows for the selected held payouts or refunds."""
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "form": form,
+        "pks": [obj.pk for obj in queryset],
+        "action": action,
+        "explanation": explanation,
+        "lines": lines,
+        "opts": queryset.model._meta,
+    }
+    return TemplateResponse(request, "admin/exchange/gateway_resolve.html", context)
 
 
 @admin.register(Payout)

@@ -522,7 +522,13 @@ def _refund_for_failure(order: Order, reason: str) -> Refund | None:
     existing = Refund.objects.filter(idempotency_key=key).first()
     if existing is not None:
         # A run that died after reserving the refund, or a transient gateway error: finish it.
-        return refund_execute(refund_pk=existing.pk) if existing.status == RefundStatus.PENDING else existing
+        if existing.status != RefundStatus.PENDING:
+            return existing
+        try:
+            return refund_execute(refund_pk=existing.pk)
+        except RefundConflict as exc:  # held for review: pending past the gateway's memory of its key
+            log.error("delivery failure refund %s of order %s: %s", existing.pk, order.reference, exc.messages[0])
+            return existing
     remaining = order.amount - order.refunded_amount
     if remaining <= 0:
         return None

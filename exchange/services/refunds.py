@@ -25,6 +25,7 @@ import logging
 from contextlib import contextmanager
 from datetime import timedelta
 
+from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -66,6 +67,17 @@ def refundable_amount(order: Order) -> int:
 
 class RefundConflict(ValidationError):
     """The refund would exceed what was paid, or the order cannot be refunded now."""
+
+
+class RefundNotHeld(ValidationError):
+    """Only a refund held for review (pending past the gateway's key memory) is resolved by hand."""
+
+
+def refund_key_expired(refund: Refund, *, now=None) -> bool:
+    """Whether ``refund`` has been pending longer than REFUND_RETRY_MAX_AGE_SECONDS (under Stripe's 24-hour memory
+    of idempotency keys): sent again, the gateway might not recognise the key and refund the buyer twice."""
+    limit = (now or timezone.now()) - timedelta(seconds=settings.REFUND_RETRY_MAX_AGE_SECONDS)
+    return refund.created_at <= limit
 
 
 def _sources(order: Order, amount: int) -> list[tuple]:
@@ -117,10 +129,16 @@ def _post_money_out(*, order: Order, amount: int, key: str, kind: str, memo: str
     journal_post(idempotency_key=key, kind=kind, postings=legs, order=order, memo=memo)
 
 
-def _apply_refund(*, refund: Refund, order: Order, reason: str) -> None:
+def _apply_refund(*, refund: Refund, order: Order, reason: str, actor=None) -> None:
     """A pending refund succeeded: its status, then its booking (inside a transaction, refund and order locked)."""
     refund.completed_at, refund.error = timezone.now(), ""
-    status_move(refund, RefundStatus.SUCCEEDED, reason=reason, fields=("completed_at", "error", "gateway_refund_id"))
+    status_move(
+        refund,
+        RefundStatus.SUCCEEDED,
+        reason=reason,
+        actor=actor,
+        fields=("completed_at", "error", "gateway_refund_id"),
+    )
     if order.status == OrderStatus.PENDING_PAYMENT:
         return  # booked when the payment itself arrives (events may come out of order)
     _book_refund(refund=refund, order=order)
@@ -269,6 +287,14 @@ def refund_execute(*, refund_pk: int, via: str = "") -> Refund:
     refund = Refund.objects.select_related("order").get(pk=refund_pk)
     if refund.status != RefundStatus.PENDING:
         return refund
+    if refund_key_expired(refund):
+        # Whoever asks (staff submitting it again, a delivery failure, a late task), it is not sent again.
+        raise RefundConflict(
+            f"Refund {refund.pk} has been pending since {refund.created_at:%Y-%m-%d %H:%M} UTC, longer than the "
+            "gateway keeps its idempotency key, so sending it again could refund the buyer twice. Look it up at "
+            "the gateway and record what you find on the refund's admin page (Record what the gateway shows).",
+            code="refund_held",
+        )
     order = refund.order
     gateway = get_gateway(order.gateway)
     try:
@@ -301,6 +327,55 @@ def refund_execute(*, refund_pk: int, via: str = "") -> Refund:
             _apply_refund(refund=locked, order=locked_order, reason=_why(done, via))
     locked.refresh_from_db()
     return locked
+
+
+def refund_resolve(*, refund_pk: int, gateway_refund_id: str = "", actor=None) -> Refund:
+    """Record what staff found at the gateway for a refund held for review (pending past its key memory).
+
+    ``gateway_refund_id`` (the refund the gateway shows for this payment and
+    amount): it was made, so the refund SUCCEEDED and is booked as any
+    other. Empty: the gateway made none, so the refund FAILED and its amount
+    is no longer reserved on the order (staff may refund it afresh). Any other
+    refund is refused with RefundNotHeld and nothing changes.
+    """
+    gateway_refund_id = gateway_refund_id.strip()
+    with transaction.atomic():
+        refund = Refund.objects.select_for_update().select_related("order").get(pk=refund_pk)
+        if refund.status != RefundStatus.PENDING or not refund_key_expired(refund):
+            raise RefundNotHeld(
+                f"Refund {refund.pk} is {refund.get_status_display()} and not held for review: "
+                "it is sent (or retried) by the exchange, not recorded by hand.",
+                code="refund_not_held",
+            )
+        order = Order.objects.select_for_update().get(pk=refund.order_id)
+        if gateway_refund_id:
+            refund.gateway_refund_id = gateway_refund_id[:120]
+            _apply_refund(
+                refund=refund, order=order, reason=f"refund {gateway_refund_id} found at the gateway", actor=actor
+            )
+            outcome = "made"
+        else:
+            refund.error = "no refund found at the gateway"
+            status_move(
+                refund,
+                RefundStatus.FAILED,
+                reason="not made: no refund found at the gateway",
+                actor=actor,
+                fields=("error",),
+            )
+            Order.objects.filter(pk=order.pk).update(refunded_amount=F("refunded_amount") - refund.amount)
+            outcome = "not made"
+        audit_record(
+            action="refund_resolved",
+            actor=actor,
+            obj=refund,
+            amount=refund.amount,
+            currency=refund.currency,
+            outcome=outcome,
+            gateway_refund_id=gateway_refund_id,
+        )
+    refund.refresh_from_db()
+    return refund
 
 
 def _why(reason: str, via: str) -> str:
@@ -340,14 +415,17 @@ def refunds_retry_pending(*, older_than_seconds: int, max_age_seconds: int, batc
                 log.warning("refund %s still pending: the gateway did not answer (%s)", refund_pk, exc)
                 outcome["still_pending"].append(refund_pk)
                 continue
+            except RefundConflict as exc:  # held for review (REFUND_RETRY_MAX_AGE_SECONDS is below this sweep's age)
+                log.error("refund %s not sent again: %s", refund_pk, exc.messages[0])
+                outcome["too_old"].append(refund_pk)
+                continue
         if refund.status == RefundStatus.SUCCEEDED:
             outcome["succeeded"].append(refund_pk)
         elif refund.status == RefundStatus.FAILED:
             outcome["failed"].append(refund_pk)
-    outcome["too_old"] = list(
-        pending.filter(created_at__lte=now - timedelta(seconds=max_age_seconds))
-        .order_by("pk")
-        .values_list("pk", flat=True)
+    outcome["too_old"] = sorted(
+        set(outcome["too_old"])
+        | set(pending.filter(created_at__lte=now - timedelta(seconds=max_age_seconds)).values_list("pk", flat=True))
     )
     if outcome["too_old"]:
         log.error(

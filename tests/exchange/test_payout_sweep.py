@@ -7,6 +7,7 @@ one transfer. A Stripe payout older than Stripe's idempotency window is held for
 record what the gateway shows. The sandbox gateway keeps its transfers (``SandboxTransfer``) as a provider would.
 """
 
+import re
 import threading
 import time
 import uuid
@@ -299,6 +300,24 @@ def test_staff_record_a_held_payout_as_not_sent_and_its_money_is_owed_again(fake
     with pytest.raises(CommandError, match="not held for review"):
         call_command("settle", "--payout-sent", str(payout.pk), "tr_whatever")
     assert fake_stripe.objects.get("/v1/transfers", {}) == {}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--payout-sent", "{pk}", "  "], "--payout-sent needs the transfer's id at the gateway"),
+        (["--payout-sent", "{pk}", ""], "--payout-sent needs the transfer's id at the gateway"),
+        (["--payout-not-sent", "999999"], "There is no payout 999999."),
+        (["--payout-sent", "twelve", "tr_1"], "'twelve' is not a payout number."),
+    ],
+)
+def test_the_resolve_command_refuses_bad_input_and_changes_nothing(fake_stripe, stale_stripe_payout, args, message):
+    payout = stale_stripe_payout
+    with pytest.raises(CommandError, match=re.escape(message)):
+        call_command("settle", *[arg.format(pk=payout.pk) for arg in args])
+    payout.refresh_from_db()
+    assert payout.status == PayoutStatus.PENDING and not payout.history.exists()
+    assert not JournalEntry.objects.exists()
 
 
 def test_staff_record_a_held_payout_as_sent_with_the_transfer_found(stale_stripe_payout):

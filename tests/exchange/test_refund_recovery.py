@@ -30,7 +30,13 @@ from exchange.services.orders import (
     order_create,
     orders_auto_confirm,
 )
-from exchange.services.refunds import order_refund, refunds_retry_pending
+from exchange.services.refunds import (
+    RefundConflict,
+    RefundNotHeld,
+    order_refund,
+    refund_resolve,
+    refunds_retry_pending,
+)
 from exchange.services.settlement import settlement_run_execute, settlement_run_start
 from tests.factories import UserFactory
 
@@ -481,3 +487,88 @@ def test_the_order_page_offers_the_confirmation_until_a_partly_refunded_order_is
     order.refresh_from_db()
     assert order.status == OrderStatus.PARTIALLY_REFUNDED and order.delivered_at is not None
     assert f'action="{confirm}"' not in client.get(page).content.decode()
+
+
+# --- a refund pending past the gateway's memory of its key is held for a person ---------------------------------
+
+
+def _age(refund, hours=24):
+    Refund.objects.filter(pk=refund.pk).update(created_at=timezone.now() - timedelta(hours=hours))
+    refund.refresh_from_db()
+    return refund
+
+
+def test_a_refund_held_for_review_is_not_sent_again_by_anyone(
+    published_listing, staff, django_capture_on_commit_callbacks, monkeypatch
+):
+    order = _delivered(published_listing, django_capture_on_commit_callbacks)
+    refund = _age(_timed_out_refund(order, staff, 300, monkeypatch))
+    _gateway_must_not_be_called(monkeypatch)
+    with pytest.raises(RefundConflict) as held:  # staff submitting the same refund again
+        order_refund(order=order, amount=300, reason="late file", actor=staff, idempotency_key=KEY)
+    assert held.value.code == "refund_held"
+    assert "longer than the gateway keeps its idempotency key" in held.value.messages[0]
+    # A sweep allowed an older age than the setting still does not send it: it reports it.
+    swept = refunds_retry_pending(older_than_seconds=0, max_age_seconds=48 * 3600)
+    assert swept["too_old"] == [refund.pk] and swept["succeeded"] == swept["failed"] == []
+    refund.refresh_from_db()
+    order.refresh_from_db()
+    assert (refund.status, order.refunded_amount, _refund_entries(order)) == (RefundStatus.PENDING, 300, [])
+
+
+@pytest.mark.parametrize("found", ["re_found_1", ""], ids=["made", "not made"])
+def test_staff_record_what_the_gateway_shows_for_a_held_refund(
+    client, published_listing, staff, django_capture_on_commit_callbacks, monkeypatch, found
+):
+    order = _delivered(published_listing, django_capture_on_commit_callbacks)
+    refund = _age(_timed_out_refund(order, staff, 300, monkeypatch))
+    _gateway_must_not_be_called(monkeypatch)
+    client.force_login(staff)
+    url = reverse("admin:exchange_refund_changelist")
+    form = client.post(url, {"action": "resolve_held_refunds", "_selected_action": [refund.pk]})
+    assert "Refund found at the gateway" in form.content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        page = client.post(
+            url,
+            {
+                "action": "resolve_held_refunds",
+                "_selected_action": [refund.pk],
+                "apply": "1",
+                "gateway_refund_id": found,
+            },
+            follow=True,
+        )
+    refund.refresh_from_db()
+    order.refresh_from_db()
+    if found:
+        assert f"Refund {refund.pk} recorded as Succeeded." in page.content.decode()
+        assert (refund.status, refund.gateway_refund_id, order.refunded_amount) == (RefundStatus.SUCCEEDED, found, 300)
+        assert _refund_entries(order) == [f"refund:{refund.pk}"]
+        assert order.status == OrderStatus.PARTIALLY_REFUNDED
+    else:
+        assert f"Refund {refund.pk} recorded as Failed." in page.content.decode()
+        assert (refund.status, order.refunded_amount, _refund_entries(order)) == (RefundStatus.FAILED, 0, [])
+    last = refund.history.order_by("pk").last()
+    assert last.actor == staff and last.reason == (
+        f"refund {found} found at the gateway" if found else "not made: no refund found at the gateway"
+    )
+    assert ledger_verify().ok
+
+
+def test_a_refund_not_held_cannot_be_recorded_by_hand_and_changes_nothing(
+    client, published_listing, staff, django_capture_on_commit_callbacks, monkeypatch
+):
+    order = _delivered(published_listing, django_capture_on_commit_callbacks)
+    refund = _timed_out_refund(order, staff, 300, monkeypatch)  # pending, but recent: the sweep sends it
+    with pytest.raises(RefundNotHeld):
+        refund_resolve(refund_pk=refund.pk, gateway_refund_id="re_x", actor=staff)
+    client.force_login(staff)
+    page = client.post(
+        reverse("admin:exchange_refund_changelist"),
+        {"action": "resolve_held_refunds", "_selected_action": [refund.pk], "apply": "1", "gateway_refund_id": ""},
+        follow=True,
+    )
+    assert f"Refund {refund.pk}: Refund {refund.pk} is Pending and not held for review" in page.content.decode()
+    refund.refresh_from_db()
+    order.refresh_from_db()
+    assert (refund.status, order.refunded_amount, refund.history.count()) == (RefundStatus.PENDING, 300, 1)

@@ -1,6 +1,7 @@
 """Checkout for every plan kind, subscriptions, refunds, disputes and escrow — through the sandbox's
 signed events and the same processing pipeline a real gateway uses (tasks eager, on commit)."""
 
+import re
 import threading
 import time
 from datetime import timedelta
@@ -274,6 +275,7 @@ def test_admin_refund_action_with_amount(client, staff, buyer, listing, django_c
             "action": "refund_orders",
             "_selected_action": [order.pk],
             "apply": "1",
+            "token": "0b6c1f1e-3d43-4a4f-9d51-6a0e1e6f7a01",
             "amount": "99.99",
             "reason": "too much",
         },
@@ -287,12 +289,30 @@ def test_admin_refund_action_with_amount(client, staff, buyer, listing, django_c
             "action": "refund_orders",
             "_selected_action": [order.pk],
             "apply": "1",
+            "token": "0b6c1f1e-3d43-4a4f-9d51-6a0e1e6f7a01",
             "amount": "2.34",
             "reason": "late delivery",
         },
     )
     order.refresh_from_db()
     assert order.refunded_amount == 234 and order.status == OrderStatus.PARTIALLY_REFUNDED
+
+
+def test_admin_refund_action_submitted_twice_refunds_once_and_needs_its_form_token(
+    client, staff, buyer, listing, django_capture_on_commit_callbacks
+):
+    order = _paid_order(client, buyer, listing, django_capture_on_commit_callbacks)
+    client.force_login(staff)
+    url = reverse("admin:exchange_order_changelist")
+    data = {"action": "refund_orders", "_selected_action": [order.pk], "apply": "1", "amount": "1.00", "reason": "r"}
+    shown = client.post(url, {"action": "refund_orders", "_selected_action": [order.pk]})
+    token = re.search(r'name="token" value="([0-9a-f-]{36})"', shown.content.decode()).group(1)
+    refused = client.post(url, data)  # a form without its token (not one the page made) refunds nothing
+    assert "This field is required." in refused.content.decode() and not Refund.objects.exists()
+    client.post(url, {**data, "token": token})
+    client.post(url, {**data, "token": token})  # the same form again (a timeout, a double click): the same refund
+    order.refresh_from_db()
+    assert Refund.objects.filter(order=order).count() == 1 and order.refunded_amount == 100
 
 
 def test_buyer_confirms_receipt_and_cancels_only_their_unpaid_orders(

@@ -52,7 +52,13 @@ def test_an_admin_refund_records_who_from_where_what_and_how_much(
     order = _paid_order(client, buyer, published_listing, django_capture_on_commit_callbacks)
     assert AuditEvent.objects.count() == 0
     client.force_login(staff)
-    data = {"action": "refund_orders", "_selected_action": [order.pk], "apply": "1", "reason": "late delivery"}
+    data = {
+        "action": "refund_orders",
+        "_selected_action": [order.pk],
+        "apply": "1",
+        "reason": "late delivery",
+        "token": "5f0e7f53-8a53-4d4c-b1b4-2a3f3b0f9e11",
+    }
     # Refused (more than was paid): nothing is refunded and nothing is logged.
     client.post(reverse("admin:exchange_order_changelist"), {**data, "amount": "99.99"}, REMOTE_ADDR=IP)
     assert (Refund.objects.count(), AuditEvent.objects.count()) == (0, 0)

@@ -5,7 +5,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from exchange.choices import PayoutStatus, SettlementRunStatus
-from exchange.models import SettlementRun
+from exchange.models import Payout, SettlementRun
 from exchange.services.settlement import (
     HELD_FOR_REVIEW,
     payout_resolve,
@@ -127,10 +127,15 @@ class Command(BaseCommand):
 
     def _resolve(self, sent, not_sent) -> None:
         payout_pk, transfer = (sent[0], sent[1]) if sent else (not_sent, "")
+        if sent and not transfer.strip():
+            # An empty reference means "no transfer" to payout_resolve: never let an unset variable say that.
+            raise CommandError("--payout-sent needs the transfer's id at the gateway; use --payout-not-sent if none.")
         try:
             payout = payout_resolve(payout_pk=int(payout_pk), transfer_reference=transfer)
         except ValueError:
             raise CommandError(f"{payout_pk!r} is not a payout number.") from None
+        except Payout.DoesNotExist:
+            raise CommandError(f"There is no payout {payout_pk}.") from None
         except ValidationError as exc:
             raise CommandError(exc.messages[0]) from None
         self.stdout.write(f"Payout {payout.pk}: {payout.status}.")
