@@ -446,3 +446,38 @@ def test_concurrent_attempts_issue_one_receipt_and_one_notice(
     assert (delivery.status, delivery.attempts) == (DeliveryStatus.READY, 1)
     assert {r.receipt_sha256 for r in results} == {delivery.receipt_sha256}
     assert Notification.objects.filter(kind=NotificationKind.DELIVERY_READY).count() == 1
+
+
+def test_a_delivery_failure_refund_held_for_review_is_not_sent_again(
+    client, buyer, published_listing, django_capture_on_commit_callbacks, settings, monkeypatch
+):
+    """The refund of a failed delivery whose gateway call timed out, still pending a day later, is past the
+    gateway's memory of its key: settling the failure again leaves it to a person instead of refunding twice."""
+    from datetime import timedelta
+
+    from celery.exceptions import Retry
+    from django.utils import timezone
+
+    from exchange.gateways import GatewayError
+    from exchange.gateways.sandbox import SandboxGateway
+
+    settings.DELIVERY_MAX_ATTEMPTS = 1
+    _break_missing(published_listing.versions.get().files.get())
+
+    def timeout(self, **kwargs):
+        raise GatewayError("sandbox: timed out", transient=True)
+
+    monkeypatch.setattr(SandboxGateway, "refund_create", timeout)
+    with pytest.raises(Retry):  # the delivery task asks to be retried; a worker would, later
+        purchase(client, buyer, published_listing, django_capture_on_commit_callbacks)
+    refund = Refund.objects.get()
+    assert refund.status == RefundStatus.PENDING
+    Refund.objects.filter(pk=refund.pk).update(created_at=timezone.now() - timedelta(hours=24))
+
+    def called(self, **kwargs):
+        raise AssertionError("the gateway was asked to refund again")
+
+    monkeypatch.setattr(SandboxGateway, "refund_create", called)
+    again = delivery_failure_settle(delivery_pk=Delivery.objects.get().pk)
+    assert (again.pk, again.status) == (refund.pk, RefundStatus.PENDING)
+    assert Refund.objects.count() == 1
