@@ -144,6 +144,14 @@ def _apply_refund(*, refund: Refund, order: Order, reason: str, actor=None) -> N
     _book_refund(refund=refund, order=order)
 
 
+def _fail_refund(*, refund: Refund, order_pk: int, error: str, reason: str, actor=None) -> None:
+    """A pending refund was not made: FAILED with ``error``, and its amount no longer reserved on the order
+    (inside a transaction, the refund locked)."""
+    refund.error = error[:2000]
+    status_move(refund, RefundStatus.FAILED, reason=reason, actor=actor, fields=("error",))
+    Order.objects.filter(pk=order_pk).update(refunded_amount=F("refunded_amount") - refund.amount)
+
+
 def _book_refund(*, refund: Refund, order: Order) -> None:
     """A succeeded refund's ledger entry, the order's status and the buyer's access."""
     _post_money_out(
@@ -307,14 +315,15 @@ def refund_execute(*, refund_pk: int, via: str = "") -> Refund:
     except GatewayError as exc:
         with transaction.atomic():
             locked = Refund.objects.select_for_update().get(pk=refund.pk)
-            locked.error = str(exc)[:2000]
             if locked.status != RefundStatus.PENDING:
                 pass  # a concurrent attempt already ended it
             elif exc.transient:
+                locked.error = str(exc)[:2000]
                 locked.save(update_fields=["error"])
             else:
-                status_move(locked, RefundStatus.FAILED, reason=_why(f"gateway refused: {exc}", via), fields=("error",))
-                Order.objects.filter(pk=order.pk).update(refunded_amount=F("refunded_amount") - locked.amount)
+                _fail_refund(
+                    refund=locked, order_pk=order.pk, error=str(exc), reason=_why(f"gateway refused: {exc}", via)
+                )
         if exc.transient:
             raise
         return locked
@@ -355,15 +364,13 @@ def refund_resolve(*, refund_pk: int, gateway_refund_id: str = "", actor=None) -
             )
             outcome = "made"
         else:
-            refund.error = "no refund found at the gateway"
-            status_move(
-                refund,
-                RefundStatus.FAILED,
+            _fail_refund(
+                refund=refund,
+                order_pk=order.pk,
+                error="no refund found at the gateway",
                 reason="not made: no refund found at the gateway",
                 actor=actor,
-                fields=("error",),
             )
-            Order.objects.filter(pk=order.pk).update(refunded_amount=F("refunded_amount") - refund.amount)
             outcome = "not made"
         audit_record(
             action="refund_resolved",
