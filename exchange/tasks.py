@@ -122,9 +122,10 @@ def payout_send(payout_pk: int) -> str:
 
 @shared_task
 def payout_sweep() -> str:
-    """Beat (settlement queue, as payout_*): queue again the sends of payouts PENDING too long; held ones are logged."""
+    """Beat (settlement queue, as payout_*): queue again the sends of payouts PENDING too long; those past their
+    gateway's idempotency window are booked as the gateway shows them, or held for review (logged)."""
     swept = settlement.payouts_sweep(older_than_seconds=settings.PAYOUT_SWEEP_AGE_SECONDS)
-    return f"queued payouts {swept.queued}, held for review {swept.held}"
+    return f"queued payouts {swept.queued}, booked as the gateway shows {swept.looked_up}, held for review {swept.held}"
 
 
 @shared_task

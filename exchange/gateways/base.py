@@ -1,4 +1,4 @@
-"""The payment gateway interface. Sandbox implements it now; Stripe later."""
+"""The payment gateway interface, implemented by the sandbox and by Stripe."""
 
 from dataclasses import dataclass
 
@@ -30,3 +30,26 @@ class PaymentGateway:
     def payout_create(self, *, payout) -> str:
         """Send a payout; return the gateway's reference. Must be idempotent by payout.idempotency_key."""
         raise NotImplementedError
+
+    def refund_create(self, *, payment_id: str, amount: int, idempotency_key: str) -> str:
+        """Refund ``amount`` of a payment; return the gateway's refund id. Idempotent by ``idempotency_key``."""
+        raise NotImplementedError
+
+    # Looking up what an earlier call did, for a payout or refund whose idempotency key may have expired at the
+    # gateway (held for review): asking again with the key could move the money twice, asking what exists cannot.
+
+    def payout_lookup(self, *, payout) -> str | None:
+        """The id of the transfer the gateway made for ``payout``, or None when it made none.
+
+        Raises GatewayError when it cannot tell: ``transient`` when the gateway
+        did not answer; not transient when what it shows is ambiguous (a
+        transfer that names the payout but differs in amount or currency).
+        """
+        raise GatewayError(f"The {self.name} gateway cannot look payouts up.")
+
+    def refund_lookup(self, *, refund, payment_id: str) -> str | None:
+        """The id of the refund the gateway made for ``refund`` (by its idempotency key), or None when it made none.
+
+        Raises GatewayError when it cannot tell, as ``payout_lookup``.
+        """
+        raise GatewayError(f"The {self.name} gateway cannot look refunds up.")

@@ -10,6 +10,7 @@ result.
 """
 
 import json
+from datetime import timedelta
 
 import stripe
 from django.conf import settings
@@ -38,6 +39,17 @@ def _translate(exc: stripe.StripeError) -> GatewayError:
     )
     message = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
     return GatewayError(f"Stripe: {message}", transient=transient)
+
+
+def _metadata(obj: stripe.StripeObject) -> dict:
+    metadata = getattr(obj, "metadata", None)
+    return metadata.to_dict() if metadata else {}
+
+
+# A payout is sent only while its key is trusted (settlement.PAYOUT_KEY_WINDOWS: 23 hours from its creation), so its
+# transfer, if any, was created in that window; the margin covers clocks and a call under way as the window closed.
+LOOKUP_WINDOW = timedelta(hours=24)
+LOOKUP_MARGIN = timedelta(hours=1)
 
 
 class StripeGateway(PaymentGateway):
@@ -123,7 +135,11 @@ class StripeGateway(PaymentGateway):
                     "amount": payout.amount,
                     "currency": payout.currency.lower(),
                     "destination": account,
-                    "metadata": {"payout_id": str(payout.pk), "run_id": str(payout.run_id)},
+                    "metadata": {
+                        "payout_id": str(payout.pk),
+                        "run_id": str(payout.run_id),
+                        "idempotency_key": payout.idempotency_key,
+                    },
                 },
                 options={"idempotency_key": payout.idempotency_key},
             )
@@ -131,15 +147,90 @@ class StripeGateway(PaymentGateway):
             raise _translate(exc) from exc
         return transfer.id
 
+    def payout_lookup(self, *, payout) -> str | None:
+        """The transfer whose metadata names ``payout`` (its id and run), among the platform's transfers created
+        while the payout could have been sent (from its creation until its idempotency window had passed)."""
+        start = payout.created_at - LOOKUP_MARGIN
+        end = payout.created_at + LOOKUP_WINDOW + LOOKUP_MARGIN
+        params = {"created": {"gte": int(start.timestamp()), "lte": int(end.timestamp())}, "limit": 100}
+        try:
+            listed = _client().v1.transfers.list(params=params)
+            found = [
+                transfer
+                for transfer in listed.auto_paging_iter()
+                if _metadata(transfer).get("payout_id") == str(payout.pk)
+                and _metadata(transfer).get("run_id") == str(payout.run_id)
+            ]
+        except stripe.StripeError as exc:
+            raise _translate(exc) from exc
+        if not found:
+            return None
+        ids = ", ".join(sorted(transfer.id for transfer in found))
+        if len(found) > 1:
+            raise GatewayError(f"Stripe shows {len(found)} transfers for payout {payout.pk} ({ids}).")
+        transfer = found[0]
+        if transfer.amount != payout.amount or transfer.currency.upper() != payout.currency.upper():
+            raise GatewayError(
+                f"Stripe's transfer {transfer.id} for payout {payout.pk} is of {transfer.amount} "
+                f"{transfer.currency.upper()}, not {payout.amount} {payout.currency.upper()}."
+            )
+        return transfer.id
+
     def refund_create(self, *, payment_id: str, amount: int, idempotency_key: str) -> str:
         try:
             refund = _client().v1.refunds.create(
-                params={"payment_intent": payment_id, "amount": amount},
+                params={
+                    "payment_intent": payment_id,
+                    "amount": amount,
+                    "metadata": {"idempotency_key": idempotency_key},
+                },
                 options={"idempotency_key": idempotency_key},
             )
         except stripe.StripeError as exc:
             raise _translate(exc) from exc
         return refund.id
+
+    def refund_lookup(self, *, refund, payment_id: str) -> str | None:
+        """The payment's refund whose metadata carries ``refund``'s idempotency key.
+
+        None only when every refund of the payment is accounted for: one that
+        carries another key of ours, or one the exchange already knows by its
+        id (made in Stripe's dashboard and reported by webhook). A refund that
+        carries no key and is unknown (made before refunds carried their key,
+        or not reported yet) could be this one, so Stripe cannot tell.
+        """
+        from exchange.models import Refund
+
+        if not payment_id:
+            raise GatewayError(f"Refund {refund.pk}'s order has no Stripe payment to look it up on.")
+        try:
+            listed = _client().v1.refunds.list(params={"payment_intent": payment_id, "limit": 100})
+            refunds = list(listed.auto_paging_iter())
+        except stripe.StripeError as exc:
+            raise _translate(exc) from exc
+        found = [r for r in refunds if _metadata(r).get("idempotency_key") == refund.idempotency_key]
+        if len(found) > 1:
+            raise GatewayError(f"Stripe shows {len(found)} refunds carrying refund {refund.pk}'s key.")
+        if found:
+            made = found[0]
+            if made.amount != refund.amount:
+                raise GatewayError(
+                    f"Stripe's refund {made.id} carrying refund {refund.pk}'s key is of {made.amount}, "
+                    f"not {refund.amount}."
+                )
+            if made.status in ("failed", "canceled"):
+                return None  # Stripe made it and it did not go through: no money went back
+            return made.id
+        keyless = {r.id for r in refunds if not _metadata(r).get("idempotency_key")}
+        unknown = keyless - set(
+            Refund.objects.filter(gateway_refund_id__in=keyless).values_list("gateway_refund_id", flat=True)
+        )
+        if unknown:
+            raise GatewayError(
+                f"Stripe cannot tell: payment {payment_id} has refunds that carry no key "
+                f"({', '.join(sorted(unknown))}); one of them may be refund {refund.pk}."
+            )
+        return None
 
     def connect_account_create(self, *, merchant) -> str:
         """Create an Express account for ``merchant`` (idempotent per merchant)."""

@@ -31,14 +31,16 @@ A batch leaves out an order whose refund is still pending, re-read after the
 orders are locked (see ``_without_pending_refunds``): the refund is booked
 from escrow and the next run settles what remains. A payout left PENDING (its
 task gave up, or its message was lost) is sent again by ``payouts_sweep``
-(beat, PAYOUT_SWEEP_SECONDS); one past its gateway's idempotency window is
-held for review instead of sent with a key that may have expired (see
-``payout_send``) and is settled by hand with ``payout_resolve``.
+(beat, PAYOUT_SWEEP_SECONDS). One past its gateway's idempotency window is
+never sent again with a key that may have expired: the gateway is asked
+whether it made the transfer (``payout_lookup``) and the payout is booked
+accordingly; when the gateway cannot tell, it is held for review and settled
+by hand with ``payout_resolve`` (see ``payout_send``).
 """
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
@@ -550,20 +552,48 @@ def payout_key_expired(payout: Payout, *, now=None) -> bool:
     return window is not None and payout.created_at <= (now or timezone.now()) - window
 
 
-def _payout_hold(payout: Payout) -> None:
+def _payout_hold(payout: Payout, *, why: str) -> None:
     """Record (once) why a PENDING payout past its key window is not sent again; the caller holds its row lock."""
     if payout.error.startswith(HELD_FOR_REVIEW):
         return
     payout.error = (
         f"{HELD_FOR_REVIEW}pending since {payout.created_at:%Y-%m-%d %H:%M} UTC, so its idempotency key may have "
-        f"expired at {payout.gateway} and a re-send could pay it twice. Look for a transfer with metadata "
+        f"expired at {payout.gateway} and a re-send could pay it twice, and the gateway could not say whether it "
+        f"made the transfer ({why}). Look for a transfer with metadata "
         f"payout_id={payout.pk} at the gateway, then record it on this payout's admin page (Record what the gateway "
         f"shows), or with `manage.py settle --payout-sent {payout.pk} "
         f"<transfer id>`, or `--payout-not-sent {payout.pk}` (the money goes back to the merchant's payable and "
         f"the next run pays it). Last error: {payout.error or 'none'}"
     )[:2000]
     payout.save(update_fields=["error"])
-    log.error("payout %s held for review: pending past its gateway's idempotency window", payout.pk)
+    log.error("payout %s held for review: pending past its gateway's idempotency window (%s)", payout.pk, why)
+
+
+def _payout_settle_by_lookup(payout: Payout) -> None:
+    """A PENDING payout past its key window (row locked): ask the gateway what it made, and book that.
+
+    The transfer the gateway shows for the payout: SENT with it. None: no
+    transfer was ever made (every attempt used the payout's key inside the
+    window, and the gateway lists the transfers of that window), so it is
+    FAILED and its money owed again. The gateway cannot tell (unreachable,
+    or what it shows is ambiguous): held for review, asked again by the
+    next sweep.
+    """
+    try:
+        reference = get_gateway(payout.gateway).payout_lookup(payout=payout)
+    except GatewayError as exc:
+        _payout_hold(payout, why=str(exc))
+        return
+    if reference:
+        _payout_book_sent(
+            payout, reference, reason=f"transfer {reference} found at the gateway after its idempotency window"
+        )
+    else:
+        _payout_book_returned(
+            payout,
+            "the gateway shows no transfer for it (looked up after its idempotency window); paid again by the next run",
+            reason="not sent: the gateway shows no transfer for it",
+        )
 
 
 def _payout_book_sent(payout: Payout, reference: str, *, reason: str, actor=None) -> None:
@@ -652,10 +682,11 @@ def payout_send(*, payout_pk: int) -> Payout:
     (``PAYOUT_KEY_WINDOWS``: Stripe's keys may expire 24 hours after first
     use) is not sent: an earlier attempt that timed out may have made the
     transfer, and the expired key would no longer return it, so a re-send
-    could pay the merchant twice. It stays PENDING, held for review (its
-    error says so and what to do); staff look the transfer up at the
-    gateway (the transfer's metadata names the payout) and record the
-    outcome with ``payout_resolve``.
+    could pay the merchant twice. The gateway is asked instead whether it
+    made a transfer for the payout (the transfer's metadata names it; see
+    ``_payout_settle_by_lookup``). When it cannot tell, the payout stays
+    PENDING, held for review (its error says so and what to do); staff look
+    the transfer up and record the outcome with ``payout_resolve``.
     """
     with transaction.atomic():
         # The payout's row only (of self): the merchant is read, not locked, so nothing that references the merchant
@@ -664,7 +695,7 @@ def payout_send(*, payout_pk: int) -> Payout:
         if payout.status != PayoutStatus.PENDING:
             return payout  # sent already, or refused and its money owed again (the next run pays it)
         if payout_key_expired(payout):
-            _payout_hold(payout)
+            _payout_settle_by_lookup(payout)
             return payout
         try:
             reference = get_gateway(payout.gateway).payout_create(payout=payout)
@@ -727,7 +758,8 @@ def payout_resolve(*, payout_pk: int, transfer_reference: str = "", actor=None) 
 @dataclass(frozen=True)
 class PayoutSweep:
     queued: list[int]  # PENDING payouts whose send was queued again
-    held: list[int]  # PENDING payouts past their gateway's idempotency window, held for review
+    held: list[int]  # past their gateway's idempotency window, and the gateway could not tell: held for review
+    looked_up: list[int] = field(default_factory=list)  # past the window, booked by what the gateway shows
 
 
 def payouts_sweep(*, older_than_seconds: int) -> PayoutSweep:
@@ -739,8 +771,9 @@ def payouts_sweep(*, older_than_seconds: int) -> PayoutSweep:
     would sit in payouts in transit. A send queued twice is made once
     (``payout_send`` locks the row, returns early once it is SENT or
     FAILED, and calls the gateway with the payout's stored idempotency key).
-    Payouts past their gateway's idempotency window are not queued but held
-    for review (see ``payout_send``).
+    Payouts past their gateway's idempotency window are not queued: the
+    gateway is asked, here, what it made for them (see ``payout_send``);
+    those it cannot tell about are held for review.
     """
     from exchange.tasks import payout_send as payout_send_task
 
@@ -748,19 +781,23 @@ def payouts_sweep(*, older_than_seconds: int) -> PayoutSweep:
     stuck = Payout.objects.filter(
         status=PayoutStatus.PENDING, created_at__lte=now - timedelta(seconds=older_than_seconds)
     ).order_by("pk")
-    queued, held = [], []
+    queued, expired, held, looked_up = [], [], [], []
     for payout in stuck.only("pk", "gateway", "created_at"):
-        (held if payout_key_expired(payout, now=now) else queued).append(payout.pk)
-    for pk in held:
+        (expired if payout_key_expired(payout, now=now) else queued).append(payout.pk)
+    for pk in expired:
         with transaction.atomic():
-            payout = Payout.objects.select_for_update(of=("self",)).get(pk=pk)
-            if payout.status == PayoutStatus.PENDING:
-                _payout_hold(payout)
+            payout = Payout.objects.select_for_update(of=("self",)).select_related("merchant").get(pk=pk)
+            if payout.status != PayoutStatus.PENDING:
+                continue
+            _payout_settle_by_lookup(payout)
+            (held if payout.status == PayoutStatus.PENDING else looked_up).append(pk)
     for pk in queued:
         payout_send_task.delay(pk)
     if queued:
         log.info("payouts %s pending too long: their sends are queued again", queued)
-    return PayoutSweep(queued=queued, held=held)
+    if looked_up:
+        log.info("payouts %s past their idempotency window: booked as the gateway shows them", looked_up)
+    return PayoutSweep(queued=queued, held=held, looked_up=looked_up)
 
 
 def payouts_stuck(*, older_than_seconds: int = 0):

@@ -3,8 +3,9 @@
 A payout stays PENDING when its task gave up (transient gateway errors outlasting its retries) or its message was
 lost (the broker was down when the run finished). The sweep (beat, ``payout_sweep``) queues its send again; the
 send locks the payout and reuses its idempotency key, so sweeping twice, or alongside the original task, makes
-one transfer. A Stripe payout older than Stripe's idempotency window is held for review instead, and staff
-record what the gateway shows. The sandbox gateway keeps its transfers (``SandboxTransfer``) as a provider would.
+one transfer. A Stripe payout older than Stripe's idempotency window is never sent again: the gateway is asked
+whether it made the transfer and the payout is booked accordingly; when it cannot tell, the payout is held for
+review and staff record what the gateway shows. The sandbox gateway keeps its transfers (``SandboxTransfer``) as a provider would.
 """
 
 import re
@@ -36,6 +37,7 @@ from exchange.services.orders import order_checkout_start, order_confirm_receipt
 from exchange.services.settlement import (
     HELD_FOR_REVIEW,
     PayoutNotHeld,
+    PayoutSweep,
     payout_resolve,
     payout_send,
     payouts_sweep,
@@ -174,7 +176,7 @@ def test_a_payout_whose_message_was_lost_is_sent_by_the_sweep(listing, django_ca
     payout.refresh_from_db()
     assert payout.status == PayoutStatus.SENT and calls == [payout.pk]
     # The beat task does the same and finds nothing left.
-    assert tasks.payout_sweep.delay().get() == "queued payouts [], held for review []"
+    assert tasks.payout_sweep.delay().get() == "queued payouts [], booked as the gateway shows [], held for review []"
     assert calls == [payout.pk]
 
 
@@ -269,24 +271,98 @@ def stale_stripe_payout(fake_stripe, merchant):
     return payout
 
 
-def test_a_stripe_payout_past_the_idempotency_window_is_held_not_sent_again(fake_stripe, stale_stripe_payout):
+def _stripe_transfer(fake_stripe, payout, *, amount=None, currency="cny", payout_id=None, created=None):
+    """A transfer at (fake) Stripe as an earlier, timed-out send of ``payout`` would have left it."""
+    transfer_id = f"tr_test_{uuid.uuid4().hex[:12]}"
+    fake_stripe.objects["/v1/transfers"][transfer_id] = {
+        "id": transfer_id,
+        "object": "transfer",
+        "amount": payout.amount if amount is None else amount,
+        "currency": currency,
+        "destination": "acct_test_sweep",
+        "created": created or int(payout.created_at.timestamp()) + 5,
+        "metadata": {"payout_id": str(payout_id or payout.pk), "run_id": str(payout.run_id)},
+    }
+    return transfer_id
+
+
+def test_a_stripe_payout_past_the_window_that_stripe_did_make_is_booked_sent_not_sent_again(
+    fake_stripe, stale_stripe_payout
+):
     payout = stale_stripe_payout
+    for other in range(150):  # other payouts' transfers of the same day: the lookup reads every page
+        _stripe_transfer(fake_stripe, payout, payout_id=10_000 + other)
+    made = _stripe_transfer(fake_stripe, payout)
     swept = payouts_sweep(older_than_seconds=900)
-    assert (swept.queued, swept.held) == ([], [payout.pk])
-    assert payout_send(payout_pk=payout.pk).status == PayoutStatus.PENDING  # a late task message holds it too
-    assert fake_stripe.objects.get("/v1/transfers", {}) == {}
+    assert (swept.queued, swept.looked_up, swept.held) == ([], [payout.pk], [])
     payout.refresh_from_db()
-    assert payout.status == PayoutStatus.PENDING and payout.attempts == 3
-    assert payout.error.startswith(HELD_FOR_REVIEW)
+    assert (payout.status, payout.gateway_reference, payout.error) == (PayoutStatus.SENT, made, "")
+    assert fake_stripe.count("/v1/transfers") == 0  # asked, never sent again
+    lists = [query for method, path, query, _ in fake_stripe.requests if (method, path) == ("GET", "/v1/transfers")]
+    assert len(lists) == 2 and lists[1]["starting_after"]  # two pages of 100
+    assert int(lists[0]["created"]["gte"]) < payout.created_at.timestamp() < int(lists[0]["created"]["lte"])
+    assert JournalEntry.objects.filter(kind=JournalKind.PAYOUT_SENT, payout=payout).count() == 1
+    assert payout.history.get().reason == f"transfer {made} found at the gateway after its idempotency window"
+    assert payout_send(payout_pk=payout.pk).status == PayoutStatus.SENT  # a late task message changes nothing
+    assert JournalEntry.objects.filter(kind=JournalKind.PAYOUT_SENT, payout=payout).count() == 1
+
+
+def test_a_stripe_payout_past_the_window_that_stripe_never_made_is_owed_again(fake_stripe, stale_stripe_payout):
+    payout = stale_stripe_payout
+    _stripe_transfer(fake_stripe, payout, payout_id=payout.pk + 1)  # another payout's
+    assert payout_send(payout_pk=payout.pk).status == PayoutStatus.FAILED  # a late task message asks too
+    assert fake_stripe.count("/v1/transfers") == 0
+    payout.refresh_from_db()
+    assert "the gateway shows no transfer for it" in payout.error
+    returned = JournalEntry.objects.get(kind=JournalKind.PAYOUT_RETURNED, payout=payout)
+    legs = {p.account.kind: p.amount for p in returned.postings.select_related("account")}
+    assert legs == {AccountKind.PAYOUTS_PENDING: 4500, AccountKind.MERCHANT_PAYABLE: -4500}
+    assert payouts_sweep(older_than_seconds=900) == PayoutSweep(queued=[], held=[], looked_up=[])
+
+
+@pytest.mark.parametrize(
+    ("stripe_shows", "why"),
+    [
+        ("down", "Stripe: "),
+        ("two", "Stripe shows 2 transfers for payout"),
+        ("other_amount", "is of 4400 CNY, not 4500 CNY"),
+        ("other_currency", "is of 4500 USD, not 4500 CNY"),
+    ],
+)
+def test_a_stripe_payout_past_the_window_is_held_when_stripe_cannot_tell(
+    fake_stripe, stale_stripe_payout, stripe_shows, why
+):
+    payout = stale_stripe_payout
+    if stripe_shows == "down":
+        fake_stripe.fail_next_get["/v1/transfers"] = (500, {"error": {"message": "unavailable"}})
+    elif stripe_shows == "two":
+        _stripe_transfer(fake_stripe, payout)
+        _stripe_transfer(fake_stripe, payout)
+    else:
+        _stripe_transfer(
+            fake_stripe,
+            payout,
+            amount=4400 if stripe_shows == "other_amount" else 4500,
+            currency="usd" if stripe_shows == "other_currency" else "cny",
+        )
+    swept = payouts_sweep(older_than_seconds=900)
+    assert (swept.queued, swept.looked_up, swept.held) == ([], [], [payout.pk])
+    assert fake_stripe.count("/v1/transfers") == 0
+    payout.refresh_from_db()
+    assert payout.status == PayoutStatus.PENDING and payout.attempts == 3 and not payout.history.exists()
+    assert payout.error.startswith(HELD_FOR_REVIEW) and why in payout.error
     assert f"payout_id={payout.pk}" in payout.error and payout.error.endswith("Last error: Stripe: timed out")
+    assert not JournalEntry.objects.exists()
     held_error = payout.error
-    payouts_sweep(older_than_seconds=900)
+    fake_stripe.fail_next_get["/v1/transfers"] = (500, {"error": {"message": "unavailable"}})
+    assert payout_send(payout_pk=payout.pk).status == PayoutStatus.PENDING  # a late task message holds it too
     payout.refresh_from_db()
     assert payout.error == held_error  # recorded once
 
 
 def test_staff_record_a_held_payout_as_not_sent_and_its_money_is_owed_again(fake_stripe, stale_stripe_payout, capsys):
     payout = stale_stripe_payout
+    fake_stripe.fail_next_get["/v1/transfers"] = (500, {"error": {"message": "unavailable"}})  # Stripe can't tell
     call_command("settle", "--payouts")
     listed = capsys.readouterr().out
     assert f"payout {payout.pk}: Guiyang Data" in listed and "held for review" in listed
@@ -345,7 +421,8 @@ def _admin_resolve(client, staff, payouts, **data):
 
 def test_staff_record_a_held_payout_in_the_admin(client, staff, fake_stripe, stale_stripe_payout):
     payout = stale_stripe_payout
-    payouts_sweep(older_than_seconds=900)
+    fake_stripe.fail_next_get["/v1/transfers"] = (500, {"error": {"message": "unavailable"}})
+    assert payouts_sweep(older_than_seconds=900).held == [payout.pk]
     form = _admin_resolve(client, staff, [payout])  # the action first asks what the gateway shows
     text = form.content.decode()
     assert "Transfer found at the gateway" in text and f"Payout {payout.pk} to" in text

@@ -4,6 +4,9 @@ It speaks the form-encoded requests the SDK sends, answers with Stripe-shaped
 JSON, honours Idempotency-Key (a repeated key returns the first response, as
 Stripe does), records every request, and can be told to fail or to answer
 only after the client has timed out (the "succeeded but timed out" case).
+Transfers and refunds can be listed as Stripe lists them: newest first, in
+pages (``limit``, ``starting_after``, ``has_more``), filtered by ``created``
+(gte/lte) and by ``payment_intent``.
 """
 
 import contextlib
@@ -13,7 +16,7 @@ import threading
 import time
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 
 def _nest(pairs: list[tuple[str, str]]) -> dict:
@@ -46,6 +49,7 @@ class FakeStripe:
         self.idempotent: dict[str, tuple[int, dict]] = {}
         self.fail_next: dict[str, tuple[int, dict]] = {}
         self.delay_next: dict[str, float] = {}
+        self.fail_next_get: dict[str, tuple[int, dict]] = {}
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -118,8 +122,27 @@ class FakeStripe:
             obj = {"object": "account_link", "url": f"https://connect.stripe.test/setup/{params.get('account')}"}
         else:
             return 404, {"error": {"type": "invalid_request_error", "message": f"Unrecognized request URL {path}"}}
+        obj.setdefault("created", int(time.time()))
         self.objects[path][obj_id] = obj
         return 200, obj
+
+    LISTABLE = ("/v1/transfers", "/v1/refunds")
+
+    def list_objects(self, path: str, query: dict) -> dict:
+        """One page of ``path``'s objects, as Stripe's list endpoints answer."""
+        limit = int(query.get("limit", 10))
+        items = sorted(self.objects.get(path, {}).values(), key=lambda o: (o["created"], o["id"]), reverse=True)
+        created = query.get("created") or {}
+        if "gte" in created:
+            items = [o for o in items if o["created"] >= int(created["gte"])]
+        if "lte" in created:
+            items = [o for o in items if o["created"] <= int(created["lte"])]
+        if query.get("payment_intent"):
+            items = [o for o in items if o.get("payment_intent") == query["payment_intent"]]
+        if query.get("starting_after"):
+            ids = [o["id"] for o in items]
+            items = items[ids.index(query["starting_after"]) + 1 :]
+        return {"object": "list", "url": path, "has_more": len(items) > limit, "data": items[:limit]}
 
     def _handler(self):
         fake = self
@@ -161,9 +184,14 @@ class FakeStripe:
                     self._send(status, body)
 
             def do_GET(self):
-                path = self.path.split("?")[0]
+                parts = urlsplit(self.path)
+                path, query = parts.path, _nest(parse_qsl(parts.query, keep_blank_values=True))
                 with fake.lock:
-                    fake.requests.append(("GET", path, {}, None))
+                    fake.requests.append(("GET", path, query, None))
+                    if path in fake.fail_next_get:
+                        return self._send(*fake.fail_next_get.pop(path))
+                    if path in fake.LISTABLE:
+                        return self._send(200, fake.list_objects(path, query))
                     collection, _, obj_id = path.rpartition("/")
                     obj = fake.objects.get(collection, {}).get(obj_id)
                 self._send(200, obj) if obj else self._send(404, {"error": {"message": "No such object"}})

@@ -111,6 +111,16 @@ class Command(BaseCommand):
             return
         swept = payouts_sweep(older_than_seconds=settings.PAYOUT_SWEEP_AGE_SECONDS)
         held = set(swept.held)
+        for payout in Payout.objects.filter(pk__in=swept.looked_up).select_related("merchant").order_by("pk"):
+            outcome = (
+                f"sent as transfer {payout.gateway_reference}"
+                if payout.status == PayoutStatus.SENT
+                else "not sent: its money is owed again and the next run pays it"
+            )
+            self.stdout.write(
+                f"payout {payout.pk}: {payout.merchant.name} {payout.amount_display}, past its gateway's "
+                f"idempotency window; the gateway was asked: {outcome}"
+            )
         for payout in payouts_stuck():  # again: the sweep may have held some
             state = (
                 "held for review"
