@@ -43,7 +43,7 @@ from exchange.models import Delivery, Entitlement, JournalEntry, LedgerBlock, Or
 # Not copies: the ledger's own hashing and genesis hash, so a certificate's ledger check can never disagree with
 # ledger_verify about what an entry's hash covers or where a block's chain starts.
 from exchange.services.ledger import GENESIS_HASH
-from exchange.services.ledger import entry_rehash as ledger_entry_rehash
+from exchange.services.ledger import entry_hash_checks as ledger_entry_hash_checks
 from exchange.signing_key import signing_key, verification_keys
 from listings.models import DataFile
 from merchants.selectors import merchant_is_member
@@ -499,7 +499,7 @@ def _check_ledger(parsed: dict, reasons: list[str]) -> bool:
     if entry.entry_hash != claimed:
         reasons.append(f"Ledger entry #{sequence} has a different hash than the document states.")
         return False
-    if ledger_entry_rehash(entry) != entry.entry_hash:
+    if not ledger_entry_hash_checks(entry):
         reasons.append(f"Ledger entry #{sequence} no longer matches its own hash: the ledger was altered.")
         return False
     if not entry.block_exists:

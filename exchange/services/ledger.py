@@ -85,7 +85,15 @@ def merchant_accounts(*, kind: str, merchants: dict[int, str]) -> dict[int, Ledg
     return found
 
 
-def _canonical(*, sequence, idempotency_key, kind, order_id, payout_id, created_at, legs, reverses_id=None) -> bytes:
+def _canonical(
+    *, sequence, idempotency_key, kind, order_id, payout_id, created_at, legs, reverses_id=None, memo=None
+) -> bytes:
+    """An entry's canonical content, which its hash covers.
+
+    Entries written since the memo was covered carry ``memo`` (its stored,
+    truncated text; empty included); entries written before hash without it
+    (``memo=None``) and still check: see ``_hash_matches``.
+    """
     document = {
         "sequence": sequence,
         "key": idempotency_key,
@@ -97,28 +105,53 @@ def _canonical(*, sequence, idempotency_key, kind, order_id, payout_id, created_
     }
     if reverses_id is not None:  # only a reversal has the key, so every entry hashed before it existed still checks
         document["reverses"] = reverses_id
+    if memo is not None:
+        document["memo"] = memo
     return canonical_json(document, ascii_only=True)
+
+
+def _hash_matches(*, stored: str, prev_hash: str, memo: str, **content) -> bool:
+    """Whether ``stored`` is the hash of this content after ``prev_hash``: with its memo (every entry written
+    since the memo was covered), or else without it (the entries written before).
+
+    Accepting the older form loses nothing for newer entries: their stored hash
+    covers the memo, so once the memo is changed neither form gives that hash
+    back, and a forger who rewrites the hash instead breaks the next entry's
+    link and the block's root, as for any other field.
+    """
+    if entry_hash(prev_hash=prev_hash, canonical=_canonical(memo=memo, **content)) == stored:
+        return True
+    return entry_hash(prev_hash=prev_hash, canonical=_canonical(**content)) == stored
 
 
 def entry_hash(*, prev_hash: str, canonical: bytes) -> str:
     return hashlib.sha256(prev_hash.encode() + canonical).hexdigest()
 
 
+def _entry_content(entry: JournalEntry) -> dict:
+    """A stored entry's hashed fields but the memo, read with its postings now (one query)."""
+    return {
+        "sequence": entry.sequence,
+        "idempotency_key": entry.idempotency_key,
+        "kind": entry.kind,
+        "order_id": entry.order_id,
+        "payout_id": entry.payout_id,
+        "created_at": entry.created_at,
+        "legs": list(Posting.objects.filter(entry=entry).values_list("account__code", "amount", "currency")),
+        "reverses_id": entry.reverses_id,
+    }
+
+
 def entry_rehash(entry: JournalEntry, *, prev_hash: str | None = None) -> str:
-    """The hash a stored ``entry`` should have: its canonical content, read with its postings now, after
-    ``prev_hash`` (its own stored link by default). One query."""
-    legs = list(Posting.objects.filter(entry=entry).values_list("account__code", "amount", "currency"))
-    canonical = _canonical(
-        sequence=entry.sequence,
-        idempotency_key=entry.idempotency_key,
-        kind=entry.kind,
-        order_id=entry.order_id,
-        payout_id=entry.payout_id,
-        created_at=entry.created_at,
-        legs=legs,
-        reverses_id=entry.reverses_id,
-    )
+    """The hash a stored ``entry`` would be given now (memo covered) after ``prev_hash`` (its own stored link by
+    default): what a forger rewriting the chain would store. One query."""
+    canonical = _canonical(memo=entry.memo, **_entry_content(entry))
     return entry_hash(prev_hash=entry.prev_hash if prev_hash is None else prev_hash, canonical=canonical)
+
+
+def entry_hash_checks(entry: JournalEntry) -> bool:
+    """Whether a stored ``entry`` still matches its own stored hash (its content, postings and memo). One query."""
+    return _hash_matches(stored=entry.entry_hash, prev_hash=entry.prev_hash, memo=entry.memo, **_entry_content(entry))
 
 
 def block_hash(*, prev_hash: str, sequence: int, entry_count: int, root_hash: str, created_at) -> str:
@@ -319,6 +352,7 @@ def journal_entries_write(specs: list[EntrySpec]) -> PendingBlock:
     prev_hash = GENESIS_HASH
     entries = []
     for position, ((spec, legs), (entry_id, sequence)) in enumerate(zip(fresh, numbers, strict=True), start=1):
+        memo = spec.memo[:300]
         canonical = _canonical(
             sequence=sequence,
             idempotency_key=spec.idempotency_key,
@@ -328,6 +362,7 @@ def journal_entries_write(specs: list[EntrySpec]) -> PendingBlock:
             created_at=created_at,
             legs=[(account.code, amount, currency) for account, amount, currency in legs],
             reverses_id=spec.reverses.pk if spec.reverses is not None else None,
+            memo=memo,
         )
         digest = entry_hash(prev_hash=prev_hash, canonical=canonical)
         entry = JournalEntry(
@@ -339,7 +374,7 @@ def journal_entries_write(specs: list[EntrySpec]) -> PendingBlock:
             kind=spec.kind,
             order=spec.order,
             payout=spec.payout,
-            memo=spec.memo[:300],
+            memo=memo,
             reverses=spec.reverses,
             created_at=created_at,
             prev_hash=prev_hash,
@@ -507,6 +542,7 @@ def ledger_verify(*, chunk_size: int = 2000) -> VerifyResult:
         "created_at",
         "prev_hash",
         "reverses_id",
+        "memo",
     )
 
     def broken(message, *, entry=None, block=None):
@@ -550,6 +586,7 @@ def ledger_verify(*, chunk_size: int = 2000) -> VerifyResult:
                     created_at,
                     prev_hash,
                     reverses_id,
+                    memo,
                     stored,
                 ) = row
                 where = f"block #{block_sequence}, entry #{sequence}"
@@ -570,7 +607,10 @@ def ledger_verify(*, chunk_size: int = 2000) -> VerifyResult:
                     )
                 if prev_hash != prev:
                     return broken(f"{where}: previous-hash link is broken", entry=sequence, block=block_sequence)
-                canonical = _canonical(
+                if not _hash_matches(
+                    stored=stored,
+                    prev_hash=prev,
+                    memo=memo,
                     sequence=sequence,
                     idempotency_key=key,
                     kind=kind,
@@ -579,8 +619,7 @@ def ledger_verify(*, chunk_size: int = 2000) -> VerifyResult:
                     created_at=created_at,
                     legs=legs,
                     reverses_id=reverses_id,
-                )
-                if entry_hash(prev_hash=prev, canonical=canonical) != stored:
+                ):
                     return broken(f"{where}: content does not match its hash", entry=sequence, block=block_sequence)
                 for currency, total in entry_totals.items():
                     totals[currency] += total

@@ -754,6 +754,17 @@ def test_a_sale_entry_in_a_block_that_does_not_exist_fails_the_ledger_check(clie
     assert _written() == before
 
 
+def test_a_sale_entry_whose_memo_was_rewritten_fails_the_ledger_check(settled):
+    certificate = TransactionCertificate.objects.get()
+    sale = JournalEntry.objects.get(kind=JournalKind.SALE)
+    assert sale.memo  # settlement describes the sale; the hash covers what it says
+    with _ledger_writable() as cursor:
+        cursor.execute("UPDATE exchange_journalentry SET memo = %s WHERE id = %s", ["a gift, not a sale", sale.pk])
+    result = certificate_verify(document=certificate.document, signature=certificate.signature)
+    assert (result.signature_ok, result.ledger_ok, result.valid) == (True, False, False)
+    assert result.reasons == [f"Ledger entry #{sale.sequence} no longer matches its own hash: the ledger was altered."]
+
+
 def test_the_first_entry_of_a_block_must_follow_the_genesis_hash(settled):
     sale = JournalEntry.objects.get(kind=JournalKind.SALE)
     assert sale.position == 1 and sale.prev_hash == GENESIS_HASH

@@ -489,6 +489,7 @@ def test_a_tampered_but_balanced_entry_is_reported_by_its_hash():
     [
         ("UPDATE exchange_journalentry SET kind = 'refund' WHERE id = %s", ": content does not match its hash"),
         ("UPDATE exchange_journalentry SET idempotency_key = 'x' WHERE id = %s", ": content does not match its hash"),
+        ("UPDATE exchange_journalentry SET memo = 'rewritten' WHERE id = %s", ": content does not match its hash"),
         (
             "UPDATE exchange_journalentry SET created_at = created_at + interval '1 second' WHERE id = %s",
             ": content does not match its hash",
@@ -511,6 +512,30 @@ def test_tampered_entry_fields_are_reported_at_that_entry(sql, message):
         3,
         f"block #2, entry #{target.sequence}{message}",
     )
+
+
+def test_the_memo_is_hashed_and_entries_hashed_before_it_was_still_check():
+    entry = _post_blocks(1)[0][0]
+    entry.refresh_from_db()
+    content = {
+        "sequence": entry.sequence,
+        "idempotency_key": entry.idempotency_key,
+        "kind": entry.kind,
+        "order_id": None,
+        "payout_id": None,
+        "created_at": entry.created_at,
+        "legs": [(p.account.code, p.amount, p.currency) for p in entry.postings.select_related("account")],
+        "reverses_id": None,
+    }
+    with_memo = entry_hash(prev_hash=GENESIS_HASH, canonical=ledger_service._canonical(memo="", **content))
+    without = entry_hash(prev_hash=GENESIS_HASH, canonical=ledger_service._canonical(**content))
+    assert entry.entry_hash == with_memo != without  # written now: the memo (empty here) is covered
+    matches = ledger_service._hash_matches
+    assert matches(stored=with_memo, prev_hash=GENESIS_HASH, memo="", **content)
+    assert not matches(stored=with_memo, prev_hash=GENESIS_HASH, memo="rewritten", **content)
+    # An entry hashed before the memo was covered still checks, whatever its memo says.
+    assert matches(stored=without, prev_hash=GENESIS_HASH, memo="anything", **content)
+    assert not matches(stored=without, prev_hash=GENESIS_HASH, memo="", **{**content, "kind": "refund"})
 
 
 @pytest.mark.parametrize(
