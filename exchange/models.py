@@ -876,6 +876,53 @@ class SandboxTransfer(models.Model):
         return self.id
 
 
+class SandboxRefund(models.Model):
+    """The sandbox gateway's record of a refund it made, unique by idempotency key.
+
+    Refunds the exchange asks for carry the exchange's key (the id is derived
+    from it, "re_sbx_" + sha256(key)[:24], as before records were kept); refunds
+    the sandbox makes on its own (``emit_refund``, an admin's provider-side
+    refund) have no key of ours and leave it empty (NULL: any number of them,
+    never colliding with a key of ours). ``payment_intent`` is the payment as the
+    caller named it (a payment intent, or the checkout session of a payment
+    without one; empty when it named none).
+    """
+
+    id = models.CharField(verbose_name=_("id"), primary_key=True, max_length=60)
+    idempotency_key = models.CharField(
+        verbose_name=_("idempotency key"), max_length=150, unique=True, null=True, blank=True
+    )
+    payment_intent = models.CharField(verbose_name=_("payment intent"), max_length=120, blank=True)
+    order_public_id = models.UUIDField(verbose_name=_("order public id"), null=True, blank=True)
+    amount = models.PositiveBigIntegerField(verbose_name=_("amount"))
+    currency = models.CharField(verbose_name=_("currency"), max_length=3, blank=True)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("sandbox refund")
+        verbose_name_plural = _("sandbox refunds")
+
+    def __str__(self):
+        return self.id
+
+    @staticmethod
+    def records_since():
+        """When the sandbox began keeping refund records (its migration was applied), or None if unknown.
+
+        A refund the exchange created before then that has no record may or may
+        not have been made: the sandbox cannot tell.
+        """
+        from django.db import connection
+        from django.db.migrations.recorder import MigrationRecorder
+
+        return (
+            MigrationRecorder(connection)
+            .migration_qs.filter(app="exchange", name="0023_sandbox_refunds")
+            .values_list("applied", flat=True)
+            .first()
+        )
+
+
 class UsageRecord(models.Model):
     """One metered use of purchased data: a data API call (rows read) or a download.
 

@@ -1,12 +1,14 @@
 """The sandbox gateway: a payment provider inside the app, for the embedded default.
 
-It keeps its own records (checkout sessions, transfers) as a real provider
-would, serves a checkout page, and reports outcomes as Stripe-shaped events
-signed with the webhook secret and handed to the same ingestion function the
-webhook endpoint uses, so verification, deduplication and processing are
-exactly the production path. Admins can make it emit the provider-side events
-a real gateway would (refunds, disputes, renewals, failed renewals,
-cancellations) from the order admin.
+It keeps its own records (checkout sessions, transfers, refunds) as a real
+provider would and answers what it did under an idempotency key
+(``payout_lookup``, ``refund_lookup``), serves a checkout page, and reports
+outcomes as Stripe-shaped events signed with the webhook secret and handed to
+the same ingestion function the webhook endpoint uses, so verification,
+deduplication and processing are exactly the production path. Admins can
+make it emit the provider-side events a real gateway would (refunds, disputes,
+renewals, failed renewals, cancellations) from the order admin; a refund it
+makes that way is on its books too.
 """
 
 import hashlib
@@ -23,7 +25,7 @@ from django.utils import timezone
 from exchange.choices import SandboxSessionStatus
 from exchange.gateways.base import CheckoutSession, GatewayError, PaymentGateway
 from exchange.gateways.signing import sign_payload, verify_signature
-from exchange.models import SandboxCheckoutSession, SandboxTransfer
+from exchange.models import Refund, SandboxCheckoutSession, SandboxRefund, SandboxTransfer
 from listings.choices import BillingInterval, PlanKind
 
 _MODES = {PlanKind.SUBSCRIPTION: "subscription", PlanKind.METERED: "setup"}
@@ -70,9 +72,85 @@ class SandboxGateway(PaymentGateway):
             raise GatewayError("Idempotency key reused with different parameters.")
         return transfer.id
 
+    def payout_lookup(self, *, payout) -> str | None:
+        transfer = SandboxTransfer.objects.filter(idempotency_key=payout.idempotency_key).first()
+        if transfer is None:
+            return None  # the sandbox has kept every transfer it made since its first migration
+        if transfer.amount != payout.amount or transfer.currency != payout.currency:
+            raise GatewayError(
+                f"Transfer {transfer.id} was made under payout {payout.pk}'s key for "
+                f"{transfer.amount} {transfer.currency}, not {payout.amount} {payout.currency}."
+            )
+        return transfer.id
+
+    @staticmethod
+    def _charge_of(payment_id: str, idempotency_key: str) -> tuple[str, object]:
+        """(currency, order public id) of the payment a refund is for, as far as the sandbox can tell.
+
+        Its own checkout session first (by payment intent; by session id for a
+        payment without one). A renewal invoice's payment is not on its books (it
+        keeps no invoices, and the exchange names no payment for it), so the
+        currency is taken from the exchange's refund request under the same key,
+        a stand-in for the charge Stripe would look up. Neither: ("", None).
+        """
+        session = None
+        if payment_id:
+            session = (
+                SandboxCheckoutSession.objects.filter(payment_intent=payment_id).first()
+                or SandboxCheckoutSession.objects.filter(pk=payment_id).first()
+            )
+        if session is not None:
+            return session.currency, session.order_public_id
+        request = Refund.objects.filter(idempotency_key=idempotency_key).select_related("order").first()
+        if request is not None:
+            return request.currency, request.order.public_id
+        return "", None
+
     def refund_create(self, *, payment_id: str, amount: int, idempotency_key: str) -> str:
-        # Deterministic per key: a repeated call names the same refund, as Stripe's idempotency does.
-        return "re_sbx_" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:24]
+        # Deterministic per key, as before the sandbox kept records: a repeated call names the same refund (as
+        # Stripe's idempotency does), and refunds made before then keep recognisable ids.
+        refund_id = "re_sbx_" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:24]
+        refund = SandboxRefund.objects.filter(idempotency_key=idempotency_key).first()
+        if refund is None:
+            currency, order_public_id = self._charge_of(payment_id, idempotency_key)
+            refund, _ = SandboxRefund.objects.get_or_create(
+                idempotency_key=idempotency_key,
+                defaults={
+                    "id": refund_id,
+                    "payment_intent": payment_id,
+                    "order_public_id": order_public_id,
+                    "amount": amount,
+                    "currency": currency,
+                },
+            )
+        if refund.amount != amount or refund.payment_intent != payment_id:
+            raise GatewayError("Idempotency key reused with different parameters.")
+        return refund.id
+
+    def refund_lookup(self, *, refund, payment_id: str) -> str | None:
+        made = SandboxRefund.objects.filter(idempotency_key=refund.idempotency_key).first()
+        if made is None:
+            # Before its refund records the sandbox made a refund for every call and remembered none, so for a
+            # refund created before then, no record does not mean no refund: it cannot tell. From then on every
+            # refund it made is on its books, and no record means none was made.
+            since = SandboxRefund.records_since()
+            if since is not None and refund.created_at < since:
+                raise GatewayError(
+                    f"Refund {refund.pk} was created before the sandbox kept refund records "
+                    f"({since:%Y-%m-%d %H:%M} UTC): it cannot tell whether it made it."
+                )
+            return None
+        if (
+            made.amount != refund.amount
+            or made.payment_intent != payment_id
+            or (made.currency and made.currency != refund.currency)
+        ):
+            raise GatewayError(
+                f"Refund {made.id} was made under refund {refund.pk}'s key for {made.amount} "
+                f"{made.currency or '(currency unknown)'} of payment {made.payment_intent or '(none named)'}, "
+                f"not {refund.amount} {refund.currency} of {payment_id or '(none named)'}."
+            )
+        return made.id
 
     # --- the sandbox's own "provider side" --------------------------------
 
@@ -137,7 +215,17 @@ class SandboxGateway(PaymentGateway):
         return {"payment_intent": order.gateway_payment_id or None, "metadata": {"order_id": str(order.public_id)}}
 
     def emit_refund(self, *, order, amount: int, reason: str = "requested_by_customer"):
-        refund = {"id": f"re_sbx_{secrets.token_hex(12)}", "amount": amount, "reason": reason}
+        # The sandbox refunds on its own (as in a provider's dashboard): on its books first, then reported. No key
+        # of ours names it, so its key is left empty.
+        made = SandboxRefund.objects.create(
+            id=f"re_sbx_{secrets.token_hex(12)}",
+            idempotency_key=None,
+            payment_intent=order.gateway_payment_id or "",
+            order_public_id=order.public_id,
+            amount=amount,
+            currency=order.currency,
+        )
+        refund = {"id": made.id, "amount": amount, "reason": reason}
         obj = {
             "id": f"ch_sbx_{order.public_id.hex[:16]}",
             "object": "charge",

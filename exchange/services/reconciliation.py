@@ -5,12 +5,14 @@ the order with the same amount and currency, and every completed payment
 session must have its PAYMENT entry; every PAYOUT_SENT entry must have the
 SandboxTransfer made under its payout's idempotency key (same id as the
 payout's gateway reference, amount and currency) and every transfer its
-entry. The sandbox keeps no refund or dispute records of its own (its refund
-ids are derived from the idempotency key), so refunds and disputes cannot be
-reconciled with it and the report says so: REFUND entries of refunds the
-exchange asked for are only checked against the exchange's own refund request
-and that derivation (a difference is listed, a match not counted); DISPUTE and
-DISPUTE_WON entries are counted in a note, unchecked.
+entry. Every REFUND entry must have the SandboxRefund its refund's gateway
+refund id names (same amount and currency), whether the exchange asked for the
+refund or the sandbox made it on its own and reported it, and every
+SandboxRefund its entry. Refunds the exchange created before the sandbox kept
+refund records (its migration's time, ``SandboxRefund.records_since``) and
+that have none are not differences: they are counted in a note, unchecked
+(no records are made up for them). The sandbox keeps no dispute records:
+DISPUTE and DISPUTE_WON entries are counted in a note, unchecked.
 
 Stripe: the platform's balance transactions (listed through the SDK,
 auto-paging, source expanded) are matched to PAYMENT entries by payment intent
@@ -34,7 +36,6 @@ A difference names its reference on both sides; an empty difference list
 means the two agree.
 """
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -44,7 +45,15 @@ from django.db.models import Q
 from django.utils import timezone
 
 from exchange.choices import AccountKind, JournalKind, SandboxSessionStatus
-from exchange.models import Dispute, JournalEntry, Posting, Refund, SandboxCheckoutSession, SandboxTransfer
+from exchange.models import (
+    Dispute,
+    JournalEntry,
+    Posting,
+    Refund,
+    SandboxCheckoutSession,
+    SandboxRefund,
+    SandboxTransfer,
+)
 
 MISSING_IN_LEDGER = "missing_in_ledger"
 MISSING_AT_GATEWAY = "missing_at_gateway"
@@ -110,18 +119,24 @@ def _entry_amounts(entries, *, account_kind: str, sign: int) -> dict[int, tuple[
     return amounts
 
 
-def _compare(
-    report, *, what, reference, ledger: tuple[int, str] | None, gateway: tuple[int, str] | None, count: bool = True
-):
-    """Add the difference between the two sides to ``report``, if any; else count a match (when ``count``)."""
+def _compare(report, *, what, reference, ledger: tuple[int, str] | None, gateway: tuple[int, str] | None):
+    """Add the difference between the two sides to ``report``, if any; else count a match."""
     if ledger is None:
         report.differences.append(Difference(MISSING_IN_LEDGER, what, reference, "", _money(*gateway)))
     elif gateway is None:
         report.differences.append(Difference(MISSING_AT_GATEWAY, what, reference, _money(*ledger), ""))
     elif (ledger[0], ledger[1].upper()) != (gateway[0], gateway[1].upper()):
         report.differences.append(Difference(AMOUNT_MISMATCH, what, reference, _money(*ledger), _money(*gateway)))
-    elif count:
+    else:
         report.matched += 1
+
+
+def _refund_booked(gateway_refund_id: str) -> bool:
+    """Whether the ledger holds a REFUND entry (of any date) of a refund naming ``gateway_refund_id``."""
+    pks = Refund.objects.filter(gateway_refund_id=gateway_refund_id).values_list("pk", flat=True)
+    return JournalEntry.objects.filter(
+        kind=JournalKind.REFUND, idempotency_key__in=[f"refund:{pk}" for pk in pks]
+    ).exists()
 
 
 def _reconcile_sandbox(report: ReconciliationReport, since: datetime | None) -> None:
@@ -191,33 +206,44 @@ def _reconcile_sandbox(report: ReconciliationReport, since: datetime | None) -> 
             gateway=gateway,
         )
 
-    # The sandbox keeps no refund records (its refund ids are derived from the refund's key), so refunds cannot be
-    # reconciled with it. What can be checked is listed as a difference, but not counted as matched: the ledger
-    # against the exchange's own refund request, and the id against the one the sandbox derives from its key.
+    # Refunds: REFUND entries against the sandbox's refund records, joined on the refund's gateway refund id (the
+    # one the sandbox returned to the exchange's request, or named in its own report of a refund it made).
     refunds = _ledger_entries(kind=JournalKind.REFUND, since=since).filter(order__gateway="sandbox")
     refunded = _entry_amounts(refunds, account_kind=AccountKind.GATEWAY_CLEARING, sign=-1)
     entry_by_refund = {
-        int(key.split(":", 1)[1]): entry_id
-        for entry_id, key in refunds.values_list("pk", "idempotency_key")
-        if key.startswith("refund:")
+        pk: entry_id for entry_id, key in refunds.values_list("pk", "idempotency_key") if (pk := _key_pk(key, "refund"))
     }
-    requested = reported = 0
+    ledger_by_id: dict[str, tuple[int, str]] = {}
+    created_by_id: dict[str, datetime] = {}  # when the exchange created the (first) refund naming the id
     for refund in Refund.objects.filter(pk__in=list(entry_by_refund)).order_by("pk"):
-        if refund.source == "gateway":
-            reported += 1
-            continue
-        if not refund.gateway_refund_id:
+        refund_id = refund.gateway_refund_id
+        if not refund_id:
             continue  # a free order's refund never reached the gateway
-        expected = "re_sbx_" + hashlib.sha256(refund.idempotency_key.encode()).hexdigest()[:24]
-        ledger = refunded.get(entry_by_refund[refund.pk])
-        gateway = (refund.amount, refund.currency) if refund.gateway_refund_id == expected else None
-        _compare(report, what="refund", reference=refund.gateway_refund_id, ledger=ledger, gateway=gateway, count=False)
-        requested += 1
-    report.notes.append(
-        f"Refunds are not reconciled with the sandbox: it keeps no refund records. {requested} refund(s) the exchange "
-        "requested were only checked against its own refund requests and the refund id the sandbox derives from "
-        f"their key (not counted as matched); {reported} refund(s) the sandbox reported itself cannot be checked."
-    )
+        amount, currency = refunded.get(entry_by_refund[refund.pk], (0, refund.currency))
+        total, _ = ledger_by_id.get(refund_id, (0, currency))
+        ledger_by_id[refund_id] = (total + amount, currency)
+        created_by_id[refund_id] = min(refund.created_at, created_by_id.get(refund_id, refund.created_at))
+    records = SandboxRefund.objects.all()
+    if since is not None:
+        records = records.filter(Q(created_at__gte=since) | Q(id__in=list(ledger_by_id)))
+    gateway_by_id = {r.id: (r.amount, r.currency) for r in records}
+    records_since = SandboxRefund.records_since()
+    unrecorded = 0
+    for refund_id in sorted(set(ledger_by_id) | set(gateway_by_id)):
+        ledger, gateway = ledger_by_id.get(refund_id), gateway_by_id.get(refund_id)
+        if ledger is None and since is not None and _refund_booked(refund_id):
+            continue  # booked before ``since``: outside this report
+        if (
+            gateway is None
+            and refund_id.startswith("re_sbx_")
+            and records_since is not None
+            and created_by_id[refund_id] < records_since
+        ):
+            unrecorded += 1  # made before the sandbox kept refund records: it cannot say
+            continue
+        _compare(report, what="refund", reference=refund_id, ledger=ledger, gateway=gateway)
+    if unrecorded:
+        report.notes.append(f"{unrecorded} refund(s) made before the sandbox kept refund records were not checked.")
 
     # Disputes: the sandbox emits dispute events but keeps no dispute records to compare the ledger with.
     disputes = _ledger_entries(kind=JournalKind.DISPUTE, since=since).filter(order__gateway="sandbox").count()

@@ -9,6 +9,8 @@ from io import StringIO
 import pytest
 import time_machine
 from django.core.management import CommandError, call_command
+from django.db import connection
+from django.db.migrations.recorder import MigrationRecorder
 from django.urls import reverse
 
 from exchange.gateways.sandbox import SandboxGateway
@@ -20,6 +22,7 @@ from exchange.models import (
     Posting,
     Refund,
     SandboxCheckoutSession,
+    SandboxRefund,
     SandboxTransfer,
 )
 from exchange.services.orders import order_checkout_start, order_confirm_receipt, order_create
@@ -69,15 +72,12 @@ def _snapshot():
         Posting.objects.count(),
         Payout.objects.count(),
         SandboxTransfer.objects.count(),
+        list(SandboxRefund.objects.order_by("pk").values_list()),
         list(SandboxCheckoutSession.objects.order_by("pk").values_list("pk", "amount")),
     )
 
 
-SANDBOX_REFUNDS_NOTE = (
-    "Refunds are not reconciled with the sandbox: it keeps no refund records. {requested} refund(s) the exchange "
-    "requested were only checked against its own refund requests and the refund id the sandbox derives from their "
-    "key (not counted as matched); {reported} refund(s) the sandbox reported itself cannot be checked."
-)
+SANDBOX_UNRECORDED_NOTE = "{count} refund(s) made before the sandbox kept refund records were not checked."
 SANDBOX_DISPUTES_NOTE = (
     "Disputes are not checked: the sandbox keeps no dispute records "
     "({disputes} dispute entries and {won} dispute-won entries in the ledger not checked)."
@@ -86,19 +86,18 @@ SANDBOX_DISPUTES_NOTE = (
 
 def test_sandbox_ledger_and_gateway_agree(trades):
     report = reconciliation_report(gateway="sandbox")
-    # 2 payments, 2 payouts; the refund is checked but cannot be matched with a sandbox record.
-    assert (report.ok, report.matched, report.differences) == (True, 4, [])
-    assert report.notes == [
-        SANDBOX_REFUNDS_NOTE.format(requested=1, reported=0),
-        SANDBOX_DISPUTES_NOTE.format(disputes=0, won=0),
-    ]
+    # 2 payments, 2 payouts and the refund, matched with the sandbox's record of it.
+    assert (report.ok, report.matched, report.differences) == (True, 5, [])
+    assert report.notes == [SANDBOX_DISPUTES_NOTE.format(disputes=0, won=0)]
     out = StringIO()
     call_command("reconcile", stdout=out)
-    assert out.getvalue().splitlines()[0] == "Reconciliation with sandbox: 4 matched."
+    assert out.getvalue().splitlines()[0] == "Reconciliation with sandbox: 5 matched."
     assert out.getvalue().splitlines()[-1] == "No differences."
 
 
-def test_sandbox_report_says_disputes_and_reported_refunds_are_not_checked(trades, django_capture_on_commit_callbacks):
+def test_sandbox_matches_the_refunds_it_reported_and_says_disputes_are_not_checked(
+    trades, django_capture_on_commit_callbacks
+):
     _, second = trades
     gateway = SandboxGateway()
     with django_capture_on_commit_callbacks(execute=True):
@@ -110,12 +109,12 @@ def test_sandbox_report_says_disputes_and_reported_refunds_are_not_checked(trade
     with django_capture_on_commit_callbacks(execute=True):
         gateway.emit_refund(order=Order.objects.get(pk=second.pk), amount=100)
     assert JournalEntry.objects.filter(kind__in=["dispute", "dispute_won"]).count() == 2
+    reported = Refund.objects.get(source="gateway")
+    assert SandboxRefund.objects.get(idempotency_key=None).id == reported.gateway_refund_id
     report = reconciliation_report(gateway="sandbox")
-    assert (report.ok, report.matched) == (True, 4)
-    assert report.notes == [
-        SANDBOX_REFUNDS_NOTE.format(requested=1, reported=1),
-        SANDBOX_DISPUTES_NOTE.format(disputes=1, won=1),
-    ]
+    # The refund the exchange asked for and the one the sandbox made on its own are both matched.
+    assert (report.ok, report.matched) == (True, 6)
+    assert report.notes == [SANDBOX_DISPUTES_NOTE.format(disputes=1, won=1)]
 
 
 def test_a_transfer_without_a_payout_entry_is_exactly_the_difference(trades, merchant):
@@ -124,7 +123,7 @@ def test_a_transfer_without_a_payout_entry_is_exactly_the_difference(trades, mer
     )
     before = _snapshot()
     report = reconciliation_report(gateway="sandbox")
-    assert report.matched == 4
+    assert report.matched == 5
     assert report.differences == [Difference(MISSING_IN_LEDGER, "payout", "tr_sbx_stray", "", "500 CNY")]
     out = StringIO()
     with pytest.raises(CommandError) as exc:
@@ -138,7 +137,7 @@ def test_a_session_whose_amount_differs_is_exactly_the_difference(trades):
     first, _ = trades
     SandboxCheckoutSession.objects.filter(pk=first.gateway_session_id).update(amount=1000)
     report = reconciliation_report(gateway="sandbox")
-    assert report.matched == 3
+    assert report.matched == 4
     assert report.differences == [
         Difference(AMOUNT_MISMATCH, "payment", first.gateway_session_id, "1234 CNY", "1000 CNY")
     ]
@@ -155,13 +154,85 @@ def test_a_payout_entry_whose_transfer_is_gone_is_missing_at_the_gateway(trades)
     ]
 
 
-def test_a_refund_whose_entry_differs_from_its_request_is_still_listed(trades):
+def test_a_refund_whose_record_differs_is_exactly_the_difference(trades):
     refund = Refund.objects.get()
-    # The sandbox keeps no refunds: the exchange's own request is all there is to check the ledger against.
-    Refund.objects.filter(pk=refund.pk).update(amount=300)
+    SandboxRefund.objects.filter(pk=refund.gateway_refund_id).update(amount=300)
+    before = _snapshot()
     report = reconciliation_report(gateway="sandbox")
     assert report.matched == 4
     assert report.differences == [Difference(AMOUNT_MISMATCH, "refund", refund.gateway_refund_id, "200 CNY", "300 CNY")]
+    assert _snapshot() == before
+
+
+def test_a_refund_the_sandbox_made_that_the_ledger_never_booked_is_missing_in_the_ledger(trades):
+    _, second = trades
+    # The sandbox refunded, but the exchange never heard: the answer was lost and the refund request never made.
+    made = SandboxGateway().refund_create(payment_id=second.gateway_payment_id, amount=150, idempotency_key="lost")
+    before = _snapshot()
+    report = reconciliation_report(gateway="sandbox")
+    assert report.matched == 5
+    assert report.differences == [Difference(MISSING_IN_LEDGER, "refund", made, "", "150 CNY")]
+    out = StringIO()
+    with pytest.raises(CommandError):
+        call_command("reconcile", stdout=out)
+    assert f"missing_in_ledger refund {made}: ledger [-] gateway [150 CNY]" in out.getvalue().splitlines()
+    assert _snapshot() == before
+
+
+@pytest.mark.parametrize("reported", [False, True], ids=["requested", "reported by the sandbox"])
+def test_a_ledger_refund_whose_record_is_gone_is_missing_at_the_gateway(
+    trades, django_capture_on_commit_callbacks, reported
+):
+    first, _ = trades
+    if reported:
+        with django_capture_on_commit_callbacks(execute=True):
+            SandboxGateway().emit_refund(order=Order.objects.get(pk=first.pk), amount=100)
+    refund = Refund.objects.order_by("pk").last()
+    assert refund.source == ("gateway" if reported else "admin")
+    SandboxRefund.objects.filter(pk=refund.gateway_refund_id).delete()
+    before = _snapshot()
+    report = reconciliation_report(gateway="sandbox")
+    assert report.matched == (5 if reported else 4)
+    assert report.differences == [
+        Difference(MISSING_AT_GATEWAY, "refund", refund.gateway_refund_id, f"{refund.amount} CNY", "")
+    ]
+    assert report.notes == [SANDBOX_DISPUTES_NOTE.format(disputes=0, won=0)]
+    assert _snapshot() == before
+
+
+def test_refunds_made_before_the_sandbox_kept_records_are_noted_not_reported(
+    trades, django_capture_on_commit_callbacks
+):
+    first, _ = trades
+    with django_capture_on_commit_callbacks(execute=True):
+        SandboxGateway().emit_refund(order=Order.objects.get(pk=first.pk), amount=100)
+    # Both refunds were made by the sandbox of before its refund records: it remembers neither.
+    SandboxRefund.objects.all().delete()
+    MigrationRecorder(connection).migration_qs.filter(app="exchange", name="0023_sandbox_refunds").update(
+        applied=Refund.objects.order_by("created_at").last().created_at + timedelta(seconds=1)
+    )
+    before = _snapshot()
+    report = reconciliation_report(gateway="sandbox")
+    assert (report.ok, report.matched, report.differences) == (True, 4, [])
+    assert report.notes == [
+        SANDBOX_UNRECORDED_NOTE.format(count=2),
+        SANDBOX_DISPUTES_NOTE.format(disputes=0, won=0),
+    ]
+    assert _snapshot() == before  # no records made up for them
+
+
+def test_a_refund_recorded_just_before_since_and_booked_after_it_is_matched(trades):
+    refund = Refund.objects.get()
+    entry = JournalEntry.objects.get(idempotency_key=f"refund:{refund.pk}")
+    since = entry.created_at  # everything else was booked before the refund
+    SandboxRefund.objects.filter(pk=refund.gateway_refund_id).update(created_at=since - timedelta(seconds=1))
+    report = reconciliation_report(gateway="sandbox", since=since)
+    assert (report.ok, report.matched, report.differences) == (True, 1, [])  # the refund only
+    # And a record from ``since`` on whose refund was booked before it belongs to an earlier report.
+    later = entry.created_at + timedelta(seconds=1)
+    SandboxRefund.objects.filter(pk=refund.gateway_refund_id).update(created_at=later + timedelta(seconds=1))
+    report = reconciliation_report(gateway="sandbox", since=later)
+    assert (report.ok, report.matched, report.differences) == (True, 0, [])
 
 
 def test_since_bounds_the_report(trades, merchant):
@@ -197,7 +268,7 @@ def test_staff_page_lists_the_differences(trades, merchant, client, staff):
     response = client.get(reverse("statements:reconciliation"), {"gateway": "sandbox"})
     assert response.status_code == 200
     html = response.content.decode()
-    assert "sandbox: 4 matched, 1 difference" in html
+    assert "sandbox: 5 matched, 1 difference" in html
     assert "Disputes are not checked: the sandbox keeps no dispute records" in html
     assert "<td>missing_in_ledger</td><td>payout</td><td><code>tr_sbx_stray</code></td>" in html
     bad = client.get(reverse("statements:reconciliation"), {"since": "soon"})
