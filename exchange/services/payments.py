@@ -28,6 +28,7 @@ from exchange.choices import (
     JournalKind,
     OrderStatus,
     PaymentEventStatus,
+    RefundStatus,
     SubscriptionStatus,
 )
 from exchange.gateways import SignatureError, get_gateway
@@ -504,20 +505,47 @@ def _on_checkout_expired(event: PaymentEvent) -> str:
     return "order expired"
 
 
+def _record_reported_refund(order: Order, item: dict) -> Refund | None:
+    return refund_record_from_gateway(
+        order=order,
+        gateway_refund_id=str(item.get("id")),
+        amount=int(item.get("amount") or 0),
+        reason=str(item.get("reason") or "refunded at the gateway"),
+        idempotency_key=str((item.get("metadata") or {}).get("idempotency_key") or ""),
+    )
+
+
 def _on_charge_refunded(event: PaymentEvent) -> str:
+    """The charge with its refunds listed (the sandbox; Stripe before API version 2022-11-15, or with the refunds
+    expanded). Newer Stripe versions list none here and report each refund as ``refund.created`` instead."""
     obj = _object(event)
     order = _order_for_charge(event)
     refunds = (obj.get("refunds") or {}).get("data") or []
-    booked = 0
-    for item in refunds:
-        if refund_record_from_gateway(
-            order=order,
-            gateway_refund_id=str(item.get("id")),
-            amount=int(item.get("amount") or 0),
-            reason=str(item.get("reason") or "refunded at the gateway"),
-        ):
-            booked += 1
+    booked = sum(1 for item in refunds if _record_reported_refund(order, item))
     return f"{booked} new refund(s) booked"
+
+
+# A refund in these states has gone back, or is going back, to the buyer; "failed" and "canceled" ones have not.
+REFUND_MADE_STATES = {"succeeded", "pending", "requires_action"}
+
+
+def _on_refund_created(event: PaymentEvent) -> str:
+    """Stripe's report of one refund (``refund.created``, ``refund.updated``): ours echoed back, one whose answer
+    was lost, or one made in the dashboard. Booked once, whichever report comes first."""
+    obj = _object(event)
+    order = _order_for_charge(event)
+    status = str(obj.get("status") or "")
+    if status not in REFUND_MADE_STATES:
+        booked = Refund.objects.filter(gateway_refund_id=str(obj.get("id")), status=RefundStatus.SUCCEEDED).exists()
+        if booked:  # failed at the buyer's bank after it was made: the event fails, for staff to see and review
+            raise EventPermanentError(
+                f"Refund {obj.get('id')} of order {order.reference} is {status} at the gateway after it was booked "
+                "as made: the money did not go back to the buyer. The exchange does not reverse a booked refund by "
+                "itself; review it."
+            )
+        return f"refund {obj.get('id')} is {status}: nothing booked"
+    refund = _record_reported_refund(order, obj)
+    return f"refund {refund.pk} booked" if refund else "refund already booked"
 
 
 def _on_dispute_created(event: PaymentEvent) -> str:
@@ -632,6 +660,8 @@ HANDLERS: dict[str, Callable[[PaymentEvent], str]] = {
     "checkout.session.async_payment_failed": _on_checkout_failed,
     "checkout.session.expired": _on_checkout_expired,
     "charge.refunded": _on_charge_refunded,
+    "refund.created": _on_refund_created,
+    "refund.updated": _on_refund_created,
     "charge.dispute.created": _on_dispute_created,
     "charge.dispute.closed": _on_dispute_closed,
     "invoice.paid": _on_invoice_paid,

@@ -16,9 +16,17 @@ refund stays PENDING, its amount reserved and its order out of settlement, and
 is sent again with the same idempotency key, so the gateway refunds once: by
 staff submitting the same form again (``order_refund`` with the same key), and
 by the beat sweep ``refunds_retry_pending``. When the gateway did refund but
-the answer was lost, its ``charge.refunded`` webhook settles the matter too:
+the answer was lost, its report settles the matter too (Stripe's
+``refund.created``, or ``charge.refunded`` with its refunds listed):
 ``refund_record_from_gateway`` books the reported refund as that PENDING
 refund instead of as a second one.
+
+A refund still PENDING after REFUND_RETRY_MAX_AGE_SECONDS (under Stripe's
+24-hour memory of idempotency keys) is never sent again, since an expired key
+could refund the buyer twice. The sweep asks the gateway instead whether it
+made a refund under the refund's key (``refund_settle_by_lookup``) and books
+what it shows; when the gateway cannot tell, the refund is held for review and
+staff record what they find (``refund_resolve``).
 """
 
 import logging
@@ -299,8 +307,10 @@ def refund_execute(*, refund_pk: int, via: str = "") -> Refund:
         # Whoever asks (staff submitting it again, a delivery failure, a late task), it is not sent again.
         raise RefundConflict(
             f"Refund {refund.pk} has been pending since {refund.created_at:%Y-%m-%d %H:%M} UTC, longer than the "
-            "gateway keeps its idempotency key, so sending it again could refund the buyer twice. Look it up at "
-            "the gateway and record what you find on the refund's admin page (Record what the gateway shows).",
+            "gateway keeps its idempotency key, so sending it again could refund the buyer twice. Every few "
+            "minutes the exchange asks the gateway whether it made it and books what it shows; when the gateway "
+            "cannot tell (the refund's error says why), look it up there and record what you find on the refund's "
+            "admin page (Record what the gateway shows).",
             code="refund_held",
         )
     order = refund.order
@@ -338,6 +348,33 @@ def refund_execute(*, refund_pk: int, via: str = "") -> Refund:
     return locked
 
 
+def _book_held(*, refund: Refund, order: Order, gateway_refund_id: str | None, how: str, actor=None) -> None:
+    """Book a refund held for review as the gateway shows it (refund and order locked): made, with the gateway's
+    refund id (``""`` when there was nothing to send: a free order), or not made (None). Audited."""
+    if gateway_refund_id is not None:
+        refund.gateway_refund_id = gateway_refund_id[:120]
+        found = f"refund {gateway_refund_id} found at the gateway" if gateway_refund_id else "nothing to return"
+        _apply_refund(refund=refund, order=order, reason=found + how, actor=actor)
+    else:
+        _fail_refund(
+            refund=refund,
+            order_pk=order.pk,
+            error="no refund found at the gateway" + how,
+            reason="not made: no refund found at the gateway" + how,
+            actor=actor,
+        )
+    audit_record(
+        action="refund_resolved",
+        actor=actor,
+        obj=refund,
+        amount=refund.amount,
+        currency=refund.currency,
+        outcome="made" if gateway_refund_id is not None else "not made",
+        gateway_refund_id=gateway_refund_id or "",
+        resolved_by="staff" if actor is not None else "gateway lookup",
+    )
+
+
 def refund_resolve(*, refund_pk: int, gateway_refund_id: str = "", actor=None) -> Refund:
     """Record what staff found at the gateway for a refund held for review (pending past its key memory).
 
@@ -357,32 +394,57 @@ def refund_resolve(*, refund_pk: int, gateway_refund_id: str = "", actor=None) -
                 code="refund_not_held",
             )
         order = Order.objects.select_for_update().get(pk=refund.order_id)
-        if gateway_refund_id:
-            refund.gateway_refund_id = gateway_refund_id[:120]
-            _apply_refund(
-                refund=refund, order=order, reason=f"refund {gateway_refund_id} found at the gateway", actor=actor
-            )
-            outcome = "made"
-        else:
-            _fail_refund(
-                refund=refund,
-                order_pk=order.pk,
-                error="no refund found at the gateway",
-                reason="not made: no refund found at the gateway",
-                actor=actor,
-            )
-            outcome = "not made"
-        audit_record(
-            action="refund_resolved",
-            actor=actor,
-            obj=refund,
-            amount=refund.amount,
-            currency=refund.currency,
-            outcome=outcome,
-            gateway_refund_id=gateway_refund_id,
-        )
+        _book_held(refund=refund, order=order, gateway_refund_id=gateway_refund_id or None, how="", actor=actor)
     refund.refresh_from_db()
     return refund
+
+
+HELD_FOR_REVIEW = "Held for review: "
+
+
+def refund_settle_by_lookup(*, refund_pk: int, now=None) -> Refund:
+    """A refund held for review (PENDING past REFUND_RETRY_MAX_AGE_SECONDS): ask the gateway, and book what it shows.
+
+    The gateway is asked which refund, if any, it made under the refund's
+    idempotency key (``refund_lookup``; Stripe's refunds carry the key in
+    their metadata). One it made: SUCCEEDED with its id and booked. None:
+    every attempt used that key while the gateway still knew it, so no
+    refund was made; FAILED, its amount no longer reserved. The gateway
+    cannot tell (unreachable, or a refund of the payment it cannot place):
+    still held, the reason recorded as the refund's error, for staff. Any
+    other refund is returned as it is. Safe to run twice and alongside
+    itself: the booking locks the order and the refund and checks again.
+    """
+    refund = Refund.objects.select_related("order").get(pk=refund_pk)
+    if refund.status != RefundStatus.PENDING or not refund_key_expired(refund, now=now):
+        return refund
+    order = refund.order
+    try:
+        made = (
+            get_gateway(order.gateway).refund_lookup(
+                refund=refund, payment_id=order.gateway_payment_id or order.gateway_session_id or ""
+            )
+            if order.amount
+            else ""  # a free order's refund never reaches the gateway
+        )
+    except GatewayError as exc:
+        error = f"{HELD_FOR_REVIEW}the gateway could not say whether it made this refund: {exc}"[:2000]
+        Refund.objects.filter(pk=refund.pk, status=RefundStatus.PENDING).update(error=error)
+        log.error("refund %s held for review: %s", refund.pk, exc)
+        refund.refresh_from_db()
+        return refund
+    with transaction.atomic():
+        locked_order = Order.objects.select_for_update().get(pk=order.pk)
+        locked = Refund.objects.select_for_update().get(pk=refund.pk)
+        if locked.status == RefundStatus.PENDING:
+            _book_held(
+                refund=locked,
+                order=locked_order,
+                gateway_refund_id=made,
+                how=" (looked up after its idempotency key may have expired)",
+            )
+    locked.refresh_from_db()
+    return locked
 
 
 def _why(reason: str, via: str) -> str:
@@ -400,10 +462,12 @@ def refunds_retry_pending(*, older_than_seconds: int, max_age_seconds: int, batc
     next sweep. Safe to run twice, and alongside itself: a refund no longer
     PENDING is skipped, and one another process is retrying is left to it.
 
-    Older refunds are not retried automatically: Stripe keeps an idempotency
-    key for 24 hours only, after which a retry could refund twice. They are
-    reported under ``too_old`` (and logged) for staff to check in the
-    gateway's dashboard.
+    Older refunds are never sent again: Stripe keeps an idempotency key for
+    24 hours only, after which a retry could refund twice. The gateway is
+    asked instead what it made for them (``refund_settle_by_lookup``, at most
+    ``batch``): booked as made (``found_at_gateway``) or failed as not made
+    (``not_at_gateway``). Those the gateway cannot tell about are reported
+    under ``too_old`` (and logged) for staff to check in its dashboard.
     """
     now = now or timezone.now()
     pending = Refund.objects.filter(status=RefundStatus.PENDING)
@@ -430,10 +494,20 @@ def refunds_retry_pending(*, older_than_seconds: int, max_age_seconds: int, batc
             outcome["succeeded"].append(refund_pk)
         elif refund.status == RefundStatus.FAILED:
             outcome["failed"].append(refund_pk)
-    outcome["too_old"] = sorted(
-        set(outcome["too_old"])
-        | set(pending.filter(created_at__lte=now - timedelta(seconds=max_age_seconds)).values_list("pk", flat=True))
+    too_old = set(outcome["too_old"]) | set(
+        pending.filter(created_at__lte=now - timedelta(seconds=max_age_seconds)).values_list("pk", flat=True)
     )
+    outcome.update(found_at_gateway=[], not_at_gateway=[], too_old=[])
+    for refund_pk in sorted(too_old):
+        with _retry_claim(refund_pk) as claimed:
+            refund = refund_settle_by_lookup(refund_pk=refund_pk, now=now) if claimed and batch > 0 else None
+        batch -= 1
+        if refund is not None and refund.status == RefundStatus.SUCCEEDED:
+            outcome["found_at_gateway"].append(refund_pk)
+        elif refund is not None and refund.status == RefundStatus.FAILED:
+            outcome["not_at_gateway"].append(refund_pk)
+        else:
+            outcome["too_old"].append(refund_pk)
     if outcome["too_old"]:
         log.error(
             "refunds %s pending for over %s seconds are no longer retried automatically; check them at the gateway",
@@ -443,37 +517,41 @@ def refunds_retry_pending(*, older_than_seconds: int, max_age_seconds: int, batc
     return outcome
 
 
-def refund_record_from_gateway(*, order: Order, gateway_refund_id: str, amount: int, reason: str) -> Refund | None:
+def refund_record_from_gateway(
+    *, order: Order, gateway_refund_id: str, amount: int, reason: str, idempotency_key: str = ""
+) -> Refund | None:
     """A refund the gateway reports (made in its dashboard, or ours echoed back): book it once.
 
     Call with the order row locked. Returns None when it is already known.
 
     A refund of ours whose gateway answer was lost (a timeout after the
     gateway had refunded) is still PENDING, without the gateway's refund id,
-    and its amount is already reserved on the order. Neither gateway tells
-    which of our refunds a reported one answers (Stripe's refund carries no
-    metadata of ours, the sandbox's none at all), so a PENDING refund of this
-    order for the same amount, the oldest first, is taken to be it: it
-    succeeds with the reported id and is booked, instead of a second refund
-    being created (which would reserve the amount twice).
+    and its amount is already reserved on the order; it is booked with the
+    reported id instead of a second refund being created (which would
+    reserve the amount twice). Stripe's refunds carry our refund's
+    ``idempotency_key`` in their metadata, which names the PENDING refund
+    exactly. A report without it (the sandbox's, or a Stripe refund made
+    before refunds carried their key) is taken to answer a PENDING refund of
+    this order for the same amount, the oldest first. A report carrying a
+    key of ours that is no longer pending (the refund was recorded as not
+    made) is a refund of its own: the money did go back.
     """
     if Refund.objects.filter(gateway_refund_id=gateway_refund_id).exists():
         return None
-    if amount > 0:
-        pending = (
-            Refund.objects.select_for_update()
-            .filter(order=order, status=RefundStatus.PENDING, amount=amount)
-            .order_by("created_at", "pk")
-            .first()
+    pending = Refund.objects.select_for_update().filter(order=order, status=RefundStatus.PENDING, amount=amount)
+    if idempotency_key:
+        pending, matched = pending.filter(idempotency_key=idempotency_key), "its idempotency key"
+    else:
+        pending, matched = pending.order_by("created_at", "pk"), "order and amount"
+    pending = pending.first() if amount > 0 else None
+    if pending is not None:
+        pending.gateway_refund_id = gateway_refund_id
+        _apply_refund(
+            refund=pending,
+            order=order,
+            reason=f"gateway refund {gateway_refund_id}, reported by the gateway (matched by {matched})",
         )
-        if pending is not None:
-            pending.gateway_refund_id = gateway_refund_id
-            _apply_refund(
-                refund=pending,
-                order=order,
-                reason=f"gateway refund {gateway_refund_id}, reported by the gateway (matched by order and amount)",
-            )
-            return pending
+        return pending
     remaining = order.amount - order.refunded_amount
     amount = min(amount, remaining)
     if amount <= 0:

@@ -5,7 +5,8 @@ lost (the broker was down when the run finished). The sweep (beat, ``payout_swee
 send locks the payout and reuses its idempotency key, so sweeping twice, or alongside the original task, makes
 one transfer. A Stripe payout older than Stripe's idempotency window is never sent again: the gateway is asked
 whether it made the transfer and the payout is booked accordingly; when it cannot tell, the payout is held for
-review and staff record what the gateway shows. The sandbox gateway keeps its transfers (``SandboxTransfer``) as a provider would.
+review and staff record what the gateway shows. The sandbox gateway keeps its transfers (``SandboxTransfer``) as
+a provider would.
 """
 
 import re

@@ -17,11 +17,12 @@ from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
 
+from audit.models import AuditEvent
 from exchange import tasks
 from exchange.choices import AccountKind, EntitlementStatus, JournalKind, OrderStatus, RefundStatus
 from exchange.gateways import GatewayError
 from exchange.gateways.sandbox import SandboxGateway
-from exchange.models import Entitlement, JournalEntry, Order, Posting, Refund
+from exchange.models import Entitlement, JournalEntry, Order, Posting, Refund, SandboxRefund
 from exchange.services.ledger import ledger_verify
 from exchange.services.orders import (
     OrderTransitionError,
@@ -82,7 +83,8 @@ def _moves(refund):
 
 
 def _sandbox_refund_id(key):
-    return SandboxGateway().refund_create(payment_id="", amount=0, idempotency_key=key)
+    """The refund the sandbox made under ``key`` (its record must exist)."""
+    return SandboxRefund.objects.get(idempotency_key=key).id
 
 
 def _timed_out_refund(order, staff, amount, monkeypatch):
@@ -146,13 +148,15 @@ def test_the_sweep_sends_a_timed_out_refund_again_and_books_it_once(
         "failed": [],
         "still_pending": [],
         "too_old": [],
+        "found_at_gateway": [],
+        "not_at_gateway": [],
     }
     refund.refresh_from_db()
     assert refund.status == RefundStatus.PENDING
 
     with django_capture_on_commit_callbacks(execute=True):
         swept = refunds_retry_pending(older_than_seconds=300, max_age_seconds=23 * 3600, now=timezone.now() + LATER)
-    assert swept == {"succeeded": [refund.pk], "failed": [], "still_pending": [], "too_old": []}
+    assert swept == {**SWEPT_NOTHING, "succeeded": [refund.pk]}
     refund.refresh_from_db()
     order.refresh_from_db()
     assert (refund.status, refund.gateway_refund_id, refund.error) == (
@@ -182,6 +186,8 @@ def test_the_sweep_sends_a_timed_out_refund_again_and_books_it_once(
         "failed": [],
         "still_pending": [],
         "too_old": [],
+        "found_at_gateway": [],
+        "not_at_gateway": [],
     }
     assert JournalEntry.objects.count() == entries and len(_moves(refund)) == 2
 
@@ -231,18 +237,91 @@ def test_the_sweep_leaves_a_refund_pending_while_the_gateway_is_still_down_and_f
     assert _refund_entries(order) == []
 
 
-def test_the_sweep_does_not_retry_a_refund_older_than_the_gateways_key_memory(
+def _sweep_a_day_later():
+    return refunds_retry_pending(
+        older_than_seconds=300, max_age_seconds=23 * 3600, now=timezone.now() + timedelta(hours=24)
+    )
+
+
+SWEPT_NOTHING = {
+    "succeeded": [],
+    "failed": [],
+    "still_pending": [],
+    "too_old": [],
+    "found_at_gateway": [],
+    "not_at_gateway": [],
+}
+
+
+def test_a_refund_older_than_the_gateways_key_memory_is_not_sent_again_but_looked_up_and_failed_if_never_made(
+    published_listing, staff, django_capture_on_commit_callbacks, monkeypatch
+):
+    order = _delivered(published_listing, django_capture_on_commit_callbacks)
+    refund = _timed_out_refund(order, staff, 300, monkeypatch)  # the call never reached the sandbox
+    _gateway_must_not_be_called(monkeypatch)
+    assert _sweep_a_day_later() == {**SWEPT_NOTHING, "not_at_gateway": [refund.pk]}
+    refund.refresh_from_db()
+    order.refresh_from_db()
+    assert (refund.status, order.refunded_amount, _refund_entries(order)) == (RefundStatus.FAILED, 0, [])
+    assert _moves(refund)[-1] == (
+        "pending",
+        "failed",
+        "not made: no refund found at the gateway (looked up after its idempotency key may have expired)",
+    )
+    event = AuditEvent.objects.get(action="refund_resolved")
+    assert event.actor is None and event.details["outcome"] == "not made"
+    assert event.details["resolved_by"] == "gateway lookup"
+    assert _sweep_a_day_later() == SWEPT_NOTHING  # run twice: nothing more
+
+
+def test_a_refund_older_than_the_gateways_key_memory_that_the_gateway_made_is_booked_once(
+    published_listing, staff, django_capture_on_commit_callbacks, monkeypatch
+):
+    order = _delivered(published_listing, django_capture_on_commit_callbacks)
+    made = SandboxGateway.refund_create
+
+    def made_then_timed_out(self, **kwargs):
+        made(self, **kwargs)  # the sandbox refunds, and the answer is lost
+        raise GatewayError("Stripe: connection timed out", transient=True)
+
+    monkeypatch.setattr(SandboxGateway, "refund_create", made_then_timed_out)
+    with pytest.raises(GatewayError):
+        order_refund(order=order, amount=300, reason="late file", actor=staff, idempotency_key=KEY)
+    refund = Refund.objects.get(order=order)
+    _gateway_must_not_be_called(monkeypatch)
+    assert _sweep_a_day_later() == {**SWEPT_NOTHING, "found_at_gateway": [refund.pk]}
+    refund.refresh_from_db()
+    order.refresh_from_db()
+    assert (refund.status, refund.gateway_refund_id) == (RefundStatus.SUCCEEDED, _sandbox_refund_id(KEY))
+    assert (order.refunded_amount, order.status) == (300, OrderStatus.PARTIALLY_REFUNDED)
+    assert _refund_entries(order) == [f"refund:{refund.pk}"]
+    assert _sweep_a_day_later() == SWEPT_NOTHING
+    assert _refund_entries(order) == [f"refund:{refund.pk}"]
+    assert ledger_verify().ok
+
+
+def _lookup_fails(monkeypatch, message="The sandbox did not answer."):
+    def down(self, **kwargs):
+        raise GatewayError(message, transient=True)
+
+    monkeypatch.setattr(SandboxGateway, "refund_lookup", down)
+
+
+def test_a_refund_the_gateway_cannot_tell_about_stays_held_with_the_reason(
     published_listing, staff, django_capture_on_commit_callbacks, monkeypatch
 ):
     order = _delivered(published_listing, django_capture_on_commit_callbacks)
     refund = _timed_out_refund(order, staff, 300, monkeypatch)
     _gateway_must_not_be_called(monkeypatch)
-    swept = refunds_retry_pending(
-        older_than_seconds=300, max_age_seconds=23 * 3600, now=timezone.now() + timedelta(hours=24)
-    )
-    assert swept == {"succeeded": [], "failed": [], "still_pending": [], "too_old": [refund.pk]}
+    _lookup_fails(monkeypatch)
+    assert _sweep_a_day_later() == {**SWEPT_NOTHING, "too_old": [refund.pk]}
     refund.refresh_from_db()
-    assert refund.status == RefundStatus.PENDING
+    order.refresh_from_db()
+    assert (refund.status, order.refunded_amount, _refund_entries(order)) == (RefundStatus.PENDING, 300, [])
+    assert refund.error == (
+        "Held for review: the gateway could not say whether it made this refund: The sandbox did not answer."
+    )
+    assert refund.history.count() == 1 and not AuditEvent.objects.filter(action="refund_resolved").exists()
 
 
 def test_the_beat_task_runs_the_sweep(
@@ -508,7 +587,8 @@ def test_a_refund_held_for_review_is_not_sent_again_by_anyone(
         order_refund(order=order, amount=300, reason="late file", actor=staff, idempotency_key=KEY)
     assert held.value.code == "refund_held"
     assert "longer than the gateway keeps its idempotency key" in held.value.messages[0]
-    # A sweep allowed an older age than the setting still does not send it: it reports it.
+    # A sweep allowed an older age than the setting still does not send it: it reports it (the gateway can't tell).
+    _lookup_fails(monkeypatch)
     swept = refunds_retry_pending(older_than_seconds=0, max_age_seconds=48 * 3600)
     assert swept["too_old"] == [refund.pk] and swept["succeeded"] == swept["failed"] == []
     refund.refresh_from_db()

@@ -2,15 +2,19 @@
 
 import json
 import time
+import uuid
+from datetime import timedelta
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
-from exchange.choices import JournalKind, OrderStatus, PayoutStatus
+from exchange.choices import JournalKind, OrderStatus, PayoutStatus, RefundStatus
 from exchange.gateways import GatewayError
 from exchange.gateways.signing import sign_payload
-from exchange.models import Entitlement, JournalEntry, Order, PaymentEvent, Payout, SettlementRun
+from exchange.models import Entitlement, JournalEntry, Order, PaymentEvent, Payout, Refund, SettlementRun
 from exchange.services.orders import order_checkout_start, order_create
+from exchange.services.refunds import order_refund, refunds_retry_pending
 from exchange.services.settlement import payout_send, settlement_run_execute, settlement_run_start
 from tests.fakes.stripe_server import FakeStripe, settings_use_fake_stripe
 
@@ -271,3 +275,222 @@ def test_sandbox_merchants_have_nothing_to_connect(client, merchant_user, mercha
     assert b"sandbox pays merchants without an account" in response.content
     merchant.refresh_from_db()
     assert merchant.stripe_account_id == ""
+
+
+# --- after the idempotency window: ask Stripe what it made, never send again ---------------------------------------
+
+
+def _a_day_old(model, obj):
+    model.objects.filter(pk=obj.pk).update(created_at=timezone.now() - timedelta(hours=24))
+    obj.refresh_from_db()
+    return obj
+
+
+def test_a_transfer_that_timed_out_and_outlived_its_key_is_found_at_stripe_and_booked(
+    fake_stripe, stripe_payout, settings
+):
+    settings.STRIPE_TIMEOUT_SECONDS = 1
+    fake_stripe.delay_next["/v1/transfers"] = 2.5  # Stripe makes the transfer; the answer comes too late
+    with pytest.raises(GatewayError):
+        payout_send(payout_pk=stripe_payout.pk)
+    ((made_id, made),) = fake_stripe.objects["/v1/transfers"].items()
+    assert made["metadata"] == {
+        "payout_id": str(stripe_payout.pk),
+        "run_id": str(stripe_payout.run_id),
+        "idempotency_key": "payout-1-1-CNY",
+    }
+    made["created"] = int((timezone.now() - timedelta(hours=24)).timestamp()) + 1  # made when the payout was
+    _a_day_old(Payout, stripe_payout)
+    payout = payout_send(payout_pk=stripe_payout.pk)  # the task's last retry, a day later
+    assert (payout.status, payout.gateway_reference) == (PayoutStatus.SENT, made_id)
+    assert fake_stripe.count("/v1/transfers") == 1  # looked up, not sent again
+    assert JournalEntry.objects.filter(kind=JournalKind.PAYOUT_SENT, payout=payout).count() == 1
+
+
+@pytest.fixture
+def stripe_paid_order(fake_stripe, client, buyer, published_listing, django_capture_on_commit_callbacks):
+    order, _ = order_create(buyer=buyer, listing=published_listing, idempotency_key="k-refund")
+    order_checkout_start(order=order)
+    order.refresh_from_db()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _post(client, _event(order, payment_intent="pi_test_refunds")).status_code == 200
+    order.refresh_from_db()
+    assert order.status == OrderStatus.PAID
+    return order
+
+
+def _timed_out_stripe_refund(fake_stripe, order, settings, *, made: bool) -> Refund:
+    settings.STRIPE_TIMEOUT_SECONDS = 1
+    if made:
+        fake_stripe.delay_next["/v1/refunds"] = 2.5
+    else:
+        fake_stripe.fail_next["/v1/refunds"] = (503, {"error": {"message": "unavailable"}})
+    with pytest.raises(GatewayError):
+        order_refund(order=order, amount=300, reason="late file", idempotency_key="refund-form-1")
+    return _a_day_old(Refund, Refund.objects.get(order=order))
+
+
+def _stripe_refund(fake_stripe, *, amount=300, key=None, status="succeeded"):
+    refund_id = f"re_test_{uuid.uuid4().hex[:10]}"
+    fake_stripe.objects["/v1/refunds"][refund_id] = {
+        "id": refund_id,
+        "object": "refund",
+        "amount": amount,
+        "payment_intent": "pi_test_refunds",
+        "status": status,
+        "created": int(time.time()),
+        "metadata": {"idempotency_key": key} if key else {},
+    }
+    return refund_id
+
+
+def _sweep():
+    return refunds_retry_pending(older_than_seconds=300, max_age_seconds=23 * 3600)
+
+
+def test_a_refund_that_timed_out_and_outlived_its_key_is_found_at_stripe_by_its_key(
+    fake_stripe, stripe_paid_order, settings
+):
+    refund = _timed_out_stripe_refund(fake_stripe, stripe_paid_order, settings, made=True)
+    ((made_id, made),) = fake_stripe.objects["/v1/refunds"].items()
+    assert made["metadata"] == {"idempotency_key": refund.idempotency_key}
+    for _ in range(120):  # other refunds of the payment, each of its own key: the lookup reads every page
+        _stripe_refund(fake_stripe, amount=1, key=f"other-{uuid.uuid4()}")
+    assert _sweep()["found_at_gateway"] == [refund.pk]
+    refund.refresh_from_db()
+    assert (refund.status, refund.gateway_refund_id) == (RefundStatus.SUCCEEDED, made_id)
+    assert fake_stripe.count("/v1/refunds") == 1  # looked up, never sent again
+    lists = [q for method, path, q, _ in fake_stripe.requests if (method, path) == ("GET", "/v1/refunds")]
+    assert [q["payment_intent"] for q in lists] == ["pi_test_refunds"] * 2 and lists[1]["starting_after"]
+    assert JournalEntry.objects.filter(kind=JournalKind.REFUND, order=stripe_paid_order).count() == 1
+
+
+@pytest.mark.parametrize("stripe_shows", ["nothing", "failed", "known_keyless"])
+def test_a_refund_stripe_never_made_is_failed_and_its_amount_freed(
+    fake_stripe, stripe_paid_order, settings, stripe_shows
+):
+    refund = _timed_out_stripe_refund(fake_stripe, stripe_paid_order, settings, made=False)
+    if stripe_shows == "failed":  # made under its key, then failed at the bank: no money went back
+        _stripe_refund(fake_stripe, key=refund.idempotency_key, status="failed")
+    elif stripe_shows == "known_keyless":  # made in Stripe's dashboard and already booked from its webhook
+        known = _stripe_refund(fake_stripe, amount=200)
+        Refund.objects.create(
+            order=stripe_paid_order,
+            amount=200,
+            currency="CNY",
+            source="gateway",
+            idempotency_key=f"gateway-refund:{known}",
+            gateway_refund_id=known,
+            status=RefundStatus.SUCCEEDED,
+        )
+    assert _sweep()["not_at_gateway"] == [refund.pk]
+    refund.refresh_from_db()
+    stripe_paid_order.refresh_from_db()
+    assert (refund.status, stripe_paid_order.refunded_amount) == (RefundStatus.FAILED, 0)
+    assert not JournalEntry.objects.filter(kind=JournalKind.REFUND).exists()
+
+
+@pytest.mark.parametrize(
+    ("stripe_shows", "why"),
+    [
+        ("down", "Stripe: "),
+        ("unknown_keyless", "has refunds that carry no key"),
+        ("other_amount", "is of 250, not 300"),
+        ("two", "Stripe shows 2 refunds carrying refund"),
+    ],
+)
+def test_a_refund_stripe_cannot_place_stays_held_and_changes_nothing(
+    fake_stripe, stripe_paid_order, settings, stripe_shows, why
+):
+    refund = _timed_out_stripe_refund(fake_stripe, stripe_paid_order, settings, made=False)
+    if stripe_shows == "down":
+        fake_stripe.fail_next_get["/v1/refunds"] = (500, {"error": {"message": "unavailable"}})
+    elif stripe_shows == "unknown_keyless":
+        _stripe_refund(fake_stripe)  # made before refunds carried their key, or not reported yet: could be this one
+    elif stripe_shows == "other_amount":
+        _stripe_refund(fake_stripe, amount=250, key=refund.idempotency_key)
+    else:
+        _stripe_refund(fake_stripe, key=refund.idempotency_key)
+        _stripe_refund(fake_stripe, key=refund.idempotency_key)
+    assert _sweep()["too_old"] == [refund.pk]
+    refund.refresh_from_db()
+    stripe_paid_order.refresh_from_db()
+    assert (refund.status, stripe_paid_order.refunded_amount) == (RefundStatus.PENDING, 300)
+    assert refund.error.startswith("Held for review: the gateway could not say") and why in refund.error
+    assert refund.history.count() == 1 and not JournalEntry.objects.filter(kind=JournalKind.REFUND).exists()
+    assert fake_stripe.count("/v1/refunds") == 1
+
+
+# --- Stripe's refund.created reports ---------------------------------------------------------------------------------
+
+
+def _refund_event(client, capture, refund_obj: dict, *, event_type="refund.created"):
+    event = {
+        "id": f"evt_{uuid.uuid4().hex}",
+        "object": "event",
+        "type": event_type,
+        "api_version": "2025-01-27.acacia",
+        "data": {"object": {"object": "refund", "payment_intent": "pi_test_refunds", **refund_obj}},
+    }
+    with capture(execute=True):
+        assert _post(client, event).status_code == 200
+    return PaymentEvent.objects.get(event_id=event["id"])
+
+
+def test_stripes_refund_report_books_the_pending_refund_its_key_names(
+    fake_stripe, stripe_paid_order, settings, client, django_capture_on_commit_callbacks
+):
+    settings.STRIPE_TIMEOUT_SECONDS = 1
+    for key in ("refund-form-a", "refund-form-b"):  # two refunds of the same amount, both answered too late
+        fake_stripe.delay_next["/v1/refunds"] = 2.5
+        with pytest.raises(GatewayError):
+            order_refund(order=Order.objects.get(pk=stripe_paid_order.pk), amount=300, reason="x", idempotency_key=key)
+    first, second = Refund.objects.order_by("pk")
+    made = {obj["metadata"]["idempotency_key"]: obj for obj in fake_stripe.objects["/v1/refunds"].values()}
+    report = made[second.idempotency_key]  # the second refund's report comes first
+    event = _refund_event(client, django_capture_on_commit_callbacks, report)
+    assert event.status == "processed"
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.status, second.status, second.gateway_refund_id) == (
+        RefundStatus.PENDING,
+        RefundStatus.SUCCEEDED,
+        report["id"],
+    )
+    assert second.history.order_by("pk").last().reason == (
+        f"gateway refund {report['id']}, reported by the gateway (matched by its idempotency key)"
+    )
+    _refund_event(client, django_capture_on_commit_callbacks, report, event_type="refund.updated")  # again: nothing
+    stripe_paid_order.refresh_from_db()
+    assert stripe_paid_order.refunded_amount == 600 and Refund.objects.count() == 2
+    assert JournalEntry.objects.filter(kind=JournalKind.REFUND).count() == 1
+
+
+def test_a_refund_made_in_stripes_dashboard_is_booked_once_and_a_failed_one_not_at_all(
+    fake_stripe, stripe_paid_order, client, django_capture_on_commit_callbacks
+):
+    failed = _refund_event(
+        client, django_capture_on_commit_callbacks, {"id": "re_dash_0", "amount": 100, "status": "failed"}
+    )
+    assert failed.status == "processed" and not Refund.objects.exists()
+    report = {"id": "re_dash_1", "amount": 200, "status": "succeeded", "reason": "requested_by_customer"}
+    _refund_event(client, django_capture_on_commit_callbacks, report)
+    _refund_event(client, django_capture_on_commit_callbacks, report, event_type="refund.updated")
+    (refund,) = Refund.objects.all()
+    assert (refund.source, refund.gateway_refund_id, refund.amount, refund.status) == (
+        "gateway",
+        "re_dash_1",
+        200,
+        RefundStatus.SUCCEEDED,
+    )
+    stripe_paid_order.refresh_from_db()
+    assert (stripe_paid_order.refunded_amount, stripe_paid_order.status) == (200, OrderStatus.PARTIALLY_REFUNDED)
+    assert JournalEntry.objects.filter(kind=JournalKind.REFUND).count() == 1
+    # It fails at the buyer's bank afterwards: the event fails for staff to see, and nothing is booked or undone.
+    later = _refund_event(
+        client, django_capture_on_commit_callbacks, {**report, "status": "failed"}, event_type="refund.updated"
+    )
+    assert later.status == "failed" and "is failed at the gateway after it was booked as made" in later.error
+    refund.refresh_from_db()
+    assert refund.status == RefundStatus.SUCCEEDED
+    assert JournalEntry.objects.filter(kind=JournalKind.REFUND).count() == 1
