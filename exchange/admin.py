@@ -13,7 +13,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from common.money import MoneyError, format_minor, to_minor
-from exchange.choices import OrderStatus, SettlementBatchStatus, SettlementRunStatus
+from exchange.choices import OrderStatus, RefundStatus, SettlementBatchStatus, SettlementRunStatus
 from exchange.gateways import GatewayError
 from exchange.gateways.sandbox import SandboxGateway
 from exchange.models import (
@@ -53,8 +53,9 @@ from exchange.services.ledger import ledger_verify_record
 from exchange.services.orders import order_cancel
 from exchange.services.outbound import outbound_event_retry, webhook_endpoint_set_active
 from exchange.services.reconciliation import reconciliation_report, reconciliation_since
-from exchange.services.refunds import order_refund, refund_resolve, refundable_amount
+from exchange.services.refunds import order_refund, refund_lookup_now, refund_resolve, refundable_amount
 from exchange.services.settlement import (
+    payout_lookup_now,
     payout_resolve,
     settlement_run_progress,
     settlement_run_start,
@@ -470,11 +471,24 @@ def resolve_held_refunds(modeladmin, request, queryset):
         for refund in queryset.select_related("order")
     ]
     explanation = _(
-        "A refund is held for review when it stayed pending longer than the gateway remembers idempotency keys: "
-        "an earlier attempt may have made it, so sending it again could refund the buyer twice. Look the refund "
-        "up at the gateway (the order's payment) and record what you found."
+        "A refund is held for review when it stayed pending longer than the gateway remembers idempotency keys "
+        "(an earlier attempt may have made it, so sending it again could refund the buyer twice) and the gateway "
+        "could not say whether it made it: its error says why. Look the refund up at the gateway (the order's "
+        "payment) and record what you found."
     )
     return _gateway_resolve_page(request, modeladmin, form, queryset, "resolve_held_refunds", explanation, lines)
+
+
+@admin.action(description=_("Ask the gateway now about held refunds"), permissions=["resolve"])
+def look_up_held_refunds(modeladmin, request, queryset):
+    """What the pending-refund sweep does every few minutes, for the selected refunds and at once."""
+    for refund in queryset.order_by("pk"):
+        try:
+            looked_up = refund_lookup_now(refund_pk=refund.pk, actor=request.user)
+        except ValidationError as exc:
+            messages.error(request, _("Refund %(pk)s: %(error)s") % {"pk": refund.pk, "error": _error_text(exc)})
+        else:
+            _lookup_message(request, _("Refund"), looked_up, looked_up.status == RefundStatus.PENDING, looked_up.error)
 
 
 @admin.register(Refund)
@@ -493,7 +507,7 @@ class RefundAdmin(ReadOnlyAdmin):
     list_filter = ("status", "source")
     search_fields = ("order__public_id", "gateway_refund_id", "idempotency_key")
     inlines = [RefundStatusHistoryInline]
-    actions = [resolve_held_refunds]
+    actions = [look_up_held_refunds, resolve_held_refunds]
 
     def has_resolve_permission(self, request) -> bool:
         return request.user.has_perm("exchange.change_refund")
@@ -835,11 +849,40 @@ def resolve_held_payouts(modeladmin, request, queryset):
         for payout in queryset
     ]
     explanation = _(
-        "A payout is held for review when it stayed unsent longer than its gateway remembers idempotency keys: "
-        "an earlier attempt may have made the transfer, so sending it again could pay the merchant twice. Look "
-        "the transfer up at the gateway (its metadata names the payout) and record what you found."
+        "A payout is held for review when it stayed unsent longer than its gateway remembers idempotency keys "
+        "(an earlier attempt may have made the transfer, so sending it again could pay the merchant twice) and "
+        "the gateway could not say whether it made it: its error says why. Look the transfer up at the gateway "
+        "(its metadata names the payout) and record what you found."
     )
     return _gateway_resolve_page(request, modeladmin, form, queryset, "resolve_held_payouts", explanation, lines)
+
+
+@admin.action(description=_("Ask the gateway now about held payouts"), permissions=["resolve"])
+def look_up_held_payouts(modeladmin, request, queryset):
+    """What the payout sweep does every few minutes, for the selected payouts and at once."""
+    for payout in queryset.order_by("pk"):
+        try:
+            looked_up, why = payout_lookup_now(payout_pk=payout.pk, actor=request.user)
+        except ValidationError as exc:
+            messages.error(request, _("Payout %(pk)s: %(error)s") % {"pk": payout.pk, "error": _error_text(exc)})
+        else:
+            _lookup_message(request, _("Payout"), looked_up, bool(why), why)
+
+
+def _lookup_message(request, noun, obj, held: bool, why: str) -> None:
+    """What asking the gateway did to one held payout or refund."""
+    if held:
+        messages.warning(
+            request,
+            _("%(noun)s %(pk)s is still held for review: the gateway could not tell (%(why)s).")
+            % {"noun": noun, "pk": obj.pk, "why": why},
+        )
+    else:
+        messages.success(
+            request,
+            _("%(noun)s %(pk)s: the gateway was asked and it is recorded as %(status)s.")
+            % {"noun": noun, "pk": obj.pk, "status": obj.get_status_display()},
+        )
 
 
 def _gateway_resolve_page(request, modeladmin, form, queryset, action, explanation, lines):
@@ -872,7 +915,7 @@ class PayoutAdmin(ReadOnlyAdmin):
     list_filter = ("status", "currency")
     list_select_related = ("merchant", "run")
     inlines = [PayoutStatusHistoryInline]
-    actions = [resolve_held_payouts]
+    actions = [look_up_held_payouts, resolve_held_payouts]
 
     def has_resolve_permission(self, request) -> bool:
         return request.user.has_perm("exchange.change_payout")

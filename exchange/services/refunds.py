@@ -371,7 +371,7 @@ def _book_held(*, refund: Refund, order: Order, gateway_refund_id: str | None, h
         currency=refund.currency,
         outcome="made" if gateway_refund_id is not None else "not made",
         gateway_refund_id=gateway_refund_id or "",
-        resolved_by="staff" if actor is not None else "gateway lookup",
+        resolved_by="gateway lookup" if how else "staff",
     )
 
 
@@ -399,10 +399,33 @@ def refund_resolve(*, refund_pk: int, gateway_refund_id: str = "", actor=None) -
     return refund
 
 
+def refund_lookup_now(*, refund_pk: int, actor=None) -> Refund:
+    """Staff ask the gateway now, rather than at the next sweep, what it made for a refund held for review.
+
+    Booked as ``refund_settle_by_lookup`` books what the gateway shows; still
+    PENDING when it cannot tell (its error says why). Any other refund is
+    refused with RefundNotHeld and nothing changes.
+    """
+    refund = Refund.objects.get(pk=refund_pk)
+    if refund.status != RefundStatus.PENDING or not refund_key_expired(refund):
+        raise RefundNotHeld(
+            f"Refund {refund.pk} is {refund.get_status_display()} and not held for review: "
+            "it is sent (or retried) by the exchange, not looked up by hand.",
+            code="refund_not_held",
+        )
+    with _retry_claim(refund.pk) as claimed:
+        if not claimed:
+            raise RefundConflict(
+                f"Refund {refund.pk} is being looked up at the gateway right now; look at it again in a minute.",
+                code="retry_in_progress",
+            )
+        return refund_settle_by_lookup(refund_pk=refund.pk, actor=actor)
+
+
 HELD_FOR_REVIEW = "Held for review: "
 
 
-def refund_settle_by_lookup(*, refund_pk: int, now=None) -> Refund:
+def refund_settle_by_lookup(*, refund_pk: int, now=None, actor=None) -> Refund:
     """A refund held for review (PENDING past REFUND_RETRY_MAX_AGE_SECONDS): ask the gateway, and book what it shows.
 
     The gateway is asked which refund, if any, it made under the refund's
@@ -442,6 +465,7 @@ def refund_settle_by_lookup(*, refund_pk: int, now=None) -> Refund:
                 order=locked_order,
                 gateway_refund_id=made,
                 how=" (looked up after its idempotency key may have expired)",
+                actor=actor,
             )
     locked.refresh_from_db()
     return locked

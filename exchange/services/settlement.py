@@ -569,7 +569,7 @@ def _payout_hold(payout: Payout, *, why: str) -> None:
     log.error("payout %s held for review: pending past its gateway's idempotency window (%s)", payout.pk, why)
 
 
-def _payout_settle_by_lookup(payout: Payout) -> None:
+def _payout_settle_by_lookup(payout: Payout, *, actor=None) -> str:
     """A PENDING payout past its key window (row locked): ask the gateway what it made, and book that.
 
     The transfer the gateway shows for the payout: SENT with it. None: no
@@ -577,23 +577,28 @@ def _payout_settle_by_lookup(payout: Payout) -> None:
     window, and the gateway lists the transfers of that window), so it is
     FAILED and its money owed again. The gateway cannot tell (unreachable,
     or what it shows is ambiguous): held for review, asked again by the
-    next sweep.
+    next sweep. Returns why it is still held ("" once booked).
     """
     try:
         reference = get_gateway(payout.gateway).payout_lookup(payout=payout)
     except GatewayError as exc:
         _payout_hold(payout, why=str(exc))
-        return
+        return str(exc)
     if reference:
         _payout_book_sent(
-            payout, reference, reason=f"transfer {reference} found at the gateway after its idempotency window"
+            payout,
+            reference,
+            reason=f"transfer {reference} found at the gateway after its idempotency window",
+            actor=actor,
         )
     else:
         _payout_book_returned(
             payout,
             "the gateway shows no transfer for it (looked up after its idempotency window); paid again by the next run",
             reason="not sent: the gateway shows no transfer for it",
+            actor=actor,
         )
+    return ""
 
 
 def _payout_book_sent(payout: Payout, reference: str, *, reason: str, actor=None) -> None:
@@ -723,6 +728,19 @@ class PayoutNotHeld(ValidationError):
     """Only a payout held for review (PENDING past its gateway's idempotency window) is resolved by hand."""
 
 
+def _held_payout(payout_pk: int) -> Payout:
+    """The payout, row locked, if it is held for review (PENDING past its gateway's idempotency window);
+    PayoutNotHeld otherwise. Inside a transaction."""
+    payout = Payout.objects.select_for_update(of=("self",)).select_related("merchant").get(pk=payout_pk)
+    if payout.status != PayoutStatus.PENDING or not payout_key_expired(payout):
+        raise PayoutNotHeld(
+            f"Payout {payout.pk} is {payout.get_status_display()} and not held for review: "
+            "it is sent (or refused) by the workers, not by hand.",
+            code="payout_not_held",
+        )
+    return payout
+
+
 def payout_resolve(*, payout_pk: int, transfer_reference: str = "", actor=None) -> Payout:
     """Record what staff found at the gateway for a payout held for review.
 
@@ -734,13 +752,7 @@ def payout_resolve(*, payout_pk: int, transfer_reference: str = "", actor=None) 
     """
     transfer_reference = transfer_reference.strip()
     with transaction.atomic():
-        payout = Payout.objects.select_for_update(of=("self",)).select_related("merchant").get(pk=payout_pk)
-        if payout.status != PayoutStatus.PENDING or not payout_key_expired(payout):
-            raise PayoutNotHeld(
-                f"Payout {payout.pk} is {payout.get_status_display()} and not held for review: "
-                "it is sent (or refused) by the workers, not by hand.",
-                code="payout_not_held",
-            )
+        payout = _held_payout(payout_pk)
         if transfer_reference:
             _payout_book_sent(
                 payout, transfer_reference, reason=f"transfer {transfer_reference} found at the gateway", actor=actor
@@ -753,6 +765,19 @@ def payout_resolve(*, payout_pk: int, transfer_reference: str = "", actor=None) 
                 actor=actor,
             )
     return payout
+
+
+def payout_lookup_now(*, payout_pk: int, actor=None) -> tuple[Payout, str]:
+    """Staff ask the gateway now, rather than at the next sweep, what it made for a payout held for review.
+
+    Booked as ``payout_send`` books what the gateway shows; returns the payout
+    and why it is still held ("" once booked). Any other payout is refused
+    with PayoutNotHeld and nothing changes.
+    """
+    with transaction.atomic():
+        payout = _held_payout(payout_pk)
+        why = _payout_settle_by_lookup(payout, actor=actor)
+    return payout, why
 
 
 @dataclass(frozen=True)

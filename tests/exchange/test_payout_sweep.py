@@ -439,6 +439,38 @@ def test_staff_record_a_held_payout_in_the_admin(client, staff, fake_stripe, sta
     )
 
 
+def test_staff_ask_stripe_now_about_a_held_payout_from_the_admin(
+    client, staff, merchant, fake_stripe, stale_stripe_payout
+):
+    payout = stale_stripe_payout
+    client.force_login(staff)
+    url = reverse("admin:exchange_payout_changelist")
+    fake_stripe.fail_next_get["/v1/transfers"] = (500, {"error": {"message": "unavailable"}})
+    page = client.post(url, {"action": "look_up_held_payouts", "_selected_action": [payout.pk]}, follow=True)
+    assert f"Payout {payout.pk} is still held for review: the gateway could not tell (Stripe: " in page.content.decode()
+    payout.refresh_from_db()
+    assert payout.status == PayoutStatus.PENDING and payout.error.startswith(HELD_FOR_REVIEW)
+    made = _stripe_transfer(fake_stripe, payout)
+    fresh = Payout.objects.create(  # not held: the workers send it
+        run=payout.run,
+        merchant=merchant,
+        amount=300,
+        currency="USD",
+        idempotency_key="payout-fresh-USD",
+        gateway="stripe",
+    )
+    page = client.post(url, {"action": "look_up_held_payouts", "_selected_action": [payout.pk, fresh.pk]}, follow=True)
+    text = page.content.decode()
+    assert f"Payout {payout.pk}: the gateway was asked and it is recorded as Sent." in text
+    assert f"Payout {fresh.pk}: Payout {fresh.pk} is Pending and not held for review" in text
+    payout.refresh_from_db()
+    fresh.refresh_from_db()
+    assert (payout.status, payout.gateway_reference, fresh.status) == (PayoutStatus.SENT, made, PayoutStatus.PENDING)
+    moved = payout.history.get()
+    assert (moved.actor, moved.reason) == (staff, f"transfer {made} found at the gateway after its idempotency window")
+    assert fake_stripe.count("/v1/transfers") == 0 and not fresh.history.exists()
+
+
 def test_the_admin_refuses_a_payout_not_held_and_one_reference_for_two_payouts_changing_nothing(
     client, staff, merchant, fake_stripe, stale_stripe_payout
 ):
@@ -466,6 +498,7 @@ def test_only_staff_who_may_change_payouts_see_the_action(client, fake_stripe, s
     client.force_login(viewer)
     page = client.get(reverse("admin:exchange_payout_changelist"))
     assert page.status_code == 200 and "resolve_held_payouts" not in page.content.decode()
+    assert "look_up_held_payouts" not in page.content.decode()
     _admin_resolve(client, viewer, [stale_stripe_payout], apply="1", transfer_reference="tr_x")
     stale_stripe_payout.refresh_from_db()
     assert stale_stripe_payout.status == PayoutStatus.PENDING

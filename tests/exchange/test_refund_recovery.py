@@ -635,6 +635,44 @@ def test_staff_record_what_the_gateway_shows_for_a_held_refund(
     assert ledger_verify().ok
 
 
+def test_staff_ask_the_gateway_now_about_held_refunds_from_the_admin(
+    client, published_listing, staff, django_capture_on_commit_callbacks, monkeypatch
+):
+    order = _delivered(published_listing, django_capture_on_commit_callbacks)
+    refund = _age(_timed_out_refund(order, staff, 300, monkeypatch))  # the call never reached the sandbox
+    _gateway_must_not_be_called(monkeypatch)
+    # A day old, yet made while the sandbox kept refund records (since a month ago here, not this test database's
+    # migration a moment ago): no record means no refund.
+    monkeypatch.setattr(SandboxRefund, "records_since", staticmethod(lambda: timezone.now() - timedelta(days=30)))
+    client.force_login(staff)
+    url = reverse("admin:exchange_refund_changelist")
+    with monkeypatch.context() as patched:
+        _lookup_fails(patched)
+        page = client.post(url, {"action": "look_up_held_refunds", "_selected_action": [refund.pk]}, follow=True)
+    assert (
+        f"Refund {refund.pk} is still held for review: the gateway could not tell (Held for review: the gateway "
+        "could not say whether it made this refund: The sandbox did not answer.)." in page.content.decode()
+    )
+    refund.refresh_from_db()
+    assert refund.status == RefundStatus.PENDING and refund.history.count() == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        page = client.post(url, {"action": "look_up_held_refunds", "_selected_action": [refund.pk]}, follow=True)
+    assert f"Refund {refund.pk}: the gateway was asked and it is recorded as Failed." in page.content.decode()
+    refund.refresh_from_db()
+    order.refresh_from_db()
+    assert (refund.status, order.refunded_amount, _refund_entries(order)) == (RefundStatus.FAILED, 0, [])
+    assert refund.history.order_by("pk").last().actor == staff
+    event = AuditEvent.objects.get(action="refund_resolved")
+    assert (event.actor, event.details["resolved_by"], event.details["outcome"]) == (
+        staff,
+        "gateway lookup",
+        "not made",
+    )
+    page = client.post(url, {"action": "look_up_held_refunds", "_selected_action": [refund.pk]}, follow=True)
+    assert f"Refund {refund.pk}: Refund {refund.pk} is Failed and not held for review" in page.content.decode()
+    assert AuditEvent.objects.filter(action="refund_resolved").count() == 1
+
+
 def test_a_refund_not_held_cannot_be_recorded_by_hand_and_changes_nothing(
     client, published_listing, staff, django_capture_on_commit_callbacks, monkeypatch
 ):
