@@ -1,19 +1,22 @@
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Q
 from django.http import Http404, HttpResponseNotAllowed
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from common.money import MoneyError, format_minor, to_minor
-from exchange.choices import OrderStatus, RefundStatus, SettlementBatchStatus, SettlementRunStatus
+from exchange.choices import OrderStatus, PayoutStatus, RefundStatus, SettlementBatchStatus, SettlementRunStatus
 from exchange.gateways import GatewayError
 from exchange.gateways.sandbox import SandboxGateway
 from exchange.models import (
@@ -55,6 +58,7 @@ from exchange.services.outbound import outbound_event_retry, webhook_endpoint_se
 from exchange.services.reconciliation import reconciliation_report, reconciliation_since
 from exchange.services.refunds import order_refund, refund_lookup_now, refund_resolve, refundable_amount
 from exchange.services.settlement import (
+    PAYOUT_KEY_WINDOWS,
     payout_lookup_now,
     payout_resolve,
     settlement_run_progress,
@@ -491,6 +495,38 @@ def look_up_held_refunds(modeladmin, request, queryset):
             _lookup_message(request, _("Refund"), looked_up, looked_up.status == RefundStatus.PENDING, looked_up.error)
 
 
+class HeldForReviewFilter(admin.SimpleListFilter):
+    """Pending past the gateway's memory of idempotency keys: never sent again, settled by a gateway lookup or,
+    when the gateway cannot tell, by a person."""
+
+    title = _("held for review")
+    parameter_name = "held"
+
+    def lookups(self, request, model_admin):
+        return [("yes", _("Held for review"))]
+
+    def queryset(self, request, queryset):
+        if self.value() != "yes":
+            return queryset
+        return queryset.filter(self.held_condition(timezone.now()))
+
+
+class RefundHeldFilter(HeldForReviewFilter):
+    @staticmethod
+    def held_condition(now):
+        cutoff = now - timedelta(seconds=settings.REFUND_RETRY_MAX_AGE_SECONDS)
+        return Q(status=RefundStatus.PENDING, created_at__lte=cutoff)
+
+
+class PayoutHeldFilter(HeldForReviewFilter):
+    @staticmethod
+    def held_condition(now):
+        held = Q(pk__in=[])
+        for gateway, window in PAYOUT_KEY_WINDOWS.items():
+            held |= Q(gateway=gateway, created_at__lte=now - window)
+        return Q(status=PayoutStatus.PENDING) & held
+
+
 @admin.register(Refund)
 class RefundAdmin(ReadOnlyAdmin):
     list_display = (
@@ -504,7 +540,7 @@ class RefundAdmin(ReadOnlyAdmin):
         "created_at",
         "error",
     )
-    list_filter = ("status", "source")
+    list_filter = ("status", RefundHeldFilter, "source")
     search_fields = ("order__public_id", "gateway_refund_id", "idempotency_key")
     inlines = [RefundStatusHistoryInline]
     actions = [look_up_held_refunds, resolve_held_refunds]
@@ -912,7 +948,7 @@ class PayoutAdmin(ReadOnlyAdmin):
         "sent_at",
         "error",
     )
-    list_filter = ("status", "currency")
+    list_filter = ("status", PayoutHeldFilter, "currency")
     list_select_related = ("merchant", "run")
     inlines = [PayoutStatusHistoryInline]
     actions = [look_up_held_payouts, resolve_held_payouts]
@@ -1150,7 +1186,6 @@ class TransactionCertificateAdmin(admin.ModelAdmin):
 
 
 # --- fee schedule (exchange/services/fees.py) ---------------------------------
-from django.utils import timezone  # noqa: E402
 
 from exchange.models import FeeRule  # noqa: E402
 from exchange.services.fees import fee_rule_create, fee_rule_delete, fee_rule_validate  # noqa: E402

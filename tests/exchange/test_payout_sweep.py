@@ -471,6 +471,31 @@ def test_staff_ask_stripe_now_about_a_held_payout_from_the_admin(
     assert fake_stripe.count("/v1/transfers") == 0 and not fresh.history.exists()
 
 
+def test_the_payouts_admin_lists_the_held_ones(client, staff, merchant, fake_stripe, stale_stripe_payout):
+    fresh = Payout.objects.create(
+        run=stale_stripe_payout.run,
+        merchant=merchant,
+        amount=300,
+        currency="USD",
+        idempotency_key="p-USD",
+        gateway="stripe",
+    )
+    old_sandbox = Payout.objects.create(  # the sandbox keeps its keys for good: never held
+        run=stale_stripe_payout.run, merchant=merchant, amount=400, currency="EUR", idempotency_key="p-EUR"
+    )
+    Payout.objects.filter(pk=old_sandbox.pk).update(created_at=timezone.now() - timedelta(days=3))
+    client.force_login(staff)
+    page = client.get(reverse("admin:exchange_payout_changelist"), {"held": "yes"})
+    assert page.status_code == 200
+    assert [row.pk for row in page.context["cl"].result_list] == [stale_stripe_payout.pk]
+    everything = client.get(reverse("admin:exchange_payout_changelist"))
+    assert {row.pk for row in everything.context["cl"].result_list} == {
+        stale_stripe_payout.pk,
+        fresh.pk,
+        old_sandbox.pk,
+    }
+
+
 def test_the_admin_refuses_a_payout_not_held_and_one_reference_for_two_payouts_changing_nothing(
     client, staff, merchant, fake_stripe, stale_stripe_payout
 ):

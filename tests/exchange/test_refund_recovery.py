@@ -87,7 +87,7 @@ def _sandbox_refund_id(key):
     return SandboxRefund.objects.get(idempotency_key=key).id
 
 
-def _timed_out_refund(order, staff, amount, monkeypatch):
+def _timed_out_refund(order, staff, amount, monkeypatch, key=KEY):
     """Refund ``amount`` of ``order`` while the gateway times out; return the PENDING refund."""
 
     def timeout(self, **kwargs):
@@ -96,7 +96,7 @@ def _timed_out_refund(order, staff, amount, monkeypatch):
     with monkeypatch.context() as patched:
         patched.setattr(SandboxGateway, "refund_create", timeout)
         with pytest.raises(GatewayError) as raised:
-            order_refund(order=order, amount=amount, reason="late file", actor=staff, idempotency_key=KEY)
+            order_refund(order=order, amount=amount, reason="late file", actor=staff, idempotency_key=key)
     assert raised.value.transient
     refund = Refund.objects.get(order=order)
     assert "stays pending" in str(raised.value) and f"Refund {refund.pk}" in str(raised.value)
@@ -671,6 +671,20 @@ def test_staff_ask_the_gateway_now_about_held_refunds_from_the_admin(
     page = client.post(url, {"action": "look_up_held_refunds", "_selected_action": [refund.pk]}, follow=True)
     assert f"Refund {refund.pk}: Refund {refund.pk} is Failed and not held for review" in page.content.decode()
     assert AuditEvent.objects.filter(action="refund_resolved").count() == 1
+
+
+def test_the_refunds_admin_lists_the_held_ones(
+    client, published_listing, staff, django_capture_on_commit_callbacks, monkeypatch
+):
+    order = _delivered(published_listing, django_capture_on_commit_callbacks)
+    held = _age(_timed_out_refund(order, staff, 300, monkeypatch))
+    other = _delivered(published_listing, django_capture_on_commit_callbacks)
+    fresh = _timed_out_refund(other, staff, 100, monkeypatch, key="other-key")  # recent: the sweep sends it again
+    client.force_login(staff)
+    page = client.get(reverse("admin:exchange_refund_changelist"), {"held": "yes"})
+    assert page.status_code == 200
+    assert [row.pk for row in page.context["cl"].result_list] == [held.pk]
+    assert fresh.status == RefundStatus.PENDING
 
 
 def test_a_refund_not_held_cannot_be_recorded_by_hand_and_changes_nothing(
