@@ -912,15 +912,63 @@ class SandboxRefund(models.Model):
         A refund the exchange created before then that has no record may or may
         not have been made: the sandbox cannot tell.
         """
-        from django.db import connection
-        from django.db.migrations.recorder import MigrationRecorder
+        return _sandbox_records_since("0023_sandbox_refunds")
 
-        return (
-            MigrationRecorder(connection)
-            .migration_qs.filter(app="exchange", name="0023_sandbox_refunds")
-            .values_list("applied", flat=True)
-            .first()
-        )
+
+def _sandbox_records_since(migration: str):
+    """When the exchange migration ``migration`` (the one creating a kind of sandbox record) was applied, or None."""
+    from django.db import connection
+    from django.db.migrations.recorder import MigrationRecorder
+
+    return (
+        MigrationRecorder(connection)
+        .migration_qs.filter(app="exchange", name=migration)
+        .values_list("applied", flat=True)
+        .first()
+    )
+
+
+class SandboxDispute(models.Model):
+    """The sandbox gateway's record of a dispute it opened (``emit_dispute``), by the "dp_sbx_..." id it emitted.
+
+    ``status`` is the dispute's status as last emitted: an open one
+    (``needs_response``, ``under_review``, ``warning_needs_response``,
+    ``warning_under_review``) until it is closed ``won`` or ``lost`` (with
+    ``closed_at``); a closed dispute stays as it was closed. ``amount`` is what
+    the sandbox withdrew for it: the disputed amount its event names (the
+    charge's) less what the sandbox had refunded of that charge by then, as a
+    provider cannot take back what it already returned; a won dispute gives
+    that amount back. ``payment_intent`` is the order's payment (empty when it
+    had none yet).
+    """
+
+    OPEN_STATUSES = ("needs_response", "under_review", "warning_needs_response", "warning_under_review")
+    CLOSED_STATUSES = ("won", "lost")
+
+    id = models.CharField(verbose_name=_("id"), primary_key=True, max_length=120)
+    payment_intent = models.CharField(verbose_name=_("payment intent"), max_length=120, blank=True)
+    order_public_id = models.UUIDField(verbose_name=_("order public id"), null=True, blank=True)
+    amount = models.PositiveBigIntegerField(verbose_name=_("amount"))
+    currency = models.CharField(verbose_name=_("currency"), max_length=3)
+    status = models.CharField(verbose_name=_("status"), max_length=30)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
+    closed_at = models.DateTimeField(verbose_name=_("closed at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("sandbox dispute")
+        verbose_name_plural = _("sandbox disputes")
+
+    def __str__(self):
+        return self.id
+
+    @staticmethod
+    def records_since():
+        """When the sandbox began keeping dispute records (its migration was applied), or None if unknown.
+
+        A dispute the exchange recorded before then has no record: the sandbox
+        cannot say what it withdrew or gave back for it.
+        """
+        return _sandbox_records_since("0024_sandbox_disputes")
 
 
 class UsageRecord(models.Model):

@@ -1,14 +1,14 @@
 """The sandbox gateway: a payment provider inside the app, for the embedded default.
 
-It keeps its own records (checkout sessions, transfers, refunds) as a real
-provider would and answers what it did under an idempotency key
+It keeps its own records (checkout sessions, transfers, refunds, disputes) as a
+real provider would and answers what it did under an idempotency key
 (``payout_lookup``, ``refund_lookup``), serves a checkout page, and reports
 outcomes as Stripe-shaped events signed with the webhook secret and handed to
 the same ingestion function the webhook endpoint uses, so verification,
 deduplication and processing are exactly the production path. Admins can
 make it emit the provider-side events a real gateway would (refunds, disputes,
 renewals, failed renewals, cancellations) from the order admin; a refund it
-makes that way is on its books too.
+makes and a dispute it opens or closes that way are on its books too.
 """
 
 import hashlib
@@ -19,13 +19,21 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q, Sum
 from django.urls import reverse
 from django.utils import timezone
 
 from exchange.choices import SandboxSessionStatus
 from exchange.gateways.base import CheckoutSession, GatewayError, PaymentGateway
 from exchange.gateways.signing import sign_payload, verify_signature
-from exchange.models import Refund, SandboxCheckoutSession, SandboxRefund, SandboxTransfer
+from exchange.models import (
+    Dispute,
+    Refund,
+    SandboxCheckoutSession,
+    SandboxDispute,
+    SandboxRefund,
+    SandboxTransfer,
+)
 from listings.choices import BillingInterval, PlanKind
 
 _MODES = {PlanKind.SUBSCRIPTION: "subscription", PlanKind.METERED: "setup"}
@@ -237,16 +245,96 @@ class SandboxGateway(PaymentGateway):
         return self.notify("charge.refunded", obj)
 
     def emit_dispute(self, *, order, status: str = "needs_response", closed: bool = False, dispute_id: str = ""):
+        """The buyer's bank opens a dispute on ``order``'s charge, or (``closed``) the dispute ``dispute_id`` ends
+        ``won`` or ``lost``: on the sandbox's books first (a SandboxDispute), then reported.
+
+        Opening records the dispute once per id (the same id again records
+        nothing more and reports it again; under another order it is refused).
+        Closing sets the record's status and closed_at; a dispute already closed
+        stays as it was closed (the event is sent again, a replay the exchange
+        ignores). Closing an id the sandbox never opened is refused, unless the
+        exchange recorded that dispute before the sandbox kept dispute records:
+        then the closing is reported with no record made up for it (and opening
+        such a dispute again is refused). A refusal (GatewayError) records and
+        sends nothing.
+        """
+        if closed:
+            record = self._dispute_close(order=order, status=status, dispute_id=dispute_id)
+        else:
+            record = self._dispute_open(order=order, status=status, dispute_id=dispute_id)
         obj = {
-            "id": dispute_id or f"dp_sbx_{secrets.token_hex(12)}",
+            "id": record.id if record is not None else dispute_id,
             "object": "dispute",
-            "amount": order.amount,
+            "amount": order.amount,  # the disputed amount: the charge's, as Stripe's dispute names it
             "currency": order.currency.lower(),
             "reason": "fraudulent",
             "status": status,
             **self._charge(order),
         }
         return self.notify("charge.dispute.closed" if closed else "charge.dispute.created", obj)
+
+    @staticmethod
+    def _refunded_of(order) -> int:
+        """What the sandbox has refunded of ``order``'s charge, by its own refund records."""
+        of_order = Q(order_public_id=order.public_id)
+        if order.gateway_payment_id:
+            of_order |= Q(payment_intent=order.gateway_payment_id)
+        return SandboxRefund.objects.filter(of_order).aggregate(total=Sum("amount"))["total"] or 0
+
+    @staticmethod
+    def _opened_before_records(dispute_id: str) -> bool:
+        """Whether the exchange recorded the dispute ``dispute_id`` before the sandbox kept dispute records."""
+        since = SandboxDispute.records_since()
+        return (
+            since is not None and Dispute.objects.filter(gateway_dispute_id=dispute_id, created_at__lt=since).exists()
+        )
+
+    def _dispute_open(self, *, order, status: str, dispute_id: str) -> SandboxDispute:
+        if status not in SandboxDispute.OPEN_STATUSES:
+            raise GatewayError(f"A dispute opens as one of {', '.join(SandboxDispute.OPEN_STATUSES)}, not {status!r}.")
+        if (
+            dispute_id
+            and not SandboxDispute.objects.filter(pk=dispute_id).exists()
+            and self._opened_before_records(dispute_id)
+        ):
+            raise GatewayError(
+                f"Dispute {dispute_id} was opened before the sandbox kept dispute records: it has none to reopen."
+            )
+        with transaction.atomic():
+            record, _ = SandboxDispute.objects.get_or_create(
+                id=dispute_id or f"dp_sbx_{secrets.token_hex(12)}",
+                defaults={
+                    "payment_intent": order.gateway_payment_id or "",
+                    "order_public_id": order.public_id,
+                    # A provider withdraws what is left of the charge: not what it already gave back.
+                    "amount": max(0, order.amount - self._refunded_of(order)),
+                    "currency": order.currency,
+                    "status": status,
+                },
+            )
+        if record.order_public_id != order.public_id:
+            raise GatewayError(f"Dispute {record.id} was opened on another order, not on order {order.public_id}.")
+        return record
+
+    def _dispute_close(self, *, order, status: str, dispute_id: str) -> SandboxDispute | None:
+        if status not in SandboxDispute.CLOSED_STATUSES:
+            raise GatewayError(f"A dispute closes won or lost, not {status!r}.")
+        if not dispute_id:
+            raise GatewayError("Which dispute to close: a dispute id is needed.")
+        with transaction.atomic():
+            record = SandboxDispute.objects.select_for_update().filter(pk=dispute_id).first()
+            if record is None:
+                # A dispute the sandbox opened before it kept dispute records is closed without one; any other
+                # id it never opened.
+                if self._opened_before_records(dispute_id):
+                    return None
+                raise GatewayError(f"The sandbox opened no dispute {dispute_id}: there is none to close.")
+            if record.order_public_id != order.public_id:
+                raise GatewayError(f"Dispute {record.id} was opened on another order, not on order {order.public_id}.")
+            if record.closed_at is None:
+                record.status, record.closed_at = status, timezone.now()
+                record.save(update_fields=["status", "closed_at"])
+        return record
 
     def _invoice(self, subscription, *, billing_reason: str) -> dict:
         start = subscription.current_period_end

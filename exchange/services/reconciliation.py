@@ -11,8 +11,15 @@ refund or the sandbox made it on its own and reported it, and every
 SandboxRefund its entry. Refunds the exchange created before the sandbox kept
 refund records (its migration's time, ``SandboxRefund.records_since``) and
 that have none are not differences: they are counted in a note, unchecked
-(no records are made up for them). The sandbox keeps no dispute records:
-DISPUTE and DISPUTE_WON entries are counted in a note, unchecked.
+(no records are made up for them). Every DISPUTE entry must have the
+SandboxDispute its dispute's gateway dispute id names, withdrawing the same
+amount and currency, and every DISPUTE_WON entry the same record closed as
+won, giving that amount back; every dispute record (but one that withdrew
+nothing, the charge being refunded already) must have its DISPUTE entry, and
+every record closed as won its DISPUTE_WON entry. Disputes the exchange
+recorded before the sandbox kept dispute records
+(``SandboxDispute.records_since``) and that have none are counted in a note,
+unchecked, like such refunds.
 
 Stripe: the platform's balance transactions (listed through the SDK,
 auto-paging, source expanded) are matched to PAYMENT entries by payment intent
@@ -51,6 +58,7 @@ from exchange.models import (
     Posting,
     Refund,
     SandboxCheckoutSession,
+    SandboxDispute,
     SandboxRefund,
     SandboxTransfer,
 )
@@ -245,13 +253,64 @@ def _reconcile_sandbox(report: ReconciliationReport, since: datetime | None) -> 
     if unrecorded:
         report.notes.append(f"{unrecorded} refund(s) made before the sandbox kept refund records were not checked.")
 
-    # Disputes: the sandbox emits dispute events but keeps no dispute records to compare the ledger with.
-    disputes = _ledger_entries(kind=JournalKind.DISPUTE, since=since).filter(order__gateway="sandbox").count()
-    won = _ledger_entries(kind=JournalKind.DISPUTE_WON, since=since).filter(order__gateway="sandbox").count()
-    report.notes.append(
-        "Disputes are not checked: the sandbox keeps no dispute records "
-        f"({disputes} dispute entries and {won} dispute-won entries in the ledger not checked)."
-    )
+    _reconcile_sandbox_disputes(report, since)
+
+
+def _dispute_entries(kind: str, since: datetime | None) -> dict[str, tuple[int, str]]:
+    """The ledger's ``kind`` (DISPUTE or DISPUTE_WON) entries of sandbox orders booked from ``since`` on, as the
+    amount they moved on gateway clearing (withdrawn, or given back), by the dispute's gateway id."""
+    prefix, sign = ("dispute", -1) if kind == JournalKind.DISPUTE else ("dispute_won", 1)
+    entries = _ledger_entries(kind=kind, since=since).filter(order__gateway="sandbox")
+    amounts = _entry_amounts(entries, account_kind=AccountKind.GATEWAY_CLEARING, sign=sign)
+    entry_by_dispute = {
+        pk: entry_id for entry_id, key in entries.values_list("pk", "idempotency_key") if (pk := _key_pk(key, prefix))
+    }
+    by_id: dict[str, tuple[int, str]] = {}
+    for pk, dispute_id, currency in Dispute.objects.filter(pk__in=list(entry_by_dispute)).values_list(
+        "pk", "gateway_dispute_id", "currency"
+    ):
+        by_id[dispute_id] = amounts.get(entry_by_dispute[pk], (0, currency))
+    return by_id
+
+
+def _dispute_booked(kind: str, gateway_dispute_id: str) -> bool:
+    """Whether the ledger holds a ``kind`` entry (of any date) of the dispute ``gateway_dispute_id``."""
+    prefix = "dispute" if kind == JournalKind.DISPUTE else "dispute_won"
+    pks = Dispute.objects.filter(gateway_dispute_id=gateway_dispute_id).values_list("pk", flat=True)
+    return JournalEntry.objects.filter(kind=kind, idempotency_key__in=[f"{prefix}:{pk}" for pk in pks]).exists()
+
+
+def _reconcile_sandbox_disputes(report: ReconciliationReport, since: datetime | None) -> None:
+    """DISPUTE entries against the sandbox's dispute records (the amount it withdrew), and DISPUTE_WON entries
+    against the records it closed as won (the same amount given back), joined on the gateway dispute id."""
+    records_since = SandboxDispute.records_since()
+    unrecorded: set[str] = set()
+    for kind, what in ((JournalKind.DISPUTE, "dispute"), (JournalKind.DISPUTE_WON, "dispute_won")):
+        ledger_by_id = _dispute_entries(kind, since)
+        records = SandboxDispute.objects.all()
+        if kind == JournalKind.DISPUTE_WON:
+            records = records.filter(status="won")
+        if since is not None:
+            moved = Q(created_at__gte=since) if kind == JournalKind.DISPUTE else Q(closed_at__gte=since)
+            records = records.filter(moved | Q(id__in=list(ledger_by_id)))
+        gateway_by_id = {r.id: (r.amount, r.currency) for r in records}
+        opened_at = dict(
+            Dispute.objects.filter(gateway_dispute_id__in=list(ledger_by_id)).values_list(
+                "gateway_dispute_id", "created_at"
+            )
+        )
+        for dispute_id in sorted(set(ledger_by_id) | set(gateway_by_id)):
+            ledger, gateway = ledger_by_id.get(dispute_id), gateway_by_id.get(dispute_id)
+            if ledger is None and (gateway[0] == 0 or (since is not None and _dispute_booked(kind, dispute_id))):
+                continue  # nothing withdrawn (all of it refunded before), or booked before ``since``
+            if gateway is None and records_since is not None and opened_at[dispute_id] < records_since:
+                unrecorded.add(dispute_id)  # opened before the sandbox kept dispute records: it cannot say
+                continue
+            _compare(report, what=what, reference=dispute_id, ledger=ledger, gateway=gateway)
+    if unrecorded:
+        report.notes.append(
+            f"{len(unrecorded)} dispute(s) opened before the sandbox kept dispute records were not checked."
+        )
 
 
 def _stripe_balance_transactions(since: datetime | None):

@@ -22,6 +22,7 @@ from exchange.models import (
     Posting,
     Refund,
     SandboxCheckoutSession,
+    SandboxDispute,
     SandboxRefund,
     SandboxTransfer,
 )
@@ -73,29 +74,27 @@ def _snapshot():
         Payout.objects.count(),
         SandboxTransfer.objects.count(),
         list(SandboxRefund.objects.order_by("pk").values_list()),
+        list(SandboxDispute.objects.order_by("pk").values_list()),
         list(SandboxCheckoutSession.objects.order_by("pk").values_list("pk", "amount")),
     )
 
 
 SANDBOX_UNRECORDED_NOTE = "{count} refund(s) made before the sandbox kept refund records were not checked."
-SANDBOX_DISPUTES_NOTE = (
-    "Disputes are not checked: the sandbox keeps no dispute records "
-    "({disputes} dispute entries and {won} dispute-won entries in the ledger not checked)."
-)
+SANDBOX_UNRECORDED_DISPUTES_NOTE = "{count} dispute(s) opened before the sandbox kept dispute records were not checked."
 
 
 def test_sandbox_ledger_and_gateway_agree(trades):
     report = reconciliation_report(gateway="sandbox")
     # 2 payments, 2 payouts and the refund, matched with the sandbox's record of it.
     assert (report.ok, report.matched, report.differences) == (True, 5, [])
-    assert report.notes == [SANDBOX_DISPUTES_NOTE.format(disputes=0, won=0)]
+    assert report.notes == []
     out = StringIO()
     call_command("reconcile", stdout=out)
     assert out.getvalue().splitlines()[0] == "Reconciliation with sandbox: 5 matched."
     assert out.getvalue().splitlines()[-1] == "No differences."
 
 
-def test_sandbox_matches_the_refunds_it_reported_and_says_disputes_are_not_checked(
+def test_sandbox_matches_the_refunds_it_reported_and_the_disputes_it_opened_and_lost_or_won(
     trades, django_capture_on_commit_callbacks
 ):
     _, second = trades
@@ -112,9 +111,20 @@ def test_sandbox_matches_the_refunds_it_reported_and_says_disputes_are_not_check
     reported = Refund.objects.get(source="gateway")
     assert SandboxRefund.objects.get(idempotency_key=None).id == reported.gateway_refund_id
     report = reconciliation_report(gateway="sandbox")
-    # The refund the exchange asked for and the one the sandbox made on its own are both matched.
-    assert (report.ok, report.matched) == (True, 6)
-    assert report.notes == [SANDBOX_DISPUTES_NOTE.format(disputes=1, won=1)]
+    # The refund the exchange asked for and the one the sandbox made on its own are both matched, and so are the
+    # dispute (what the sandbox withdrew) and its being won (what it gave back), with the sandbox's record of it.
+    assert SandboxDispute.objects.get().status == "won"
+    assert (report.ok, report.matched, report.differences, report.notes) == (True, 8, [], [])
+    # A dispute lost withdraws and gives nothing back: matched once.
+    with django_capture_on_commit_callbacks(execute=True):
+        gateway.emit_dispute(order=Order.objects.get(pk=second.pk), dispute_id="dp_sbx_lost")
+    with django_capture_on_commit_callbacks(execute=True):
+        gateway.emit_dispute(
+            order=Order.objects.get(pk=second.pk), status="lost", closed=True, dispute_id="dp_sbx_lost"
+        )
+    assert SandboxDispute.objects.get(pk="dp_sbx_lost").amount == 1234 - 100  # less the refund the sandbox made
+    report = reconciliation_report(gateway="sandbox")
+    assert (report.ok, report.matched, report.differences, report.notes) == (True, 9, [], [])
 
 
 def test_a_transfer_without_a_payout_entry_is_exactly_the_difference(trades, merchant):
@@ -196,7 +206,7 @@ def test_a_ledger_refund_whose_record_is_gone_is_missing_at_the_gateway(
     assert report.differences == [
         Difference(MISSING_AT_GATEWAY, "refund", refund.gateway_refund_id, f"{refund.amount} CNY", "")
     ]
-    assert report.notes == [SANDBOX_DISPUTES_NOTE.format(disputes=0, won=0)]
+    assert report.notes == []
     assert _snapshot() == before
 
 
@@ -214,10 +224,7 @@ def test_refunds_made_before_the_sandbox_kept_records_are_noted_not_reported(
     before = _snapshot()
     report = reconciliation_report(gateway="sandbox")
     assert (report.ok, report.matched, report.differences) == (True, 4, [])
-    assert report.notes == [
-        SANDBOX_UNRECORDED_NOTE.format(count=2),
-        SANDBOX_DISPUTES_NOTE.format(disputes=0, won=0),
-    ]
+    assert report.notes == [SANDBOX_UNRECORDED_NOTE.format(count=2)]
     assert _snapshot() == before  # no records made up for them
 
 
@@ -231,6 +238,141 @@ def test_a_refund_recorded_just_before_since_and_booked_after_it_is_matched(trad
     # And a record from ``since`` on whose refund was booked before it belongs to an earlier report.
     later = entry.created_at + timedelta(seconds=1)
     SandboxRefund.objects.filter(pk=refund.gateway_refund_id).update(created_at=later + timedelta(seconds=1))
+    report = reconciliation_report(gateway="sandbox", since=later)
+    assert (report.ok, report.matched, report.differences) == (True, 0, [])
+
+
+def _disputed(order, capture, *, won: bool | None = True, dispute_id: str = "dp_sbx_recon") -> Order:
+    """The sandbox opens a dispute on ``order`` and (unless ``won`` is None) closes it won or lost."""
+    gateway = SandboxGateway()
+    with capture(execute=True):
+        gateway.emit_dispute(order=Order.objects.get(pk=order.pk), dispute_id=dispute_id)
+    if won is not None:
+        with capture(execute=True):
+            gateway.emit_dispute(
+                order=Order.objects.get(pk=order.pk),
+                status="won" if won else "lost",
+                closed=True,
+                dispute_id=dispute_id,
+            )
+    return Order.objects.get(pk=order.pk)
+
+
+def test_a_dispute_the_sandbox_opened_that_the_ledger_never_booked_is_missing_in_the_ledger(
+    trades, django_capture_on_commit_callbacks, monkeypatch
+):
+    _, second = trades
+    # The sandbox opened the dispute and won it, but the exchange never heard: its events were lost.
+    monkeypatch.setattr(SandboxGateway, "notify", lambda self, event_type, obj: None)
+    _disputed(second, django_capture_on_commit_callbacks, won=True)
+    assert not JournalEntry.objects.filter(kind__in=["dispute", "dispute_won"]).exists()
+    before = _snapshot()
+    report = reconciliation_report(gateway="sandbox")
+    assert report.matched == 5
+    assert report.differences == [
+        Difference(MISSING_IN_LEDGER, "dispute", "dp_sbx_recon", "", "1234 CNY"),
+        Difference(MISSING_IN_LEDGER, "dispute_won", "dp_sbx_recon", "", "1234 CNY"),
+    ]
+    out = StringIO()
+    with pytest.raises(CommandError):
+        call_command("reconcile", stdout=out)
+    assert "missing_in_ledger dispute dp_sbx_recon: ledger [-] gateway [1234 CNY]" in out.getvalue().splitlines()
+    assert _snapshot() == before
+
+
+@pytest.mark.parametrize("won", [True, False], ids=["won", "open"])
+def test_a_ledger_dispute_whose_record_is_gone_is_missing_at_the_gateway(
+    trades, django_capture_on_commit_callbacks, won
+):
+    _, second = trades
+    _disputed(second, django_capture_on_commit_callbacks, won=True if won else None)
+    SandboxDispute.objects.all().delete()
+    before = _snapshot()
+    report = reconciliation_report(gateway="sandbox")
+    assert report.matched == 5
+    assert report.differences == [
+        Difference(MISSING_AT_GATEWAY, "dispute", "dp_sbx_recon", "1234 CNY", ""),
+        *([Difference(MISSING_AT_GATEWAY, "dispute_won", "dp_sbx_recon", "1234 CNY", "")] if won else []),
+    ]
+    assert report.notes == []
+    assert _snapshot() == before
+
+
+def test_a_dispute_whose_record_differs_is_exactly_the_difference(trades, django_capture_on_commit_callbacks):
+    _, second = trades
+    _disputed(second, django_capture_on_commit_callbacks, won=True)
+    SandboxDispute.objects.filter(pk="dp_sbx_recon").update(amount=1000)
+    before = _snapshot()
+    report = reconciliation_report(gateway="sandbox")
+    assert report.matched == 5
+    assert report.differences == [
+        Difference(AMOUNT_MISMATCH, "dispute", "dp_sbx_recon", "1234 CNY", "1000 CNY"),
+        Difference(AMOUNT_MISMATCH, "dispute_won", "dp_sbx_recon", "1234 CNY", "1000 CNY"),
+    ]
+    assert _snapshot() == before
+    # Another currency is a mismatch too; and a record closed lost has no won amount to compare.
+    SandboxDispute.objects.filter(pk="dp_sbx_recon").update(amount=1234, currency="USD", status="lost")
+    report = reconciliation_report(gateway="sandbox")
+    assert report.differences == [
+        Difference(AMOUNT_MISMATCH, "dispute", "dp_sbx_recon", "1234 CNY", "1234 USD"),
+        Difference(MISSING_AT_GATEWAY, "dispute_won", "dp_sbx_recon", "1234 CNY", ""),
+    ]
+
+
+def test_disputes_after_refunds_match_what_was_left_to_withdraw(trades, staff, django_capture_on_commit_callbacks):
+    first, second = trades
+    # 200 of the first was refunded: the sandbox withdraws, and the exchange books, the 1034 left.
+    _disputed(first, django_capture_on_commit_callbacks, won=True, dispute_id="dp_sbx_part")
+    assert SandboxDispute.objects.get(pk="dp_sbx_part").amount == 1034
+    # All of the second refunded: nothing left to withdraw, nothing booked, and no difference.
+    order_refund(order=second, amount=1234, reason="wrong file", actor=staff)
+    _disputed(second, django_capture_on_commit_callbacks, won=None, dispute_id="dp_sbx_none")
+    assert SandboxDispute.objects.get(pk="dp_sbx_none").amount == 0
+    report = reconciliation_report(gateway="sandbox")
+    # 2 payments, 2 payouts, 2 refunds, the first's dispute and its being won.
+    assert (report.ok, report.matched, report.differences, report.notes) == (True, 8, [], [])
+
+
+def test_disputes_opened_before_the_sandbox_kept_records_are_noted_not_reported(
+    trades, django_capture_on_commit_callbacks
+):
+    first, second = trades
+    _disputed(second, django_capture_on_commit_callbacks, won=None, dispute_id="dp_sbx_old")
+    # Opened by the sandbox of before its dispute records: it remembers nothing of it, and closes it without one.
+    SandboxDispute.objects.all().delete()
+    MigrationRecorder(connection).migration_qs.filter(app="exchange", name="0024_sandbox_disputes").update(
+        applied=JournalEntry.objects.get(kind="dispute").created_at + timedelta(seconds=1)
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        SandboxGateway().emit_dispute(
+            order=Order.objects.get(pk=second.pk), status="won", closed=True, dispute_id="dp_sbx_old"
+        )
+    assert JournalEntry.objects.filter(kind__in=["dispute", "dispute_won"]).count() == 2
+    # A dispute opened since is on the sandbox's books and checked.
+    _disputed(first, django_capture_on_commit_callbacks, won=None, dispute_id="dp_sbx_new")
+    before = _snapshot()
+    report = reconciliation_report(gateway="sandbox")
+    assert (report.ok, report.matched, report.differences) == (True, 6, [])
+    assert report.notes == [SANDBOX_UNRECORDED_DISPUTES_NOTE.format(count=1)]
+    assert _snapshot() == before  # no records made up for it
+
+
+def test_a_dispute_recorded_just_before_since_and_booked_after_it_is_matched(
+    trades, django_capture_on_commit_callbacks
+):
+    _, second = trades
+    _disputed(second, django_capture_on_commit_callbacks, won=True)
+    withdrawn = JournalEntry.objects.get(kind="dispute")
+    given_back = JournalEntry.objects.get(kind="dispute_won")
+    since = withdrawn.created_at  # everything else was booked before the dispute
+    SandboxDispute.objects.filter(pk="dp_sbx_recon").update(created_at=since - timedelta(seconds=1))
+    report = reconciliation_report(gateway="sandbox", since=since)
+    assert (report.ok, report.matched, report.differences) == (True, 2, [])  # the dispute and its being won
+    # And a record closed from ``since`` on whose closing was booked before it belongs to an earlier report.
+    later = given_back.created_at + timedelta(seconds=1)
+    SandboxDispute.objects.filter(pk="dp_sbx_recon").update(
+        created_at=later + timedelta(seconds=1), closed_at=later + timedelta(seconds=1)
+    )
     report = reconciliation_report(gateway="sandbox", since=later)
     assert (report.ok, report.matched, report.differences) == (True, 0, [])
 
@@ -269,7 +411,7 @@ def test_staff_page_lists_the_differences(trades, merchant, client, staff):
     assert response.status_code == 200
     html = response.content.decode()
     assert "sandbox: 5 matched, 1 difference" in html
-    assert "Disputes are not checked: the sandbox keeps no dispute records" in html
+    assert "keeps no dispute records" not in html
     assert "<td>missing_in_ledger</td><td>payout</td><td><code>tr_sbx_stray</code></td>" in html
     bad = client.get(reverse("statements:reconciliation"), {"since": "soon"})
     assert bad.status_code == 400

@@ -1,6 +1,7 @@
 """The sandbox gateway's own books: the refunds it makes (asked for under a key, or made on its own and reported),
-and what it answers when asked what it did under a payout's or a refund's key (``payout_lookup``,
-``refund_lookup``). Orders are bought and paid through the sandbox's real checkout and webhook path."""
+the disputes it opens and closes (``emit_dispute``), and what it answers when asked what it did under a payout's
+or a refund's key (``payout_lookup``, ``refund_lookup``). Orders are bought and paid through the sandbox's real
+checkout and webhook path."""
 
 import hashlib
 import uuid
@@ -9,11 +10,23 @@ from datetime import timedelta
 import pytest
 from django.db import connection
 from django.db.migrations.recorder import MigrationRecorder
+from django.urls import reverse
 
-from exchange.choices import OrderStatus, PayoutStatus, RefundStatus
+from exchange.choices import DisputeStatus, JournalKind, OrderStatus, PayoutStatus, RefundStatus
 from exchange.gateways import GatewayError
 from exchange.gateways.sandbox import SandboxGateway
-from exchange.models import Order, Payout, Refund, SandboxRefund, SandboxTransfer, Subscription
+from exchange.models import (
+    Dispute,
+    JournalEntry,
+    Order,
+    PaymentEvent,
+    Payout,
+    Refund,
+    SandboxDispute,
+    SandboxRefund,
+    SandboxTransfer,
+    Subscription,
+)
 from exchange.services.orders import order_checkout_start, order_confirm_receipt, order_create
 from exchange.services.refunds import order_refund
 from exchange.services.settlement import settlement_run_start
@@ -292,3 +305,184 @@ def test_refund_lookup_cannot_tell_for_a_refund_created_before_the_sandbox_kept_
     assert "before the sandbox kept refund records" in str(raised.value)
     assert "cannot tell whether it made it" in str(raised.value)
     assert _books() == before
+
+
+# --- emit_dispute -----------------------------------------------------------------------------------------------------
+
+
+def _dispute_books():
+    """Everything the sandbox and the exchange hold about disputes, and every event and entry, to show nothing
+    changed."""
+    return (
+        list(SandboxDispute.objects.order_by("pk").values_list()),
+        list(Dispute.objects.order_by("pk").values_list("pk", "gateway_dispute_id", "status", "amount")),
+        list(Order.objects.order_by("pk").values_list("pk", "status", "refunded_amount")),
+        PaymentEvent.objects.count(),
+        JournalEntry.objects.count(),
+    )
+
+
+def _emit(order, capture, **kwargs):
+    with capture(execute=True):
+        SandboxGateway().emit_dispute(order=Order.objects.get(pk=order.pk), **kwargs)
+
+
+def test_emit_dispute_records_the_dispute_once_per_id(order, django_capture_on_commit_callbacks):
+    _emit(order, django_capture_on_commit_callbacks, dispute_id="dp_sbx_one")
+    record = SandboxDispute.objects.get()
+    assert (
+        record.id,
+        record.payment_intent,
+        record.order_public_id,
+        record.amount,
+        record.currency,
+        record.status,
+        record.closed_at,
+    ) == ("dp_sbx_one", order.gateway_payment_id, order.public_id, PRICE, "CNY", "needs_response", None)
+    dispute = Dispute.objects.get()
+    assert (dispute.gateway_dispute_id, dispute.amount) == ("dp_sbx_one", PRICE)
+    before = _dispute_books()
+    # The same dispute emitted again: reported again (a replay the exchange knows), recorded once.
+    _emit(order, django_capture_on_commit_callbacks, dispute_id="dp_sbx_one")
+    after = _dispute_books()
+    assert after[:3] == before[:3] and after[4] == before[4]
+    assert after[3] == before[3] + 1  # the event itself
+
+
+def test_emit_dispute_without_an_id_records_the_one_it_made_up(order, django_capture_on_commit_callbacks):
+    _emit(order, django_capture_on_commit_callbacks)
+    record = SandboxDispute.objects.get()
+    assert record.id.startswith("dp_sbx_") and record.id == Dispute.objects.get().gateway_dispute_id
+
+
+@pytest.mark.parametrize("won", [True, False], ids=["won", "lost"])
+def test_closing_a_dispute_updates_its_record_once(order, django_capture_on_commit_callbacks, won):
+    _emit(order, django_capture_on_commit_callbacks, dispute_id="dp_sbx_one")
+    status = "won" if won else "lost"
+    _emit(order, django_capture_on_commit_callbacks, dispute_id="dp_sbx_one", closed=True, status=status)
+    record = SandboxDispute.objects.get()
+    assert (record.status, record.amount) == (status, PRICE)
+    assert record.closed_at is not None and record.closed_at >= record.created_at
+    assert Dispute.objects.get().status == (DisputeStatus.WON if won else DisputeStatus.LOST)
+    assert JournalEntry.objects.filter(kind=JournalKind.DISPUTE_WON).count() == (1 if won else 0)
+    before = _dispute_books()
+    # Closed again the other way (a replayed or mistaken event): a closed dispute stays as it was closed.
+    _emit(
+        order, django_capture_on_commit_callbacks, dispute_id="dp_sbx_one", closed=True, status="lost" if won else "won"
+    )
+    after = _dispute_books()
+    assert after[:3] == before[:3] and after[4] == before[4]
+
+
+def test_a_dispute_after_a_partial_refund_withdraws_what_is_left(order, staff, django_capture_on_commit_callbacks):
+    order_refund(order=order, amount=300, reason="a late file", actor=staff)
+    _emit(order, django_capture_on_commit_callbacks)
+    # The event names the charge's amount; the sandbox cannot take back what it already returned, nor the exchange.
+    assert SandboxDispute.objects.get().amount == PRICE - 300 == Dispute.objects.get().amount
+
+
+def test_a_dispute_before_the_payment_is_recorded_without_one(published_listing, django_capture_on_commit_callbacks):
+    buyer = UserFactory()
+    with django_capture_on_commit_callbacks(execute=True):
+        pending, _ = order_create(buyer=buyer, listing=published_listing, idempotency_key="early")
+        order_checkout_start(order=pending)
+    _emit(pending, django_capture_on_commit_callbacks, dispute_id="dp_sbx_early")
+    record = SandboxDispute.objects.get()
+    assert (record.payment_intent, record.order_public_id, record.amount) == ("", pending.public_id, PRICE)
+
+
+@pytest.fixture
+def other_order(published_listing, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        other, _ = order_create(buyer=UserFactory(), listing=published_listing, idempotency_key="other")
+    return other
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"closed": True, "status": "won", "dispute_id": "dp_sbx_never"},
+            "The sandbox opened no dispute dp_sbx_never: there is none to close.",
+        ),
+        (
+            {"closed": True, "status": "lost", "dispute_id": ""},
+            "Which dispute to close: a dispute id is needed.",
+        ),
+        (
+            {"closed": True, "status": "needs_response", "dispute_id": "dp_sbx_one"},
+            "A dispute closes won or lost, not 'needs_response'.",
+        ),
+        (
+            {"status": "won", "dispute_id": "dp_sbx_new"},
+            "A dispute opens as one of needs_response, under_review, warning_needs_response, warning_under_review, "
+            "not 'won'.",
+        ),
+        ({"dispute_id": "dp_sbx_one", "on_other": True}, "Dispute dp_sbx_one was opened on another order"),
+        (
+            {"closed": True, "status": "won", "dispute_id": "dp_sbx_one", "on_other": True},
+            "Dispute dp_sbx_one was opened on another order",
+        ),
+    ],
+    ids=["close unknown id", "close without id", "close as open", "open as won", "reopen on other", "close on other"],
+)
+def test_bad_dispute_input_is_refused_and_records_and_sends_nothing(
+    order, other_order, django_capture_on_commit_callbacks, kwargs, message
+):
+    _emit(order, django_capture_on_commit_callbacks, dispute_id="dp_sbx_one")
+    target = other_order if kwargs.pop("on_other", False) else order
+    before = _dispute_books()
+    with pytest.raises(GatewayError) as raised, django_capture_on_commit_callbacks(execute=True):
+        SandboxGateway().emit_dispute(order=Order.objects.get(pk=target.pk), **kwargs)
+    assert str(raised.value).startswith(message)
+    assert raised.value.transient is False
+    assert _dispute_books() == before
+
+
+def _dispute_records_began_after(moment):
+    """Pretend the sandbox began keeping dispute records (its migration was applied) just after ``moment``."""
+    MigrationRecorder(connection).migration_qs.filter(app="exchange", name="0024_sandbox_disputes").update(
+        applied=moment + timedelta(seconds=1)
+    )
+
+
+def test_a_dispute_opened_before_the_sandbox_kept_records_can_still_be_closed(
+    order, django_capture_on_commit_callbacks
+):
+    _emit(order, django_capture_on_commit_callbacks, dispute_id="dp_sbx_old")
+    # Opened by the sandbox of before its dispute records: it remembers nothing of it.
+    SandboxDispute.objects.all().delete()
+    _dispute_records_began_after(Dispute.objects.get().created_at)
+    # Nor is one made up by opening it again: that is refused, and changes nothing.
+    before = _dispute_books()
+    with pytest.raises(GatewayError) as raised, django_capture_on_commit_callbacks(execute=True):
+        SandboxGateway().emit_dispute(order=order, dispute_id="dp_sbx_old")
+    assert str(raised.value) == (
+        "Dispute dp_sbx_old was opened before the sandbox kept dispute records: it has none to reopen."
+    )
+    assert _dispute_books() == before
+    _emit(order, django_capture_on_commit_callbacks, dispute_id="dp_sbx_old", closed=True, status="won")
+    assert Dispute.objects.get().status == DisputeStatus.WON
+    assert JournalEntry.objects.filter(kind=JournalKind.DISPUTE_WON).count() == 1
+    assert not SandboxDispute.objects.exists()  # no record made up for it
+
+
+@pytest.mark.parametrize("won", [True, False], ids=["won", "lost"])
+def test_the_order_admins_dispute_actions_keep_the_sandboxs_record(
+    order, client, staff, django_capture_on_commit_callbacks, won
+):
+    client.force_login(staff)
+    changelist = reverse("admin:exchange_order_changelist")
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(changelist, {"action": "sandbox_dispute", "_selected_action": [order.pk]})
+    dispute = Dispute.objects.get()
+    record = SandboxDispute.objects.get()
+    assert (record.id, record.status, record.amount) == (dispute.gateway_dispute_id, "needs_response", PRICE)
+    action = "sandbox_dispute_won" if won else "sandbox_dispute_lost"
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(changelist, {"action": action, "_selected_action": [order.pk]}, follow=True)
+    assert response.status_code == 200
+    record.refresh_from_db()
+    dispute.refresh_from_db()
+    assert (record.status, dispute.status) == (("won", DisputeStatus.WON) if won else ("lost", DisputeStatus.LOST))
+    assert record.closed_at is not None
