@@ -166,12 +166,17 @@ def _sandbox_only(request, order) -> bool:
 @admin.action(description=_("Sandbox: the buyer's bank opens a dispute"))
 def sandbox_dispute(modeladmin, request, queryset):
     for order in queryset:
-        if _sandbox_only(request, order):
+        if not _sandbox_only(request, order):
+            continue
+        try:
             SandboxGateway().emit_dispute(order=order)
-            messages.success(
-                request,
-                _("Order %(ref)s: dispute event sent through the webhook pipeline.") % {"ref": order.reference},
-            )
+        except GatewayError as exc:
+            messages.error(request, _("Order %(ref)s: %(error)s") % {"ref": order.reference, "error": exc})
+            continue
+        messages.success(
+            request,
+            _("Order %(ref)s: dispute event sent through the webhook pipeline.") % {"ref": order.reference},
+        )
 
 
 def _close_disputes(request, queryset, *, won: bool):
@@ -182,9 +187,13 @@ def _close_disputes(request, queryset, *, won: bool):
         if dispute is None:
             messages.error(request, _("Order %(ref)s has no open dispute.") % {"ref": order.reference})
             continue
-        SandboxGateway().emit_dispute(
-            order=order, status="won" if won else "lost", closed=True, dispute_id=dispute.gateway_dispute_id
-        )
+        try:
+            SandboxGateway().emit_dispute(
+                order=order, status="won" if won else "lost", closed=True, dispute_id=dispute.gateway_dispute_id
+            )
+        except GatewayError as exc:
+            messages.error(request, _("Order %(ref)s: %(error)s") % {"ref": order.reference, "error": exc})
+            continue
         text = _("Order %(ref)s: dispute won event sent.") if won else _("Order %(ref)s: dispute lost event sent.")
         messages.success(request, text % {"ref": order.reference})
 

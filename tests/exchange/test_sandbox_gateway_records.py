@@ -486,3 +486,25 @@ def test_the_order_admins_dispute_actions_keep_the_sandboxs_record(
     dispute.refresh_from_db()
     assert (record.status, dispute.status) == (("won", DisputeStatus.WON) if won else ("lost", DisputeStatus.LOST))
     assert record.closed_at is not None
+
+
+def test_the_order_admin_shows_a_refused_dispute_closing_and_changes_nothing(
+    order, client, staff, django_capture_on_commit_callbacks
+):
+    _emit(order, django_capture_on_commit_callbacks, dispute_id="dp_sbx_lost_record")
+    SandboxDispute.objects.all().delete()  # the sandbox has no record of it (its books were wiped)
+    before = _dispute_books()
+    client.force_login(staff)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            reverse("admin:exchange_order_changelist"),
+            {"action": "sandbox_dispute_won", "_selected_action": [order.pk]},
+            follow=True,
+        )
+    assert response.status_code == 200
+    assert (
+        f"Order {order.reference}: The sandbox opened no dispute dp_sbx_lost_record: there is none to close."
+        in response.content.decode()
+    )
+    assert _dispute_books() == before
+    assert Dispute.objects.get().status == DisputeStatus.OPEN
