@@ -610,9 +610,9 @@ class AccessRequestAdmin(ReadOnlyAdmin):
 
 @admin.register(PaymentEvent)
 class PaymentEventAdmin(ReadOnlyAdmin):
-    list_display = ("event_id", "gateway", "type", "status", "attempts", "received_at", "processed_at")
+    list_display = ("event_id", "gateway", "type", "status", "outcome", "attempts", "received_at", "processed_at")
     list_filter = ("status", "gateway", "type")
-    search_fields = ("event_id",)
+    search_fields = ("event_id", "outcome")
 
 
 class EntitlementStatusHistoryInline(StatusHistoryInline):

@@ -192,6 +192,8 @@ class PaymentEvent(models.Model):
         verbose_name=_("status"), max_length=20, choices=PaymentEventStatus.choices, default=PaymentEventStatus.RECEIVED
     )
     error = models.TextField(verbose_name=_("error"), blank=True)
+    # What applying it did ("order paid, entitlement granted", "refund 12 booked", "type … not handled").
+    outcome = models.CharField(verbose_name=_("outcome"), max_length=500, blank=True)
     attempts = models.PositiveIntegerField(verbose_name=_("attempts"), default=0)
     received_at = models.DateTimeField(verbose_name=_("received at"), auto_now_add=True)
     processed_at = models.DateTimeField(verbose_name=_("processed at"), null=True, blank=True)

@@ -111,8 +111,8 @@ def _event_insert(*, gateway: str, event: dict, body: bytes) -> tuple[PaymentEve
             payload = json.dumps(event)
         table = PaymentEvent._meta.db_table
         row = _fetchone_prepared(
-            f"INSERT INTO {table} (gateway, event_id, type, payload, status, error, attempts, received_at)"
-            " VALUES (%s, %s, %s, %s, %s, '', 0, %s) ON CONFLICT (gateway, event_id) DO NOTHING RETURNING id",
+            f"INSERT INTO {table} (gateway, event_id, type, payload, status, error, outcome, attempts, received_at)"
+            " VALUES (%s, %s, %s, %s, %s, '', '', 0, %s) ON CONFLICT (gateway, event_id) DO NOTHING RETURNING id",
             [gateway, event_id, event_type, payload, PaymentEventStatus.RECEIVED, timezone.now()],
         )
         if row:
@@ -375,7 +375,11 @@ def payment_events_apply_batch(*, event_pks: list[int]) -> tuple[set[int], set[i
         applied = [event.pk for _, event, _ in paid]
         # The set form of _event_status: these rows were locked as RECEIVED, and received -> processed is allowed.
         PaymentEvent.objects.filter(pk__in=applied).update(
-            status=PaymentEventStatus.PROCESSED, error="", processed_at=timezone.now(), attempts=F("attempts") + 1
+            status=PaymentEventStatus.PROCESSED,
+            error="",
+            outcome=PAID_OUTCOME,
+            processed_at=timezone.now(),
+            attempts=F("attempts") + 1,
         )
         from exchange.tasks import delivery_prepare_batch
 
@@ -440,6 +444,9 @@ def _post_payment_held(*, order: Order, memo: str) -> None:
         )
 
 
+PAID_OUTCOME = "order paid, entitlement granted"
+
+
 def _on_checkout_completed(event: PaymentEvent) -> str:
     obj = _object(event)
     order = _order_for(event)
@@ -486,7 +493,7 @@ def _on_checkout_completed(event: PaymentEvent) -> str:
         from exchange.tasks import delivery_prepare
 
         transaction.on_commit(lambda: delivery_prepare.delay(entitlement.pk))
-    return "order paid, entitlement granted"
+    return PAID_OUTCOME
 
 
 def _on_checkout_failed(event: PaymentEvent) -> str:
@@ -706,9 +713,9 @@ def payment_event_process(*, event_pk: int, skip_locked: bool = False) -> str:
                 outcome, status = f"type {event.type} not handled", PaymentEventStatus.IGNORED
             else:
                 outcome, status = handler(event), PaymentEventStatus.PROCESSED
-            event.error, event.processed_at = "", timezone.now()
+            event.error, event.outcome, event.processed_at = "", outcome[:500], timezone.now()
             event.attempts += 1
-            _event_status(event, status, fields=("error", "processed_at", "attempts"))
+            _event_status(event, status, fields=("error", "outcome", "processed_at", "attempts"))
             return outcome
     except EventPermanentError as exc:
         _record_failure(event_pk, str(exc), permanent=True)

@@ -140,6 +140,10 @@ def test_a_backlog_asks_once_for_helper_drains_that_share_it(pending_orders, set
             gateway_name="sandbox", body=body, signature_header=sign_payload(body=body, secret=SandboxGateway().secret)
         )
     assert payments.payment_events_drain() == 2  # two events of a type not handled: recorded as ignored
+    assert (
+        list(PaymentEvent.objects.filter(event_id__startswith="evt_other_").values_list("outcome", flat=True))
+        == ["type customer.created not handled"] * 2
+    )
     assert helpers == [{"helper": True}]
     # The helper shares the backlog without asking for help, then lets the next backlog ask.
     assert payments.payment_events_drain(helper=True) == 0

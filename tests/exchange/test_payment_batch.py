@@ -66,6 +66,7 @@ def test_a_batch_pays_every_order_in_a_fixed_number_of_queries(listing):
     assert queries_large == queries_small  # the cost of a batch does not grow with its size
     assert Order.objects.filter(status=OrderStatus.PAID, paid_at__isnull=False).count() == 23
     assert PaymentEvent.objects.filter(status=PaymentEventStatus.PROCESSED, attempts=1).count() == 23
+    assert set(PaymentEvent.objects.values_list("outcome", flat=True)) == {"order paid, entitlement granted"}
     assert Entitlement.objects.count() == 23
     assert EntitlementStatusHistory.objects.count() == 23
     assert OrderStatusHistory.objects.filter(to_status=OrderStatus.PAID).count() == 23
@@ -95,8 +96,9 @@ def test_the_batch_leaves_anything_unusual_to_the_per_event_handler(listing):
 
     # The drain gives the rest their per-event outcomes: a refused amount fails, the duplicate is a no-op.
     assert payments.payment_events_drain() == 1
-    assert PaymentEvent.objects.get(pk=events[1].pk).status == PaymentEventStatus.FAILED
-    assert PaymentEvent.objects.get(pk=events[3].pk).status == PaymentEventStatus.PROCESSED
+    refused, duplicate = PaymentEvent.objects.get(pk=events[1].pk), PaymentEvent.objects.get(pk=events[3].pk)
+    assert (refused.status, refused.outcome) == (PaymentEventStatus.FAILED, "")
+    assert (duplicate.status, duplicate.outcome) == (PaymentEventStatus.PROCESSED, "order already paid")
     assert Entitlement.objects.count() == 2
     assert JournalEntry.objects.filter(kind=JournalKind.PAYMENT).count() == 2
     assert ledger_verify().ok

@@ -449,7 +449,7 @@ def test_stripes_refund_report_books_the_pending_refund_its_key_names(
     made = {obj["metadata"]["idempotency_key"]: obj for obj in fake_stripe.objects["/v1/refunds"].values()}
     report = made[second.idempotency_key]  # the second refund's report comes first
     event = _refund_event(client, django_capture_on_commit_callbacks, report)
-    assert event.status == "processed"
+    assert (event.status, event.outcome) == ("processed", f"refund {second.pk} booked")
     first.refresh_from_db()
     second.refresh_from_db()
     assert (first.status, second.status, second.gateway_refund_id) == (
@@ -472,10 +472,12 @@ def test_a_refund_made_in_stripes_dashboard_is_booked_once_and_a_failed_one_not_
     failed = _refund_event(
         client, django_capture_on_commit_callbacks, {"id": "re_dash_0", "amount": 100, "status": "failed"}
     )
-    assert failed.status == "processed" and not Refund.objects.exists()
+    assert (failed.status, failed.outcome) == ("processed", "refund re_dash_0 is failed: nothing booked")
+    assert not Refund.objects.exists()
     report = {"id": "re_dash_1", "amount": 200, "status": "succeeded", "reason": "requested_by_customer"}
     _refund_event(client, django_capture_on_commit_callbacks, report)
-    _refund_event(client, django_capture_on_commit_callbacks, report, event_type="refund.updated")
+    again = _refund_event(client, django_capture_on_commit_callbacks, report, event_type="refund.updated")
+    assert again.outcome == "refund already booked"
     (refund,) = Refund.objects.all()
     assert (refund.source, refund.gateway_refund_id, refund.amount, refund.status) == (
         "gateway",
