@@ -294,7 +294,13 @@ def test_worker_killed_mid_batch_the_run_completes_and_pays_each_merchant_once(
     assert sorted(results) == sorted([done[2], done[2], done[3], done[3], done[4], done[4]])
     assert broker.llen("settlement") == 0
     log = second.log()
-    assert log.count("Task exchange.tasks.settlement_run_finish[") == 2  # received and succeeded, once
+    # The batch that completes last queues the finish; a duplicate delivery completing at the same moment may
+    # queue it again. Each one queued succeeds, and the run is finished once under its lock: the payouts above
+    # were made once, and the run's counters match them.
+    finishes = re.findall(r"Task exchange\.tasks\.settlement_run_finish\[[^\]]+\] (received|succeeded)", log)
+    assert finishes.count("received") == finishes.count("succeeded") >= 1, finishes
+    run.refresh_from_db()
+    assert (run.status, run.payouts_created) == (SettlementRunStatus.COMPLETED, len(owners))
     assert not any(marker in log for marker in FAILURE_MARKERS), log[-5000:]
 
 
@@ -342,7 +348,11 @@ def test_transfer_that_times_out_after_succeeding_is_made_once_by_the_worker(
         "amount": "2222",
         "currency": "cny",
         "destination": "acct_test_faults",
-        "metadata": {"payout_id": str(payout.pk), "run_id": str(run.pk)},
+        "metadata": {
+            "payout_id": str(payout.pk),
+            "run_id": str(run.pk),
+            "idempotency_key": f"payout-{run.pk}-{merchant.pk}-CNY",
+        },
     }
     # Two calls with the payout's stored key: the timed-out one and the retry. Stripe made one transfer.
     assert calls == [(sent, f"payout-{run.pk}-{merchant.pk}-CNY")] * 2
