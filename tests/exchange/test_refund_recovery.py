@@ -46,6 +46,15 @@ pytestmark = pytest.mark.django_db
 PRICE = 1234  # make_listing's default one-time price; no buyer service fee in the tests' settings
 KEY = "admin-refund-7f0c"
 LATER = timedelta(minutes=6)  # past REFUND_RETRY_AFTER_SECONDS (300 by default)
+# What the pending-refund sweep returns when it did nothing, by outcome.
+SWEPT_NOTHING = {
+    "succeeded": [],
+    "failed": [],
+    "still_pending": [],
+    "too_old": [],
+    "found_at_gateway": [],
+    "not_at_gateway": [],
+}
 
 
 @pytest.fixture(autouse=True)
@@ -143,14 +152,7 @@ def test_the_sweep_sends_a_timed_out_refund_again_and_books_it_once(
     assert order.settled_at is None and _balance(AccountKind.ESCROW_HELD) == -PRICE
 
     # Too young for the sweep: a gateway call may still be answering.
-    assert refunds_retry_pending(older_than_seconds=300, max_age_seconds=23 * 3600) == {
-        "succeeded": [],
-        "failed": [],
-        "still_pending": [],
-        "too_old": [],
-        "found_at_gateway": [],
-        "not_at_gateway": [],
-    }
+    assert refunds_retry_pending(older_than_seconds=300, max_age_seconds=23 * 3600) == SWEPT_NOTHING
     refund.refresh_from_db()
     assert refund.status == RefundStatus.PENDING
 
@@ -181,14 +183,8 @@ def test_the_sweep_sends_a_timed_out_refund_again_and_books_it_once(
     # A second sweep (or the same one delivered twice) finds nothing to do and asks the gateway nothing.
     _gateway_must_not_be_called(monkeypatch)
     entries = JournalEntry.objects.count()
-    assert refunds_retry_pending(older_than_seconds=300, max_age_seconds=23 * 3600, now=timezone.now() + LATER) == {
-        "succeeded": [],
-        "failed": [],
-        "still_pending": [],
-        "too_old": [],
-        "found_at_gateway": [],
-        "not_at_gateway": [],
-    }
+    swept = refunds_retry_pending(older_than_seconds=300, max_age_seconds=23 * 3600, now=timezone.now() + LATER)
+    assert swept == SWEPT_NOTHING
     assert JournalEntry.objects.count() == entries and len(_moves(refund)) == 2
 
     # The rest of the trade settles; escrow ends empty and the clearing account holds what the buyer kept paid.
@@ -241,16 +237,6 @@ def _sweep_a_day_later():
     return refunds_retry_pending(
         older_than_seconds=300, max_age_seconds=23 * 3600, now=timezone.now() + timedelta(hours=24)
     )
-
-
-SWEPT_NOTHING = {
-    "succeeded": [],
-    "failed": [],
-    "still_pending": [],
-    "too_old": [],
-    "found_at_gateway": [],
-    "not_at_gateway": [],
-}
 
 
 def test_a_refund_older_than_the_gateways_key_memory_is_not_sent_again_but_looked_up_and_failed_if_never_made(
