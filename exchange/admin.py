@@ -17,7 +17,7 @@ from django.utils.translation import gettext_lazy as _
 
 from common.money import MoneyError, format_minor, to_minor
 from exchange.choices import OrderStatus, PayoutStatus, RefundStatus, SettlementBatchStatus, SettlementRunStatus
-from exchange.gateways import GatewayError
+from exchange.gateways import GatewayError, gateway_class, gateway_names
 from exchange.gateways.sandbox import SandboxGateway
 from exchange.models import (
     AccessRequest,
@@ -58,7 +58,6 @@ from exchange.services.outbound import outbound_event_retry, webhook_endpoint_se
 from exchange.services.reconciliation import reconciliation_report, reconciliation_since
 from exchange.services.refunds import order_refund, refund_lookup_now, refund_resolve, refundable_amount
 from exchange.services.settlement import (
-    PAYOUT_KEY_WINDOWS,
     payout_lookup_now,
     payout_resolve,
     settlement_run_progress,
@@ -531,8 +530,10 @@ class PayoutHeldFilter(HeldForReviewFilter):
     @staticmethod
     def held_condition(now):
         held = Q(pk__in=[])
-        for gateway, window in PAYOUT_KEY_WINDOWS.items():
-            held |= Q(gateway=gateway, created_at__lte=now - window)
+        for gateway in gateway_names():
+            window = gateway_class(gateway).key_window
+            if window is not None:
+                held |= Q(gateway=gateway, created_at__lte=now - window)
         return Q(status=PayoutStatus.PENDING) & held
 
 

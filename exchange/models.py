@@ -193,7 +193,8 @@ class PaymentEvent(models.Model):
     )
     error = models.TextField(verbose_name=_("error"), blank=True)
     # What applying it did ("order paid, entitlement granted", "refund 12 booked", "type … not handled").
-    outcome = models.CharField(verbose_name=_("outcome"), max_length=500, blank=True)
+    # db_default: the release before this column inserts events without it while the migration is applied.
+    outcome = models.CharField(verbose_name=_("outcome"), max_length=500, blank=True, default="", db_default="")
     attempts = models.PositiveIntegerField(verbose_name=_("attempts"), default=0)
     received_at = models.DateTimeField(verbose_name=_("received at"), auto_now_add=True)
     processed_at = models.DateTimeField(verbose_name=_("processed at"), null=True, blank=True)
@@ -883,8 +884,8 @@ class SandboxRefund(models.Model):
 
     Refunds the exchange asks for carry the exchange's key (the id is derived
     from it, "re_sbx_" + sha256(key)[:24], as before records were kept); refunds
-    the sandbox makes on its own (``emit_refund``, an admin's provider-side
-    refund) have no key of ours and leave it empty (NULL: any number of them,
+    the sandbox makes on its own (``emit_refund``, as from a provider's
+    dashboard) have no key of ours and leave it empty (NULL: any number of them,
     never colliding with a key of ours). ``payment_intent`` is the payment as the
     caller named it (a payment intent, or the checkout session of a payment
     without one; empty when it named none).
@@ -909,7 +910,7 @@ class SandboxRefund(models.Model):
 
     @staticmethod
     def records_since():
-        """When the sandbox began keeping refund records (its migration was applied), or None if unknown.
+        """When the sandbox began keeping refund records (its migration was applied; see ``_sandbox_records_since``).
 
         A refund the exchange created before then that has no record may or may
         not have been made: the sandbox cannot tell.
@@ -918,16 +919,24 @@ class SandboxRefund(models.Model):
 
 
 def _sandbox_records_since(migration: str):
-    """When the exchange migration ``migration`` (the one creating a kind of sandbox record) was applied, or None."""
+    """When the exchange migration ``migration`` (the one creating a kind of sandbox record) was applied.
+
+    Unknown (no such row: migrations recorded elsewhere), it is taken as now, so nothing before is taken to be on
+    the sandbox's books: its lookups then say they cannot tell, rather than "not made". A release before the
+    records that still serves in the moments between the migration and its reload (deploy/README.md) can make a
+    refund without a record; the sandbox is the embedded demo gateway, and that window is accepted.
+    """
     from django.db import connection
     from django.db.migrations.recorder import MigrationRecorder
+    from django.utils import timezone
 
-    return (
+    applied = (
         MigrationRecorder(connection)
         .migration_qs.filter(app="exchange", name=migration)
         .values_list("applied", flat=True)
         .first()
     )
+    return applied or timezone.now()
 
 
 class SandboxDispute(models.Model):

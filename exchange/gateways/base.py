@@ -1,6 +1,7 @@
 """The payment gateway interface, implemented by the sandbox and by Stripe."""
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 
 @dataclass(frozen=True)
@@ -17,8 +18,21 @@ class GatewayError(Exception):
         self.transient = transient
 
 
+class IdempotencyMismatch(GatewayError):
+    """The gateway refused an idempotency key it has seen with other parameters (Stripe's idempotency_error): the
+    first request under that key may have moved money, so this is not a refusal; look up what it made."""
+
+
+# A refund in these states has gone back, or is going back, to the buyer; in the second set it has not.
+REFUND_MADE_STATES = frozenset({"succeeded", "pending", "requires_action"})
+REFUND_NOT_MADE_STATES = frozenset({"failed", "canceled"})
+
+
 class PaymentGateway:
     name: str
+    # How long after its creation a payout's or refund's stored idempotency key is trusted to return the first
+    # result (None: the gateway keeps its keys for good). Past it the money is looked up, never sent again.
+    key_window: timedelta | None = None
 
     def checkout_create(self, *, order, success_url: str, cancel_url: str) -> CheckoutSession:
         raise NotImplementedError

@@ -6,9 +6,10 @@ real provider would and answers what it did under an idempotency key
 outcomes as Stripe-shaped events signed with the webhook secret and handed to
 the same ingestion function the webhook endpoint uses, so verification,
 deduplication and processing are exactly the production path. Admins can
-make it emit the provider-side events a real gateway would (refunds, disputes,
-renewals, failed renewals, cancellations) from the order admin; a refund it
-makes and a dispute it opens or closes that way are on its books too.
+make it emit the provider-side events a real gateway would (disputes opened,
+won and lost; renewals, failed renewals, cancellations) from the admin, and
+``emit_refund`` makes a refund of its own, as from a provider's dashboard (for
+tests and the shell); such refunds and disputes are on its books too.
 """
 
 import hashlib
@@ -23,7 +24,7 @@ from django.db.models import Q, Sum
 from django.urls import reverse
 from django.utils import timezone
 
-from exchange.choices import SandboxSessionStatus
+from exchange.choices import RefundStatus, SandboxSessionStatus
 from exchange.gateways.base import CheckoutSession, GatewayError, PaymentGateway
 from exchange.gateways.signing import sign_payload, verify_signature
 from exchange.models import (
@@ -275,11 +276,23 @@ class SandboxGateway(PaymentGateway):
 
     @staticmethod
     def _refunded_of(order) -> int:
-        """What the sandbox has refunded of ``order``'s charge, by its own refund records."""
+        """What the sandbox has refunded of ``order``'s charge: by its own refund records, and, for refunds made
+        before it kept them, by the exchange's record of the refunds it made then (the sandbox's ids, unrecorded)."""
         of_order = Q(order_public_id=order.public_id)
         if order.gateway_payment_id:
             of_order |= Q(payment_intent=order.gateway_payment_id)
-        return SandboxRefund.objects.filter(of_order).aggregate(total=Sum("amount"))["total"] or 0
+        recorded = SandboxRefund.objects.filter(of_order)
+        before_records = (
+            Refund.objects.filter(
+                order=order,
+                status=RefundStatus.SUCCEEDED,
+                gateway_refund_id__startswith="re_sbx_",
+                created_at__lt=SandboxRefund.records_since(),
+            )
+            .exclude(gateway_refund_id__in=recorded.values("id"))
+            .aggregate(total=Sum("amount"))["total"]
+        )
+        return (recorded.aggregate(total=Sum("amount"))["total"] or 0) + (before_records or 0)
 
     @staticmethod
     def _opened_before_records(dispute_id: str) -> bool:

@@ -15,7 +15,14 @@ from datetime import timedelta
 import stripe
 from django.conf import settings
 
-from exchange.gateways.base import CheckoutSession, GatewayError, PaymentGateway
+from exchange.gateways.base import (
+    REFUND_MADE_STATES,
+    REFUND_NOT_MADE_STATES,
+    CheckoutSession,
+    GatewayError,
+    IdempotencyMismatch,
+    PaymentGateway,
+)
 from exchange.gateways.signing import SignatureError
 from listings.choices import PlanKind
 
@@ -32,12 +39,15 @@ def _client() -> stripe.StripeClient:
 def _translate(exc: stripe.StripeError) -> GatewayError:
     """Connection problems and 5xx/429 answers may pass, and so does a 409: another request with the same
     idempotency key is still in progress (a retry after a timeout), and asking again later returns its outcome.
-    Anything else will not."""
+    Anything else will not; an idempotency_error (the key was first used with other parameters) is not a refusal
+    but IdempotencyMismatch: the first request may have moved money."""
+    message = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
+    if isinstance(exc, stripe.IdempotencyError):
+        return IdempotencyMismatch(f"Stripe: {message}", transient=False)
     status = getattr(exc, "http_status", None)
     transient = (
         isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError) or status == 409 or (status or 0) >= 500
     )
-    message = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
     return GatewayError(f"Stripe: {message}", transient=transient)
 
 
@@ -46,14 +56,27 @@ def _metadata(obj: stripe.StripeObject) -> dict:
     return metadata.to_dict() if metadata else {}
 
 
-# A payout is sent only while its key is trusted (settlement.PAYOUT_KEY_WINDOWS: 23 hours from its creation), so its
-# transfer, if any, was created in that window; the margin covers clocks and a call under way as the window closed.
-LOOKUP_WINDOW = timedelta(hours=24)
+def _names_payout(metadata: dict, payout) -> bool:
+    """A transfer made for ``payout``: its metadata names the payout and its run, and its key when it carries one
+    (transfers made before they carried their key do not)."""
+    return (
+        metadata.get("payout_id") == str(payout.pk)
+        and metadata.get("run_id") == str(payout.run_id)
+        and metadata.get("idempotency_key", payout.idempotency_key) == payout.idempotency_key
+    )
+
+
+# Stripe keeps an idempotency key for at least 24 hours after its first use, which comes after the payout or refund
+# was created: 23 hours from creation is inside that window with an hour to spare.
+KEY_WINDOW = timedelta(hours=23)
+# A payout is sent only while its key is trusted, so its transfer, if any, was created in that window; the margin
+# covers clocks and a call under way as the window closed.
 LOOKUP_MARGIN = timedelta(hours=1)
 
 
 class StripeGateway(PaymentGateway):
     name = "stripe"
+    key_window = KEY_WINDOW
 
     def checkout_create(self, *, order, success_url: str, cancel_url: str) -> CheckoutSession:
         """A Checkout Session for the order's plan.
@@ -151,16 +174,11 @@ class StripeGateway(PaymentGateway):
         """The transfer whose metadata names ``payout`` (its id and run), among the platform's transfers created
         while the payout could have been sent (from its creation until its idempotency window had passed)."""
         start = payout.created_at - LOOKUP_MARGIN
-        end = payout.created_at + LOOKUP_WINDOW + LOOKUP_MARGIN
+        end = payout.created_at + KEY_WINDOW + LOOKUP_MARGIN
         params = {"created": {"gte": int(start.timestamp()), "lte": int(end.timestamp())}, "limit": 100}
         try:
             listed = _client().v1.transfers.list(params=params)
-            found = [
-                transfer
-                for transfer in listed.auto_paging_iter()
-                if _metadata(transfer).get("payout_id") == str(payout.pk)
-                and _metadata(transfer).get("run_id") == str(payout.run_id)
-            ]
+            found = [transfer for transfer in listed.auto_paging_iter() if _names_payout(_metadata(transfer), payout)]
         except stripe.StripeError as exc:
             raise _translate(exc) from exc
         if not found:
@@ -188,6 +206,8 @@ class StripeGateway(PaymentGateway):
             )
         except stripe.StripeError as exc:
             raise _translate(exc) from exc
+        if refund.status in REFUND_NOT_MADE_STATES:
+            raise GatewayError(f"Stripe: refund {refund.id} is {refund.status}.", transient=False)
         return refund.id
 
     def refund_lookup(self, *, refund, payment_id: str) -> str | None:
@@ -218,8 +238,10 @@ class StripeGateway(PaymentGateway):
                     f"Stripe's refund {made.id} carrying refund {refund.pk}'s key is of {made.amount}, "
                     f"not {refund.amount}."
                 )
-            if made.status in ("failed", "canceled"):
+            if made.status in REFUND_NOT_MADE_STATES:
                 return None  # Stripe made it and it did not go through: no money went back
+            if made.status not in REFUND_MADE_STATES:
+                raise GatewayError(f"Stripe's refund {made.id} for refund {refund.pk} is {made.status!r}.")
             return made.id
         keyless = {r.id for r in refunds if not _metadata(r).get("idempotency_key")}
         unknown = keyless - set(

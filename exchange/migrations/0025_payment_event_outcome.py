@@ -13,6 +13,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='paymentevent',
             name='outcome',
-            field=models.CharField(blank=True, max_length=500, verbose_name='outcome'),
+            field=models.CharField(blank=True, db_default='', default='', max_length=500, verbose_name='outcome'),
         ),
     ]

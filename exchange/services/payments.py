@@ -32,6 +32,7 @@ from exchange.choices import (
     SubscriptionStatus,
 )
 from exchange.gateways import SignatureError, get_gateway
+from exchange.gateways.base import REFUND_MADE_STATES, REFUND_NOT_MADE_STATES
 from exchange.models import Dispute, Entitlement, Order, OrderStatusHistory, PaymentEvent, Refund, Subscription
 from exchange.services.entitlements import entitlement_extend, entitlement_grant, entitlements_grant_new
 from exchange.services.ledger import EntrySpec, account_get, journal_post, journal_post_many
@@ -41,6 +42,7 @@ from exchange.services.refunds import (
     dispute_close,
     dispute_open,
     early_refunds_and_disputes_apply,
+    refund_failed_at_gateway,
     refund_record_from_gateway,
 )
 from exchange.services.transitions import history_start, status_move
@@ -532,25 +534,33 @@ def _on_charge_refunded(event: PaymentEvent) -> str:
     return f"{booked} new refund(s) booked"
 
 
-# A refund in these states has gone back, or is going back, to the buyer; "failed" and "canceled" ones have not.
-REFUND_MADE_STATES = {"succeeded", "pending", "requires_action"}
-
-
 def _on_refund_created(event: PaymentEvent) -> str:
-    """Stripe's report of one refund (``refund.created``, ``refund.updated``): ours echoed back, one whose answer
-    was lost, or one made in the dashboard. Booked once, whichever report comes first."""
+    """Stripe's report of one refund (``refund.created``, ``refund.updated``, ``refund.failed``): ours echoed back,
+    one whose answer was lost, or one made in the dashboard. Booked once, whichever report comes first. A refund
+    that did not go through fails the pending refund its key names; one that failed after it was booked fails
+    the event, for staff to review."""
     obj = _object(event)
     order = _order_for_charge(event)
-    status = str(obj.get("status") or "")
-    if status not in REFUND_MADE_STATES:
-        booked = Refund.objects.filter(gateway_refund_id=str(obj.get("id")), status=RefundStatus.SUCCEEDED).exists()
-        if booked:  # failed at the buyer's bank after it was made: the event fails, for staff to see and review
+    status, gateway_refund_id = str(obj.get("status") or ""), str(obj.get("id"))
+    if status not in REFUND_MADE_STATES | REFUND_NOT_MADE_STATES:
+        return f"refund {gateway_refund_id} is {status or 'of no status'}: nothing booked yet"
+    if status in REFUND_NOT_MADE_STATES:
+        if Refund.objects.filter(gateway_refund_id=gateway_refund_id, status=RefundStatus.SUCCEEDED).exists():
+            # failed at the buyer's bank after it was made: the event fails, for staff to see and review
             raise EventPermanentError(
-                f"Refund {obj.get('id')} of order {order.reference} is {status} at the gateway after it was booked "
-                "as made: the money did not go back to the buyer. The exchange does not reverse a booked refund by "
-                "itself; review it."
+                f"Refund {gateway_refund_id} of order {order.reference} is {status} at the gateway after it was "
+                "booked as made: the money did not go back to the buyer. The exchange does not reverse a booked "
+                "refund by itself; review it."
             )
-        return f"refund {obj.get('id')} is {status}: nothing booked"
+        failed = refund_failed_at_gateway(
+            order=order,
+            gateway_refund_id=gateway_refund_id,
+            idempotency_key=str((obj.get("metadata") or {}).get("idempotency_key") or ""),
+            status=status,
+        )
+        if failed is not None:
+            return f"refund {failed.pk} is {status} at the gateway: failed, its amount free again"
+        return f"refund {gateway_refund_id} is {status}: nothing booked"
     refund = _record_reported_refund(order, obj)
     return f"refund {refund.pk} booked" if refund else "refund already booked"
 
@@ -669,6 +679,7 @@ HANDLERS: dict[str, Callable[[PaymentEvent], str]] = {
     "charge.refunded": _on_charge_refunded,
     "refund.created": _on_refund_created,
     "refund.updated": _on_refund_created,
+    "refund.failed": _on_refund_created,
     "charge.dispute.created": _on_dispute_created,
     "charge.dispute.closed": _on_dispute_closed,
     "invoice.paid": _on_invoice_paid,

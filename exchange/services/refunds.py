@@ -50,7 +50,7 @@ from exchange.choices import (
     OrderStatus,
     RefundStatus,
 )
-from exchange.gateways import GatewayError, get_gateway
+from exchange.gateways import GatewayError, IdempotencyMismatch, get_gateway
 from exchange.models import Dispute, JournalEntry, LedgerAccount, Order, Posting, Refund
 from exchange.services.entitlements import entitlement_restore, entitlement_revoke
 from exchange.services.ledger import account_balance, account_get, journal_post, journal_reverse
@@ -322,8 +322,15 @@ def refund_execute(*, refund_pk: int, via: str = "") -> Refund:
                 amount=refund.amount,
                 idempotency_key=refund.idempotency_key,
             )
+    except IdempotencyMismatch:
+        # The key was first used with other parameters (an earlier release's): that first request may have
+        # refunded, so what the gateway made under it is looked up instead.
+        return _refund_book_by_lookup(
+            refund_pk=refund.pk, how=_why(" (looked up: the gateway refused its key with other parameters)", via)
+        )
     except GatewayError as exc:
         with transaction.atomic():
+            Order.objects.select_for_update().filter(pk=order.pk).exists()  # the order first, as every path locks
             locked = Refund.objects.select_for_update().get(pk=refund.pk)
             if locked.status != RefundStatus.PENDING:
                 pass  # a concurrent attempt already ended it
@@ -344,6 +351,14 @@ def refund_execute(*, refund_pk: int, via: str = "") -> Refund:
             locked.gateway_refund_id = refund.gateway_refund_id
             done = f"gateway refund {locked.gateway_refund_id}" if locked.gateway_refund_id else "nothing to return"
             _apply_refund(refund=locked, order=locked_order, reason=_why(done, via))
+        elif locked.status == RefundStatus.FAILED and refund.gateway_refund_id:
+            # Ended meanwhile (recorded as not made, or reported failed). The gateway's answer may be a replay of
+            # its first one, so it is not booked from here: if money went back, its refund report books it.
+            log.error(
+                "refund %s is failed, but the gateway answered with refund %s for it; its report books it if made",
+                locked.pk,
+                refund.gateway_refund_id,
+            )
     locked.refresh_from_db()
     return locked
 
@@ -385,18 +400,34 @@ def refund_resolve(*, refund_pk: int, gateway_refund_id: str = "", actor=None) -
     refund is refused with RefundNotHeld and nothing changes.
     """
     gateway_refund_id = gateway_refund_id.strip()
+    order_pk = Refund.objects.values_list("order_id", flat=True).get(pk=refund_pk)
     with transaction.atomic():
-        refund = Refund.objects.select_for_update().select_related("order").get(pk=refund_pk)
+        # The order first, then the refund: the order every other path locks them in (no deadlock with the sweep).
+        order = Order.objects.select_for_update().get(pk=order_pk)
+        refund = Refund.objects.select_for_update().get(pk=refund_pk)
         if refund.status != RefundStatus.PENDING or not refund_key_expired(refund):
             raise RefundNotHeld(
                 f"Refund {refund.pk} is {refund.get_status_display()} and not held for review: "
                 "it is sent (or retried) by the exchange, not recorded by hand.",
                 code="refund_not_held",
             )
-        order = Order.objects.select_for_update().get(pk=refund.order_id)
         _book_held(refund=refund, order=order, gateway_refund_id=gateway_refund_id or None, how="", actor=actor)
     refund.refresh_from_db()
     return refund
+
+
+def _lookup_grace() -> timedelta:
+    """How long past REFUND_RETRY_MAX_AGE_SECONDS a refund waits before it is looked up: longer than the longest
+    gateway call (every network retry timing out), so an attempt started just inside the window has ended and
+    its refund, if the gateway made one, is listed."""
+    return timedelta(seconds=settings.STRIPE_TIMEOUT_SECONDS * (settings.STRIPE_MAX_NETWORK_RETRIES + 1) + 60)
+
+
+def refund_lookup_due(refund: Refund, *, now=None) -> bool:
+    """Whether a PENDING ``refund`` is held for review and may be looked up at its gateway now."""
+    return refund.status == RefundStatus.PENDING and refund_key_expired(
+        refund, now=(now or timezone.now()) - _lookup_grace()
+    )
 
 
 def refund_lookup_now(*, refund_pk: int, actor=None) -> Refund:
@@ -404,7 +435,8 @@ def refund_lookup_now(*, refund_pk: int, actor=None) -> Refund:
 
     Booked as ``refund_settle_by_lookup`` books what the gateway shows; still
     PENDING when it cannot tell (its error says why). Any other refund is
-    refused with RefundNotHeld and nothing changes.
+    refused with RefundNotHeld, and one that was sent moments ago with
+    RefundConflict; nothing changes.
     """
     refund = Refund.objects.get(pk=refund_pk)
     if refund.status != RefundStatus.PENDING or not refund_key_expired(refund):
@@ -413,33 +445,49 @@ def refund_lookup_now(*, refund_pk: int, actor=None) -> Refund:
             "it is sent (or retried) by the exchange, not looked up by hand.",
             code="refund_not_held",
         )
+    if not refund_lookup_due(refund):
+        raise RefundConflict(
+            f"Refund {refund.pk} may have been sent to the gateway moments ago; ask again in a few minutes.",
+            code="retry_in_progress",
+        )
     with _retry_claim(refund.pk) as claimed:
         if not claimed:
             raise RefundConflict(
                 f"Refund {refund.pk} is being looked up at the gateway right now; look at it again in a minute.",
                 code="retry_in_progress",
             )
-        return refund_settle_by_lookup(refund_pk=refund.pk, actor=actor)
+        return _refund_book_by_lookup(refund_pk=refund.pk, actor=actor)
 
 
 HELD_FOR_REVIEW = "Held for review: "
+EXPIRED = " (looked up after its idempotency key may have expired)"
 
 
 def refund_settle_by_lookup(*, refund_pk: int, now=None, actor=None) -> Refund:
-    """A refund held for review (PENDING past REFUND_RETRY_MAX_AGE_SECONDS): ask the gateway, and book what it shows.
+    """A refund held for review (PENDING past REFUND_RETRY_MAX_AGE_SECONDS and ``_lookup_grace``): ask the
+    gateway, and book what it shows (``_refund_book_by_lookup``). Any other refund is returned as it is."""
+    refund = Refund.objects.get(pk=refund_pk)
+    if not refund_lookup_due(refund, now=now):
+        return refund
+    return _refund_book_by_lookup(refund_pk=refund_pk, actor=actor)
 
-    The gateway is asked which refund, if any, it made under the refund's
-    idempotency key (``refund_lookup``; Stripe's refunds carry the key in
-    their metadata). One it made: SUCCEEDED with its id and booked. None:
-    every attempt used that key while the gateway still knew it, so no
-    refund was made; FAILED, its amount no longer reserved. The gateway
-    cannot tell (unreachable, or a refund of the payment it cannot place):
-    still held, the reason recorded as the refund's error, for staff. Any
-    other refund is returned as it is. Safe to run twice and alongside
-    itself: the booking locks the order and the refund and checks again.
+
+def _refund_book_by_lookup(*, refund_pk: int, how: str = EXPIRED, actor=None) -> Refund:
+    """Ask the gateway which refund, if any, it made under the refund's idempotency key, and book that.
+
+    ``refund_lookup`` (Stripe's refunds carry the key in their metadata). One
+    it made: SUCCEEDED with its id and booked. None: no refund was made (every
+    attempt used that key while the gateway still knew it, or the gateway
+    refused it); FAILED, its amount no longer reserved. The gateway cannot
+    tell (unreachable, or a refund of the payment it cannot place): still
+    PENDING, the reason recorded as the refund's error, for staff. Safe to run
+    twice and alongside itself: the booking locks the order and the refund
+    and checks again. A refund the gateway shows as made for one recorded as
+    not made meanwhile (staff, a concurrent lookup) is booked as the gateway's
+    own refund, since the money did go back.
     """
     refund = Refund.objects.select_related("order").get(pk=refund_pk)
-    if refund.status != RefundStatus.PENDING or not refund_key_expired(refund, now=now):
+    if refund.status != RefundStatus.PENDING:
         return refund
     order = refund.order
     try:
@@ -460,12 +508,15 @@ def refund_settle_by_lookup(*, refund_pk: int, now=None, actor=None) -> Refund:
         locked_order = Order.objects.select_for_update().get(pk=order.pk)
         locked = Refund.objects.select_for_update().get(pk=refund.pk)
         if locked.status == RefundStatus.PENDING:
-            _book_held(
-                refund=locked,
+            _book_held(refund=locked, order=locked_order, gateway_refund_id=made, how=how, actor=actor)
+        elif made and locked.status == RefundStatus.FAILED:
+            log.error("refund %s was recorded as not made, but the gateway shows refund %s for it", locked.pk, made)
+            refund_record_from_gateway(
                 order=locked_order,
                 gateway_refund_id=made,
-                how=" (looked up after its idempotency key may have expired)",
-                actor=actor,
+                amount=locked.amount,
+                reason=f"found at the gateway for refund {locked.pk}, which was recorded as not made",
+                idempotency_key=locked.idempotency_key,
             )
     locked.refresh_from_db()
     return locked
@@ -594,6 +645,30 @@ def refund_record_from_gateway(
     history_start([refund], reason=f"reported by the gateway: {reason}")
     _apply_refund(refund=refund, order=order, reason=f"gateway refund {gateway_refund_id}")
     return refund
+
+
+def refund_failed_at_gateway(
+    *, order: Order, gateway_refund_id: str, idempotency_key: str, status: str
+) -> Refund | None:
+    """The gateway reports that the refund it made under ``idempotency_key`` is ``status`` (failed, canceled):
+    the PENDING refund of ``order`` that key names fails, its amount no longer reserved (order row locked).
+    None when the key names no pending refund of the order."""
+    if not idempotency_key:
+        return None
+    pending = (
+        Refund.objects.select_for_update()
+        .filter(order=order, status=RefundStatus.PENDING, idempotency_key=idempotency_key)
+        .first()
+    )
+    if pending is None:
+        return None
+    _fail_refund(
+        refund=pending,
+        order_pk=order.pk,
+        error=f"the gateway reports its refund {gateway_refund_id} {status}",
+        reason=f"{status} at the gateway (refund {gateway_refund_id})",
+    )
+    return pending
 
 
 def dispute_open(*, order: Order, gateway_dispute_id: str, amount: int, reason: str) -> Dispute | None:

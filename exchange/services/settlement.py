@@ -59,7 +59,7 @@ from exchange.choices import (
     SettlementBatchStatus,
     SettlementRunStatus,
 )
-from exchange.gateways import GatewayError, get_gateway
+from exchange.gateways import GatewayError, IdempotencyMismatch, gateway_class, get_gateway
 from exchange.models import (
     JournalEntry,
     LedgerAccount,
@@ -539,37 +539,44 @@ def settlement_runs_resume(*, stalled_after_seconds: int = 0) -> list[int]:
     return resumed
 
 
-# Gateways whose idempotency keys expire, and for how long after a payout's creation its stored key is trusted.
-# Stripe keeps a key for at least 24 hours after its first use, which comes after the payout was created: 23 hours
-# from creation is inside that window with an hour to spare. The sandbox keeps its transfers' keys for good.
-PAYOUT_KEY_WINDOWS = {"stripe": timedelta(hours=23)}
 HELD_FOR_REVIEW = "Held for review: "
 
 
+LAST_ERROR = " Last error before it was held: "
+
+
 def payout_key_expired(payout: Payout, *, now=None) -> bool:
-    """Whether ``payout``'s idempotency key may have expired at its gateway, so a re-send could pay it twice."""
-    window = PAYOUT_KEY_WINDOWS.get(payout.gateway)
+    """Whether ``payout``'s idempotency key may have expired at its gateway (its ``key_window``; the sandbox keeps
+    its keys for good), so a re-send could pay it twice."""
+    try:
+        window = gateway_class(payout.gateway).key_window
+    except LookupError:  # a gateway no longer configured: nothing will send it, so nothing can send it twice
+        return False
     return window is not None and payout.created_at <= (now or timezone.now()) - window
 
 
 def _payout_hold(payout: Payout, *, why: str) -> None:
-    """Record (once) why a PENDING payout past its key window is not sent again; the caller holds its row lock."""
-    if payout.error.startswith(HELD_FOR_REVIEW):
-        return
-    payout.error = (
-        f"{HELD_FOR_REVIEW}pending since {payout.created_at:%Y-%m-%d %H:%M} UTC, so its idempotency key may have "
-        f"expired at {payout.gateway} and a re-send could pay it twice, and the gateway could not say whether it "
-        f"made the transfer ({why}). Look for a transfer with metadata "
-        f"payout_id={payout.pk} at the gateway, then record it on this payout's admin page (Record what the gateway "
-        f"shows), or with `manage.py settle --payout-sent {payout.pk} "
-        f"<transfer id>`, or `--payout-not-sent {payout.pk}` (the money goes back to the merchant's payable and "
-        f"the next run pays it). Last error: {payout.error or 'none'}"
+    """Record why a PENDING payout is not sent again and the gateway could not say whether it made the transfer
+    (the caller holds its row lock). Held again for another reason, the reason is brought up to date; the error
+    the payout had before it was first held is kept."""
+    before = payout.error.split(LAST_ERROR, 1)[1] if payout.error.startswith(HELD_FOR_REVIEW) else payout.error
+    error = (
+        f"{HELD_FOR_REVIEW}pending since {payout.created_at:%Y-%m-%d %H:%M} UTC and not sent again, since a re-send "
+        f"could pay it twice, and {payout.gateway} could not say whether it made the transfer ({why[:500]}). Look "
+        f"for a transfer with metadata payout_id={payout.pk} at the gateway, then record it on this payout's admin "
+        f"page (Record what the gateway shows), or with `manage.py settle --payout-sent {payout.pk} <transfer id>`, "
+        f"or `--payout-not-sent {payout.pk}` (the money goes back to the merchant's payable and the next run pays "
+        f"it).{LAST_ERROR}{before or 'none'}"
     )[:2000]
-    payout.save(update_fields=["error"])
-    log.error("payout %s held for review: pending past its gateway's idempotency window (%s)", payout.pk, why)
+    if error != payout.error:
+        payout.error = error
+        payout.save(update_fields=["error"])
+        log.error(
+            "payout %s held for review: the gateway could not tell whether it made the transfer (%s)", payout.pk, why
+        )
 
 
-def _payout_settle_by_lookup(payout: Payout, *, actor=None) -> str:
+def _payout_settle_by_lookup(payout: Payout, *, because: str = "after its idempotency window", actor=None) -> str:
     """A PENDING payout past its key window (row locked): ask the gateway what it made, and book that.
 
     The transfer the gateway shows for the payout: SENT with it. None: no
@@ -585,16 +592,11 @@ def _payout_settle_by_lookup(payout: Payout, *, actor=None) -> str:
         _payout_hold(payout, why=str(exc))
         return str(exc)
     if reference:
-        _payout_book_sent(
-            payout,
-            reference,
-            reason=f"transfer {reference} found at the gateway after its idempotency window",
-            actor=actor,
-        )
+        _payout_book_sent(payout, reference, reason=f"transfer {reference} found at the gateway {because}", actor=actor)
     else:
         _payout_book_returned(
             payout,
-            "the gateway shows no transfer for it (looked up after its idempotency window); paid again by the next run",
+            f"the gateway shows no transfer for it (looked up {because}); paid again by the next run",
             reason="not sent: the gateway shows no transfer for it",
             actor=actor,
         )
@@ -684,7 +686,7 @@ def payout_send(*, payout_pk: int) -> Payout:
     again; a transient error is recorded and re-raised so the task retries.
 
     A payout older than its gateway's idempotency window
-    (``PAYOUT_KEY_WINDOWS``: Stripe's keys may expire 24 hours after first
+    (its gateway's ``key_window``: Stripe's keys may expire 24 hours after first
     use) is not sent: an earlier attempt that timed out may have made the
     transfer, and the expired key would no longer return it, so a re-send
     could pay the merchant twice. The gateway is asked instead whether it
@@ -704,6 +706,13 @@ def payout_send(*, payout_pk: int) -> Payout:
             return payout
         try:
             reference = get_gateway(payout.gateway).payout_create(payout=payout)
+        except IdempotencyMismatch:
+            # The key was first used with other parameters (an earlier release's metadata, or the merchant's
+            # account changed since): that first request may have made the transfer, so it is looked up.
+            payout.attempts += 1
+            payout.save(update_fields=["attempts"])
+            _payout_settle_by_lookup(payout, because="after it refused the payout's key with other parameters")
+            return payout
         except GatewayError as exc:
             failure = exc
         else:
@@ -810,12 +819,17 @@ def payouts_sweep(*, older_than_seconds: int) -> PayoutSweep:
     for payout in stuck.only("pk", "gateway", "created_at"):
         (expired if payout_key_expired(payout, now=now) else queued).append(payout.pk)
     for pk in expired:
-        with transaction.atomic():
-            payout = Payout.objects.select_for_update(of=("self",)).select_related("merchant").get(pk=pk)
-            if payout.status != PayoutStatus.PENDING:
-                continue
-            _payout_settle_by_lookup(payout)
-            (held if payout.status == PayoutStatus.PENDING else looked_up).append(pk)
+        try:
+            with transaction.atomic():
+                payout = Payout.objects.select_for_update(of=("self",)).select_related("merchant").get(pk=pk)
+                if payout.status != PayoutStatus.PENDING:
+                    continue
+                _payout_settle_by_lookup(payout)
+        except Exception:  # one payout's failure (a bug, a lost connection) must not stop the others' sweep
+            log.exception("payout %s: looking it up at the gateway failed", pk)
+            held.append(pk)
+            continue
+        (held if payout.status == PayoutStatus.PENDING else looked_up).append(pk)
     for pk in queued:
         payout_send_task.delay(pk)
     if queued:

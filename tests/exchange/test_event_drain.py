@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 import time_machine
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from exchange import tasks
@@ -150,3 +150,13 @@ def test_a_backlog_asks_once_for_helper_drains_that_share_it(pending_orders, set
     assert helpers == [{"helper": True}]
     assert cache.get(payments.DRAIN_HELPERS_KEY) is None
     assert Order.objects.filter(status=OrderStatus.PAID).count() == 5
+
+
+def test_an_event_stored_by_the_release_before_outcomes_were_kept_gets_an_empty_outcome():
+    """Migration 0025 runs while the previous release still serves: its insert names no outcome column."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO exchange_paymentevent (gateway, event_id, type, payload, status, error, attempts, received_at)"
+            " VALUES ('sandbox', 'evt_old_release', 'customer.created', '{}', 'received', '', 0, now())"
+        )
+    assert PaymentEvent.objects.get(event_id="evt_old_release").outcome == ""

@@ -352,13 +352,21 @@ def test_a_stripe_payout_past_the_window_is_held_when_stripe_cannot_tell(
     payout.refresh_from_db()
     assert payout.status == PayoutStatus.PENDING and payout.attempts == 3 and not payout.history.exists()
     assert payout.error.startswith(HELD_FOR_REVIEW) and why in payout.error
-    assert f"payout_id={payout.pk}" in payout.error and payout.error.endswith("Last error: Stripe: timed out")
+    assert f"payout_id={payout.pk}" in payout.error
+    assert payout.error.endswith("Last error before it was held: Stripe: timed out")
     assert not JournalEntry.objects.exists()
-    held_error = payout.error
-    fake_stripe.fail_next_get["/v1/transfers"] = (500, {"error": {"message": "unavailable"}})
-    assert payout_send(payout_pk=payout.pk).status == PayoutStatus.PENDING  # a late task message holds it too
+    # A late task message holds it too; the reason is brought up to date, the error before the hold is kept.
+    fake_stripe.fail_next_get["/v1/transfers"] = (503, {"error": {"message": "down for maintenance"}})
+    assert payout_send(payout_pk=payout.pk).status == PayoutStatus.PENDING
     payout.refresh_from_db()
-    assert payout.error == held_error  # recorded once
+    assert "stripe could not say whether it made the transfer (Stripe: down for maintenance)" in payout.error
+    assert payout.error.endswith("Last error before it was held: Stripe: timed out")
+    assert payout.error.count(HELD_FOR_REVIEW) == 1 and not payout.history.exists()
+    held_error = payout.error
+    fake_stripe.fail_next_get["/v1/transfers"] = (503, {"error": {"message": "down for maintenance"}})
+    payout_send(payout_pk=payout.pk)
+    payout.refresh_from_db()
+    assert payout.error == held_error  # the same reason: recorded once
 
 
 def test_staff_record_a_held_payout_as_not_sent_and_its_money_is_owed_again(fake_stripe, stale_stripe_payout, capsys):

@@ -228,6 +228,22 @@ def test_refunds_made_before_the_sandbox_kept_records_are_noted_not_reported(
     assert _snapshot() == before  # no records made up for them
 
 
+def test_a_dispute_after_a_refund_made_before_the_records_withdraws_what_was_left(
+    trades, django_capture_on_commit_callbacks
+):
+    first, _ = trades  # 200 of the first refunded
+    # That refund was made by the sandbox of before its refund records; the dispute comes afterwards.
+    SandboxRefund.objects.all().delete()
+    MigrationRecorder(connection).migration_qs.filter(app="exchange", name="0023_sandbox_refunds").update(
+        applied=Refund.objects.get().created_at + timedelta(seconds=1)
+    )
+    _disputed(first, django_capture_on_commit_callbacks, won=None, dispute_id="dp_sbx_after_old_refund")
+    assert SandboxDispute.objects.get().amount == first.amount - 200  # not the whole charge
+    report = reconciliation_report(gateway="sandbox")
+    assert (report.ok, report.differences) == (True, [])
+    assert report.notes == [SANDBOX_UNRECORDED_NOTE.format(count=1)]
+
+
 def test_a_refund_recorded_just_before_since_and_booked_after_it_is_matched(trades):
     refund = Refund.objects.get()
     entry = JournalEntry.objects.get(idempotency_key=f"refund:{refund.pk}")

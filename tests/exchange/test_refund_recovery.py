@@ -8,11 +8,14 @@ make. Each way books it once. Everything goes through the sandbox gateway's
 real paths (signed events, the webhook ingestion, tasks eager on commit).
 """
 
+import threading
+import time
 import uuid
 from datetime import timedelta
 
 import pytest
 from django.conf import settings as django_settings
+from django.db import OperationalError, connection, transaction
 from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
@@ -94,6 +97,12 @@ def _moves(refund):
 def _sandbox_refund_id(key):
     """The refund the sandbox made under ``key`` (its record must exist)."""
     return SandboxRefund.objects.get(idempotency_key=key).id
+
+
+def _sandbox_kept_refund_records_for_a_month(monkeypatch):
+    """Refunds aged a day were made while the sandbox kept refund records (since a month ago, not this test
+    database's migration a moment ago): no record means no refund."""
+    monkeypatch.setattr(SandboxRefund, "records_since", staticmethod(lambda: timezone.now() - timedelta(days=30)))
 
 
 def _timed_out_refund(order, staff, amount, monkeypatch, key=KEY):
@@ -627,9 +636,7 @@ def test_staff_ask_the_gateway_now_about_held_refunds_from_the_admin(
     order = _delivered(published_listing, django_capture_on_commit_callbacks)
     refund = _age(_timed_out_refund(order, staff, 300, monkeypatch))  # the call never reached the sandbox
     _gateway_must_not_be_called(monkeypatch)
-    # A day old, yet made while the sandbox kept refund records (since a month ago here, not this test database's
-    # migration a moment ago): no record means no refund.
-    monkeypatch.setattr(SandboxRefund, "records_since", staticmethod(lambda: timezone.now() - timedelta(days=30)))
+    _sandbox_kept_refund_records_for_a_month(monkeypatch)
     client.force_login(staff)
     url = reverse("admin:exchange_refund_changelist")
     with monkeypatch.context() as patched:
@@ -690,3 +697,106 @@ def test_a_refund_not_held_cannot_be_recorded_by_hand_and_changes_nothing(
     refund.refresh_from_db()
     order.refresh_from_db()
     assert (refund.status, order.refunded_amount, refund.history.count()) == (RefundStatus.PENDING, 300, 1)
+
+
+# --- looking a held refund up: only once any call under way has ended; never dropping what the gateway made -------
+
+
+def test_a_held_refund_is_looked_up_only_once_a_call_started_inside_the_window_has_ended(
+    published_listing, staff, django_capture_on_commit_callbacks, monkeypatch
+):
+    order = _delivered(published_listing, django_capture_on_commit_callbacks)
+    refund = _age(_timed_out_refund(order, staff, 300, monkeypatch), hours=23)
+    Refund.objects.filter(pk=refund.pk).update(created_at=refund.created_at - timedelta(seconds=30))
+    _gateway_must_not_be_called(monkeypatch)
+    _sandbox_kept_refund_records_for_a_month(monkeypatch)
+    # Just past the window: a retry that started inside it may still be waiting for the gateway's answer.
+    assert refunds_retry_pending(older_than_seconds=300, max_age_seconds=23 * 3600) == {
+        **SWEPT_NOTHING,
+        "too_old": [refund.pk],
+    }
+    refund.refresh_from_db()
+    assert (refund.status, refund.error) == (RefundStatus.PENDING, "Stripe: connection timed out")
+    # Past the longest call (every network retry timing out): looked up, and none was made.
+    later = timezone.now() + timedelta(minutes=5)
+    assert refunds_retry_pending(older_than_seconds=300, max_age_seconds=23 * 3600, now=later) == {
+        **SWEPT_NOTHING,
+        "not_at_gateway": [refund.pk],
+    }
+
+
+def test_a_refund_the_gateway_made_is_booked_though_staff_recorded_it_as_not_made_meanwhile(
+    published_listing, staff, django_capture_on_commit_callbacks, monkeypatch
+):
+    order = _delivered(published_listing, django_capture_on_commit_callbacks)
+    made = SandboxGateway.refund_create
+
+    def made_then_timed_out(self, **kwargs):
+        made(self, **kwargs)
+        raise GatewayError("Stripe: connection timed out", transient=True)
+
+    monkeypatch.setattr(SandboxGateway, "refund_create", made_then_timed_out)
+    with pytest.raises(GatewayError):
+        order_refund(order=order, amount=300, reason="late file", actor=staff, idempotency_key=KEY)
+    refund = _age(Refund.objects.get(order=order))
+    looked_up = SandboxGateway.refund_lookup
+
+    def staff_record_not_made_meanwhile(self, **kwargs):
+        found = looked_up(self, **kwargs)
+        refund_resolve(refund_pk=refund.pk, gateway_refund_id="", actor=staff)  # while the sweep asked
+        return found
+
+    monkeypatch.setattr(SandboxGateway, "refund_lookup", staff_record_not_made_meanwhile)
+    with django_capture_on_commit_callbacks(execute=True):
+        swept = refunds_retry_pending(older_than_seconds=300, max_age_seconds=23 * 3600)
+    refund.refresh_from_db()
+    order.refresh_from_db()
+    assert swept["not_at_gateway"] == [refund.pk] and refund.status == RefundStatus.FAILED
+    # The money did go back: the gateway's refund is booked as its own, once, and the order refunded by it.
+    booked = Refund.objects.get(source="gateway")
+    assert (booked.status, booked.gateway_refund_id, booked.amount) == (
+        RefundStatus.SUCCEEDED,
+        _sandbox_refund_id(KEY),
+        300,
+    )
+    assert (order.refunded_amount, _refund_entries(order)) == (300, [f"refund:{booked.pk}"])
+    assert ledger_verify().ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_staff_recording_a_held_refund_waits_for_the_sweeps_booking_instead_of_deadlocking(
+    published_listing, staff, django_capture_on_commit_callbacks, monkeypatch
+):
+    order = _delivered(published_listing, django_capture_on_commit_callbacks)
+    refund = _age(_timed_out_refund(order, staff, 300, monkeypatch))
+    sweep_holds_the_order, errors = threading.Event(), []
+
+    def sweep_booking():  # as _refund_book_by_lookup books: the order's row, then the refund's
+        try:
+            with transaction.atomic():
+                Order.objects.select_for_update().get(pk=order.pk)
+                sweep_holds_the_order.set()
+                time.sleep(0.5)  # staff's request arrives and waits
+                Refund.objects.select_for_update().get(pk=refund.pk)
+        except OperationalError as exc:
+            errors.append(("sweep", str(exc)))
+        finally:
+            connection.close()
+
+    def staff_records_not_made():
+        sweep_holds_the_order.wait(5)
+        try:
+            refund_resolve(refund_pk=refund.pk, gateway_refund_id="", actor=staff)
+        except OperationalError as exc:
+            errors.append(("staff", str(exc)))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=sweep_booking), threading.Thread(target=staff_records_not_made)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert errors == []
+    refund.refresh_from_db()
+    assert refund.status == RefundStatus.FAILED

@@ -12,6 +12,7 @@ from django.utils import timezone
 from exchange.choices import JournalKind, OrderStatus, PayoutStatus, RefundStatus
 from exchange.gateways import GatewayError
 from exchange.gateways.signing import sign_payload
+from exchange.gateways.stripe_gateway import _client
 from exchange.models import Entitlement, JournalEntry, Order, PaymentEvent, Payout, Refund, SettlementRun
 from exchange.services.orders import order_checkout_start, order_create
 from exchange.services.refunds import order_refund, refunds_retry_pending
@@ -496,3 +497,102 @@ def test_a_refund_made_in_stripes_dashboard_is_booked_once_and_a_failed_one_not_
     refund.refresh_from_db()
     assert refund.status == RefundStatus.SUCCEEDED
     assert JournalEntry.objects.filter(kind=JournalKind.REFUND).count() == 1
+
+
+# --- a key first used with other parameters (Stripe's idempotency_error): looked up, never a refusal ----------------
+
+
+def test_a_payout_whose_key_stripe_saw_with_other_metadata_is_looked_up_not_paid_again(fake_stripe, stripe_payout):
+    # Sent by the release before transfers carried their key; the answer was lost, so it is still pending.
+    made = _client().v1.transfers.create(
+        params={
+            "amount": 4500,
+            "currency": "cny",
+            "destination": "acct_test_merchant",
+            "metadata": {"payout_id": str(stripe_payout.pk), "run_id": str(stripe_payout.run_id)},
+        },
+        options={"idempotency_key": stripe_payout.idempotency_key},
+    )
+    payout = payout_send(payout_pk=stripe_payout.pk)  # the task's retry, by this release
+    assert (payout.status, payout.gateway_reference) == (PayoutStatus.SENT, made.id)
+    assert len(fake_stripe.objects["/v1/transfers"]) == 1  # one transfer: the merchant is paid once
+    assert payout.history.get().reason == (
+        f"transfer {made.id} found at the gateway after it refused the payout's key with other parameters"
+    )
+    assert JournalEntry.objects.filter(kind=JournalKind.PAYOUT_SENT, payout=payout).count() == 1
+    assert not JournalEntry.objects.filter(kind=JournalKind.PAYOUT_RETURNED).exists()
+
+
+def test_a_payout_retried_after_the_merchant_changed_account_is_looked_up_not_paid_again(
+    fake_stripe, stripe_payout, settings
+):
+    settings.STRIPE_TIMEOUT_SECONDS = 1
+    fake_stripe.delay_next["/v1/transfers"] = 2.5
+    with pytest.raises(GatewayError):
+        payout_send(payout_pk=stripe_payout.pk)  # made, to the old account; the answer lost
+    stripe_payout.merchant.stripe_account_id = "acct_test_new"
+    stripe_payout.merchant.save(update_fields=["stripe_account_id"])
+    ((made_id, made),) = fake_stripe.objects["/v1/transfers"].items()
+    payout = payout_send(payout_pk=stripe_payout.pk)
+    assert (payout.status, payout.gateway_reference, made["destination"]) == (
+        PayoutStatus.SENT,
+        made_id,
+        "acct_test_merchant",
+    )
+    assert len(fake_stripe.objects["/v1/transfers"]) == 1
+
+
+def test_a_refund_whose_key_stripe_saw_with_other_parameters_is_held_not_failed(
+    fake_stripe, stripe_paid_order, settings
+):
+    settings.STRIPE_TIMEOUT_SECONDS = 1
+    fake_stripe.fail_next["/v1/refunds"] = (503, {"error": {"message": "unavailable"}})
+    with pytest.raises(GatewayError):
+        order_refund(order=stripe_paid_order, amount=300, reason="late file", idempotency_key="refund-form-1")
+    refund = Refund.objects.get()
+    # The release before refunds carried their key had sent it, and Stripe made it; its answer was lost.
+    _client().v1.refunds.create(
+        params={"payment_intent": "pi_test_refunds", "amount": 300},
+        options={"idempotency_key": refund.idempotency_key},
+    )
+    refunds_retry_pending(older_than_seconds=0, max_age_seconds=23 * 3600)  # sent again by this release
+    refund.refresh_from_db()
+    stripe_paid_order.refresh_from_db()
+    # Stripe cannot place the keyless refund it made: held, not failed (which would free the amount for a second).
+    assert (refund.status, stripe_paid_order.refunded_amount) == (RefundStatus.PENDING, 300)
+    assert refund.error.startswith("Held for review: the gateway could not say") and "carry no key" in refund.error
+    assert len(fake_stripe.objects["/v1/refunds"]) == 1 and not JournalEntry.objects.filter(kind=JournalKind.REFUND)
+
+
+def test_a_refund_stripe_creates_as_failed_fails_and_frees_its_amount(fake_stripe, stripe_paid_order, monkeypatch):
+    created = FakeStripe._create
+
+    def failing(self, path, params):
+        status, obj = created(self, path, params)
+        if path == "/v1/refunds":
+            obj["status"] = "failed"
+        return status, obj
+
+    monkeypatch.setattr(FakeStripe, "_create", failing)
+    refund = order_refund(order=stripe_paid_order, amount=300, reason="late file", idempotency_key="refund-form-1")
+    stripe_paid_order.refresh_from_db()
+    assert (refund.status, stripe_paid_order.refunded_amount) == (RefundStatus.FAILED, 0)
+    assert "is failed" in refund.error and not JournalEntry.objects.filter(kind=JournalKind.REFUND).exists()
+
+
+def test_stripes_failed_report_fails_the_pending_refund_its_key_names(
+    fake_stripe, stripe_paid_order, settings, client, django_capture_on_commit_callbacks
+):
+    refund = _timed_out_stripe_refund(fake_stripe, stripe_paid_order, settings, made=True)
+    ((_, made),) = fake_stripe.objects["/v1/refunds"].items()
+    event = _refund_event(
+        client, django_capture_on_commit_callbacks, {**made, "status": "failed"}, event_type="refund.failed"
+    )
+    assert event.outcome == f"refund {refund.pk} is failed at the gateway: failed, its amount free again"
+    refund.refresh_from_db()
+    stripe_paid_order.refresh_from_db()
+    assert (refund.status, stripe_paid_order.refunded_amount) == (RefundStatus.FAILED, 0)
+    # A later retry would get Stripe's replay of its first answer: none is made, and nothing is booked.
+    swept = refunds_retry_pending(older_than_seconds=0, max_age_seconds=48 * 3600)
+    assert swept["succeeded"] == swept["found_at_gateway"] == swept["too_old"] == []
+    assert not JournalEntry.objects.filter(kind=JournalKind.REFUND).exists()

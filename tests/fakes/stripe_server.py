@@ -1,8 +1,9 @@
 """A small fake of Stripe's HTTP API on loopback, for driving the real `stripe` SDK in tests.
 
 It speaks the form-encoded requests the SDK sends, answers with Stripe-shaped
-JSON, honours Idempotency-Key (a repeated key returns the first response, as
-Stripe does), records every request, and can be told to fail or to answer
+JSON, honours Idempotency-Key as Stripe does (a repeated key returns the first
+response; with other parameters than its first use, a 400 idempotency_error),
+records every request, and can be told to fail or to answer
 only after the client has timed out (the "succeeded but timed out" case).
 Transfers and refunds can be listed as Stripe lists them: newest first, in
 pages (``limit``, ``starting_after``, ``has_more``), filtered by ``created``
@@ -46,7 +47,8 @@ class FakeStripe:
     def __init__(self):
         self.requests: list[tuple[str, str, dict, str | None]] = []
         self.objects: dict[str, dict[str, dict]] = defaultdict(dict)
-        self.idempotent: dict[str, tuple[int, dict]] = {}
+        self.idempotent: dict[tuple[str, str], tuple[int, dict]] = {}
+        self.idempotent_params: dict[tuple[str, str], dict] = {}
         self.fail_next: dict[str, tuple[int, dict]] = {}
         self.delay_next: dict[str, float] = {}
         self.fail_next_get: dict[str, tuple[int, dict]] = {}
@@ -169,7 +171,18 @@ class FakeStripe:
                     return self._send(401, {"error": {"type": "invalid_request_error", "message": "Invalid API Key"}})
                 with fake.lock:
                     fake.requests.append(("POST", path, params, key))
-                    if key and (path, key) in fake.idempotent:
+                    if key and (path, key) in fake.idempotent and fake.idempotent_params[(path, key)] != params:
+                        status, body = (
+                            400,
+                            {
+                                "error": {
+                                    "type": "idempotency_error",
+                                    "message": "Keys for idempotent requests can only be used with the same parameters "
+                                    "they were first used with.",
+                                }
+                            },
+                        )
+                    elif key and (path, key) in fake.idempotent:
                         status, body = fake.idempotent[(path, key)]
                     elif path in fake.fail_next:
                         status, body = fake.fail_next.pop(path)
@@ -177,6 +190,7 @@ class FakeStripe:
                         status, body = fake._create(path, params)
                         if key:
                             fake.idempotent[(path, key)] = (status, body)
+                            fake.idempotent_params[(path, key)] = params
                     delay = fake.delay_next.pop(path, 0)
                 if delay:
                     time.sleep(delay)  # the work is done; the answer arrives after the client gave up
