@@ -575,7 +575,11 @@ def refunds_retry_pending(*, older_than_seconds: int, max_age_seconds: int, batc
     outcome.update(found_at_gateway=[], not_at_gateway=[], too_old=[])
     for refund_pk in sorted(too_old):
         with _retry_claim(refund_pk) as claimed:
-            refund = refund_settle_by_lookup(refund_pk=refund_pk, now=now) if claimed and batch > 0 else None
+            try:
+                refund = refund_settle_by_lookup(refund_pk=refund_pk, now=now) if claimed and batch > 0 else None
+            except Exception:  # one refund's failure (a bug, a lost connection) must not stop the others' sweep
+                log.exception("refund %s: looking it up at the gateway failed", refund_pk)
+                refund = None
         batch -= 1
         if refund is not None and refund.status == RefundStatus.SUCCEEDED:
             outcome["found_at_gateway"].append(refund_pk)

@@ -538,6 +538,36 @@ def test_the_memo_is_hashed_and_entries_hashed_before_it_was_still_check():
     assert not matches(stored=without, prev_hash=GENESIS_HASH, memo="", **{**content, "kind": "refund"})
 
 
+def test_a_ledger_written_partly_before_the_memo_was_hashed_verifies_and_catches_a_new_memo_rewritten(monkeypatch):
+    canonical = ledger_service._canonical
+    with monkeypatch.context() as earlier_release:  # hashed as before: no memo
+        earlier_release.setattr(
+            ledger_service, "_canonical", lambda memo=None, **content: canonical(memo=None, **content)
+        )
+        old = _post_blocks(2, 1)  # blocks #1 and #2
+    clearing, escrow = _accounts()
+    described, _ = journal_post(  # block #3, as written now
+        idempotency_key="enforced:described",
+        kind=JournalKind.PAYMENT,
+        postings=[(clearing, 7, "CNY"), (escrow, -7, "CNY")],
+        memo="payment for order R-1",
+    )
+    verified = ledger_verify()
+    assert (verified.ok, verified.entries_checked) == (True, 4)
+    # An old entry's memo was not hashed: rewriting it alone goes unseen (the README says so).
+    _tamper(("UPDATE exchange_journalentry SET memo = 'rewritten' WHERE id = %s", [old[0][1].pk]))
+    assert ledger_verify().ok
+    # A new one's is: rewriting it is reported at exactly that entry.
+    _tamper(("UPDATE exchange_journalentry SET memo = 'a gift' WHERE id = %s", [described.pk]))
+    assert _outcome(ledger_verify()) == (
+        False,
+        described.sequence,
+        3,
+        3,
+        f"block #3, entry #{described.sequence}: content does not match its hash",
+    )
+
+
 @pytest.mark.parametrize(
     ("block_number", "position", "message", "checked"),
     [
