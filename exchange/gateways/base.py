@@ -18,6 +18,15 @@ class GatewayError(Exception):
         self.transient = transient
 
 
+class RefundFailed(GatewayError):
+    """The gateway made the refund, and it failed at once (no money went back): not transient, and its id is kept
+    on the exchange's refund so a later report of the same refund is known."""
+
+    def __init__(self, message: str, *, refund_id: str):
+        super().__init__(message, transient=False)
+        self.refund_id = refund_id
+
+
 class IdempotencyMismatch(GatewayError):
     """The gateway refused an idempotency key it has seen with other parameters (Stripe's idempotency_error): the
     first request under that key may have moved money, so this is not a refusal; look up what it made."""
@@ -30,8 +39,9 @@ REFUND_NOT_MADE_STATES = frozenset({"failed", "canceled"})
 
 class PaymentGateway:
     name: str
-    # How long after its creation a payout's or refund's stored idempotency key is trusted to return the first
-    # result (None: the gateway keeps its keys for good). Past it the money is looked up, never sent again.
+    # How long after its creation a payout's stored idempotency key is trusted to return the first result (None:
+    # the gateway keeps its keys for good). Past it the payout is looked up, never sent again. (Refunds are held
+    # after REFUND_RETRY_MAX_AGE_SECONDS on every gateway.)
     key_window: timedelta | None = None
 
     def checkout_create(self, *, order, success_url: str, cancel_url: str) -> CheckoutSession:

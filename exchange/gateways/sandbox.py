@@ -25,7 +25,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from exchange.choices import RefundStatus, SandboxSessionStatus
-from exchange.gateways.base import CheckoutSession, GatewayError, PaymentGateway
+from exchange.gateways.base import CheckoutSession, GatewayError, IdempotencyMismatch, PaymentGateway
 from exchange.gateways.signing import sign_payload, verify_signature
 from exchange.models import (
     Dispute,
@@ -78,7 +78,7 @@ class SandboxGateway(PaymentGateway):
             },
         )
         if transfer.amount != payout.amount or transfer.currency != payout.currency:
-            raise GatewayError("Idempotency key reused with different parameters.")
+            raise IdempotencyMismatch("Idempotency key reused with different parameters.")
         return transfer.id
 
     def payout_lookup(self, *, payout) -> str | None:
@@ -133,7 +133,7 @@ class SandboxGateway(PaymentGateway):
                 },
             )
         if refund.amount != amount or refund.payment_intent != payment_id:
-            raise GatewayError("Idempotency key reused with different parameters.")
+            raise IdempotencyMismatch("Idempotency key reused with different parameters.")
         return refund.id
 
     def refund_lookup(self, *, refund, payment_id: str) -> str | None:

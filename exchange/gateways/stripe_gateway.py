@@ -22,6 +22,7 @@ from exchange.gateways.base import (
     GatewayError,
     IdempotencyMismatch,
     PaymentGateway,
+    RefundFailed,
 )
 from exchange.gateways.signing import SignatureError
 from listings.choices import PlanKind
@@ -207,7 +208,7 @@ class StripeGateway(PaymentGateway):
         except stripe.StripeError as exc:
             raise _translate(exc) from exc
         if refund.status in REFUND_NOT_MADE_STATES:
-            raise GatewayError(f"Stripe: refund {refund.id} is {refund.status}.", transient=False)
+            raise RefundFailed(f"Stripe: refund {refund.id} is {refund.status}.", refund_id=refund.id)
         return refund.id
 
     def refund_lookup(self, *, refund, payment_id: str) -> str | None:
@@ -243,7 +244,10 @@ class StripeGateway(PaymentGateway):
             if made.status not in REFUND_MADE_STATES:
                 raise GatewayError(f"Stripe's refund {made.id} for refund {refund.pk} is {made.status!r}.")
             return made.id
-        keyless = {r.id for r in refunds if not _metadata(r).get("idempotency_key")}
+        # Keyless refunds that did not go through moved no money: they cannot be this one.
+        keyless = {
+            r.id for r in refunds if not _metadata(r).get("idempotency_key") and r.status not in REFUND_NOT_MADE_STATES
+        }
         unknown = keyless - set(
             Refund.objects.filter(gateway_refund_id__in=keyless).values_list("gateway_refund_id", flat=True)
         )

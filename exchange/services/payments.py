@@ -545,7 +545,10 @@ def _on_refund_created(event: PaymentEvent) -> str:
     if status not in REFUND_MADE_STATES | REFUND_NOT_MADE_STATES:
         return f"refund {gateway_refund_id} is {status or 'of no status'}: nothing booked yet"
     if status in REFUND_NOT_MADE_STATES:
-        if Refund.objects.filter(gateway_refund_id=gateway_refund_id, status=RefundStatus.SUCCEEDED).exists():
+        known = Refund.objects.filter(gateway_refund_id=gateway_refund_id).first()
+        if known is not None and known.status == RefundStatus.FAILED:
+            return f"refund {gateway_refund_id} is {status}: refund {known.pk} is failed already"
+        if known is not None and known.status == RefundStatus.SUCCEEDED:
             # failed at the buyer's bank after it was made: the event fails, for staff to see and review
             raise EventPermanentError(
                 f"Refund {gateway_refund_id} of order {order.reference} is {status} at the gateway after it was "

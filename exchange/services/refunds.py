@@ -51,6 +51,7 @@ from exchange.choices import (
     RefundStatus,
 )
 from exchange.gateways import GatewayError, IdempotencyMismatch, get_gateway
+from exchange.gateways.base import RefundFailed
 from exchange.models import Dispute, JournalEntry, LedgerAccount, Order, Posting, Refund
 from exchange.services.entitlements import entitlement_restore, entitlement_revoke
 from exchange.services.ledger import account_balance, account_get, journal_post, journal_reverse
@@ -156,7 +157,7 @@ def _fail_refund(*, refund: Refund, order_pk: int, error: str, reason: str, acto
     """A pending refund was not made: FAILED with ``error``, and its amount no longer reserved on the order
     (inside a transaction, the refund locked)."""
     refund.error = error[:2000]
-    status_move(refund, RefundStatus.FAILED, reason=reason, actor=actor, fields=("error",))
+    status_move(refund, RefundStatus.FAILED, reason=reason, actor=actor, fields=("error", "gateway_refund_id"))
     Order.objects.filter(pk=order_pk).update(refunded_amount=F("refunded_amount") - refund.amount)
 
 
@@ -338,6 +339,8 @@ def refund_execute(*, refund_pk: int, via: str = "") -> Refund:
                 locked.error = str(exc)[:2000]
                 locked.save(update_fields=["error"])
             else:
+                if isinstance(exc, RefundFailed):  # made and failed at once: its id marks a later report as known
+                    locked.gateway_refund_id = exc.refund_id[:120]
                 _fail_refund(
                     refund=locked, order_pk=order.pk, error=str(exc), reason=_why(f"gateway refused: {exc}", via)
                 )
@@ -411,6 +414,17 @@ def refund_resolve(*, refund_pk: int, gateway_refund_id: str = "", actor=None) -
                 "it is sent (or retried) by the exchange, not recorded by hand.",
                 code="refund_not_held",
             )
+        if not refund_lookup_due(refund):
+            raise RefundConflict(
+                f"Refund {refund.pk} may have been sent to the gateway moments ago; record it in a few minutes.",
+                code="retry_in_progress",
+            )
+        other = Refund.objects.filter(gateway_refund_id=gateway_refund_id).first() if gateway_refund_id else None
+        if other is not None:
+            raise RefundConflict(
+                f"The gateway's refund {gateway_refund_id} is already booked as refund {other.pk}.",
+                code="gateway_refund_taken",
+            )
         _book_held(refund=refund, order=order, gateway_refund_id=gateway_refund_id or None, how="", actor=actor)
     refund.refresh_from_db()
     return refund
@@ -469,10 +483,10 @@ def refund_settle_by_lookup(*, refund_pk: int, now=None, actor=None) -> Refund:
     refund = Refund.objects.get(pk=refund_pk)
     if not refund_lookup_due(refund, now=now):
         return refund
-    return _refund_book_by_lookup(refund_pk=refund_pk, actor=actor)
+    return _refund_book_by_lookup(refund_pk=refund_pk, actor=actor, now=now)
 
 
-def _refund_book_by_lookup(*, refund_pk: int, how: str = EXPIRED, actor=None) -> Refund:
+def _refund_book_by_lookup(*, refund_pk: int, how: str = EXPIRED, actor=None, now=None) -> Refund:
     """Ask the gateway which refund, if any, it made under the refund's idempotency key, and book that.
 
     ``refund_lookup`` (Stripe's refunds carry the key in their metadata). One
@@ -499,7 +513,9 @@ def _refund_book_by_lookup(*, refund_pk: int, how: str = EXPIRED, actor=None) ->
             else ""  # a free order's refund never reaches the gateway
         )
     except GatewayError as exc:
-        error = f"{HELD_FOR_REVIEW}the gateway could not say whether it made this refund: {exc}"[:2000]
+        # Held (past its key window), for staff; or, after an idempotency mismatch inside it, sent (and asked) again.
+        prefix = HELD_FOR_REVIEW if refund_key_expired(refund, now=now) else ""
+        error = f"{prefix}the gateway could not say whether it made this refund: {exc}"[:2000]
         Refund.objects.filter(pk=refund.pk, status=RefundStatus.PENDING).update(error=error)
         log.error("refund %s held for review: %s", refund.pk, exc)
         refund.refresh_from_db()
@@ -569,6 +585,8 @@ def refunds_retry_pending(*, older_than_seconds: int, max_age_seconds: int, batc
             outcome["succeeded"].append(refund_pk)
         elif refund.status == RefundStatus.FAILED:
             outcome["failed"].append(refund_pk)
+        else:  # the gateway refused its key with other parameters and could not say what it made
+            outcome["still_pending"].append(refund_pk)
     too_old = set(outcome["too_old"]) | set(
         pending.filter(created_at__lte=now - timedelta(seconds=max_age_seconds)).values_list("pk", flat=True)
     )
@@ -666,6 +684,7 @@ def refund_failed_at_gateway(
     )
     if pending is None:
         return None
+    pending.gateway_refund_id = gateway_refund_id[:120]  # a later report of the same refund is then known
     _fail_refund(
         refund=pending,
         order_pk=order.pk,

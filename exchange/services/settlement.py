@@ -559,7 +559,12 @@ def _payout_hold(payout: Payout, *, why: str) -> None:
     """Record why a PENDING payout is not sent again and the gateway could not say whether it made the transfer
     (the caller holds its row lock). Held again for another reason, the reason is brought up to date; the error
     the payout had before it was first held is kept."""
-    before = payout.error.split(LAST_ERROR, 1)[1] if payout.error.startswith(HELD_FOR_REVIEW) else payout.error
+    before = payout.error
+    if payout.error.startswith(HELD_FOR_REVIEW):  # held already, by this release or the one before (its marker)
+        for marker in (LAST_ERROR, " Last error: "):
+            if marker in payout.error:
+                before = payout.error.split(marker, 1)[1]
+                break
     error = (
         f"{HELD_FOR_REVIEW}pending since {payout.created_at:%Y-%m-%d %H:%M} UTC and not sent again, since a re-send "
         f"could pay it twice, and {payout.gateway} could not say whether it made the transfer ({why[:500]}). Look "
@@ -589,7 +594,11 @@ def _payout_settle_by_lookup(payout: Payout, *, because: str = "after its idempo
     try:
         reference = get_gateway(payout.gateway).payout_lookup(payout=payout)
     except GatewayError as exc:
-        _payout_hold(payout, why=str(exc))
+        if payout_key_expired(payout):
+            _payout_hold(payout, why=str(exc))
+        else:  # inside the window (an idempotency mismatch): not held, the sweep sends it (and asks) again
+            payout.error = f"the gateway could not say whether it made the transfer {because} ({exc})"[:2000]
+            payout.save(update_fields=["error"])
         return str(exc)
     if reference:
         _payout_book_sent(payout, reference, reason=f"transfer {reference} found at the gateway {because}", actor=actor)
@@ -762,6 +771,11 @@ def payout_resolve(*, payout_pk: int, transfer_reference: str = "", actor=None) 
     transfer_reference = transfer_reference.strip()
     with transaction.atomic():
         payout = _held_payout(payout_pk)
+        other = Payout.objects.filter(gateway_reference=transfer_reference).first() if transfer_reference else None
+        if other is not None:
+            raise ValidationError(
+                f"Transfer {transfer_reference} is already recorded for payout {other.pk}.", code="transfer_taken"
+            )
         if transfer_reference:
             _payout_book_sent(
                 payout, transfer_reference, reason=f"transfer {transfer_reference} found at the gateway", actor=actor

@@ -369,6 +369,41 @@ def test_a_stripe_payout_past_the_window_is_held_when_stripe_cannot_tell(
     assert payout.error == held_error  # the same reason: recorded once
 
 
+def test_a_payout_held_by_the_release_before_is_asked_about_again_keeping_its_first_error(
+    fake_stripe, stale_stripe_payout
+):
+    payout = stale_stripe_payout
+    Payout.objects.filter(pk=payout.pk).update(
+        error="Held for review: pending since then, so its idempotency key may have expired. "
+        "Last error: Stripe: timed out"
+    )
+    fake_stripe.fail_next_get["/v1/transfers"] = (500, {"error": {"message": "unavailable"}})
+    assert payouts_sweep(older_than_seconds=900).held == [payout.pk]
+    payout.refresh_from_db()
+    assert "stripe could not say whether it made the transfer (Stripe: " in payout.error
+    assert payout.error.endswith("Last error before it was held: Stripe: timed out")
+
+
+def test_a_transfer_recorded_for_one_payout_is_refused_for_another_and_changes_nothing(
+    fake_stripe, stale_stripe_payout
+):
+    paid = Payout.objects.create(
+        run=stale_stripe_payout.run,
+        merchant=stale_stripe_payout.merchant,
+        amount=300,
+        currency="USD",
+        idempotency_key="p-paid-USD",
+        gateway="stripe",
+        status=PayoutStatus.SENT,
+        gateway_reference="tr_already_used",
+    )
+    with pytest.raises(CommandError, match=f"Transfer tr_already_used is already recorded for payout {paid.pk}."):
+        call_command("settle", "--payout-sent", str(stale_stripe_payout.pk), "tr_already_used")
+    stale_stripe_payout.refresh_from_db()
+    assert stale_stripe_payout.status == PayoutStatus.PENDING and not stale_stripe_payout.history.exists()
+    assert not JournalEntry.objects.exists()
+
+
 def test_staff_record_a_held_payout_as_not_sent_and_its_money_is_owed_again(fake_stripe, stale_stripe_payout, capsys):
     payout = stale_stripe_payout
     fake_stripe.fail_next_get["/v1/transfers"] = (500, {"error": {"message": "unavailable"}})  # Stripe can't tell

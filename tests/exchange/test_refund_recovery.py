@@ -680,6 +680,26 @@ def test_the_refunds_admin_lists_the_held_ones(
     assert fresh.status == RefundStatus.PENDING
 
 
+def test_staff_cannot_record_a_refund_just_past_its_window_or_with_a_gateway_refund_already_booked(
+    published_listing, staff, django_capture_on_commit_callbacks, monkeypatch
+):
+    order = _delivered(published_listing, django_capture_on_commit_callbacks)
+    refund = _age(_timed_out_refund(order, staff, 300, monkeypatch), hours=23)
+    Refund.objects.filter(pk=refund.pk).update(created_at=refund.created_at - timedelta(seconds=30))
+    with pytest.raises(RefundConflict, match="may have been sent to the gateway moments ago"):
+        refund_resolve(refund_pk=refund.pk, gateway_refund_id="", actor=staff)  # a call may still be under way
+    _age(refund)
+    booked = order_refund(
+        order=_delivered(published_listing, django_capture_on_commit_callbacks), amount=100, reason="x"
+    )
+    with pytest.raises(RefundConflict, match=f"already booked as refund {booked.pk}"):
+        refund_resolve(refund_pk=refund.pk, gateway_refund_id=booked.gateway_refund_id, actor=staff)
+    refund.refresh_from_db()
+    order.refresh_from_db()
+    assert (refund.status, order.refunded_amount, refund.history.count()) == (RefundStatus.PENDING, 300, 1)
+    assert not AuditEvent.objects.filter(action="refund_resolved").exists()
+
+
 def test_a_refund_not_held_cannot_be_recorded_by_hand_and_changes_nothing(
     client, published_listing, staff, django_capture_on_commit_callbacks, monkeypatch
 ):

@@ -366,13 +366,15 @@ def test_a_refund_that_timed_out_and_outlived_its_key_is_found_at_stripe_by_its_
     assert JournalEntry.objects.filter(kind=JournalKind.REFUND, order=stripe_paid_order).count() == 1
 
 
-@pytest.mark.parametrize("stripe_shows", ["nothing", "failed", "known_keyless"])
+@pytest.mark.parametrize("stripe_shows", ["nothing", "failed", "known_keyless", "failed_keyless"])
 def test_a_refund_stripe_never_made_is_failed_and_its_amount_freed(
     fake_stripe, stripe_paid_order, settings, stripe_shows
 ):
     refund = _timed_out_stripe_refund(fake_stripe, stripe_paid_order, settings, made=False)
     if stripe_shows == "failed":  # made under its key, then failed at the bank: no money went back
         _stripe_refund(fake_stripe, key=refund.idempotency_key, status="failed")
+    elif stripe_shows == "failed_keyless":  # made in Stripe's dashboard and failed: no money moved
+        _stripe_refund(fake_stripe, amount=300, status="failed")
     elif stripe_shows == "known_keyless":  # made in Stripe's dashboard and already booked from its webhook
         known = _stripe_refund(fake_stripe, amount=200)
         Refund.objects.create(
@@ -542,7 +544,7 @@ def test_a_payout_retried_after_the_merchant_changed_account_is_looked_up_not_pa
     assert len(fake_stripe.objects["/v1/transfers"]) == 1
 
 
-def test_a_refund_whose_key_stripe_saw_with_other_parameters_is_held_not_failed(
+def test_a_refund_whose_key_stripe_saw_with_other_parameters_stays_pending_not_failed(
     fake_stripe, stripe_paid_order, settings
 ):
     settings.STRIPE_TIMEOUT_SECONDS = 1
@@ -555,12 +557,14 @@ def test_a_refund_whose_key_stripe_saw_with_other_parameters_is_held_not_failed(
         params={"payment_intent": "pi_test_refunds", "amount": 300},
         options={"idempotency_key": refund.idempotency_key},
     )
-    refunds_retry_pending(older_than_seconds=0, max_age_seconds=23 * 3600)  # sent again by this release
+    swept = refunds_retry_pending(older_than_seconds=0, max_age_seconds=23 * 3600)  # sent again by this release
     refund.refresh_from_db()
+    assert swept["still_pending"] == [refund.pk]
     stripe_paid_order.refresh_from_db()
-    # Stripe cannot place the keyless refund it made: held, not failed (which would free the amount for a second).
+    # Stripe cannot place the keyless refund it made: pending (asked again by the sweep, held after its window),
+    # not failed, which would free the amount for a second refund.
     assert (refund.status, stripe_paid_order.refunded_amount) == (RefundStatus.PENDING, 300)
-    assert refund.error.startswith("Held for review: the gateway could not say") and "carry no key" in refund.error
+    assert refund.error.startswith("the gateway could not say") and "carry no key" in refund.error
     assert len(fake_stripe.objects["/v1/refunds"]) == 1 and not JournalEntry.objects.filter(kind=JournalKind.REFUND)
 
 
@@ -577,6 +581,7 @@ def test_a_refund_stripe_creates_as_failed_fails_and_frees_its_amount(fake_strip
     refund = order_refund(order=stripe_paid_order, amount=300, reason="late file", idempotency_key="refund-form-1")
     stripe_paid_order.refresh_from_db()
     assert (refund.status, stripe_paid_order.refunded_amount) == (RefundStatus.FAILED, 0)
+    assert refund.gateway_refund_id in fake_stripe.objects["/v1/refunds"]  # its later reports are known
     assert "is failed" in refund.error and not JournalEntry.objects.filter(kind=JournalKind.REFUND).exists()
 
 
@@ -592,6 +597,10 @@ def test_stripes_failed_report_fails_the_pending_refund_its_key_names(
     refund.refresh_from_db()
     stripe_paid_order.refresh_from_db()
     assert (refund.status, stripe_paid_order.refunded_amount) == (RefundStatus.FAILED, 0)
+    assert refund.gateway_refund_id == made["id"]
+    # A late report of the same refund, from before it failed (Stripe does not order its events): nothing booked.
+    late = _refund_event(client, django_capture_on_commit_callbacks, {**made, "status": "pending"})
+    assert late.outcome == "refund already booked" and Refund.objects.count() == 1
     # A later retry would get Stripe's replay of its first answer: none is made, and nothing is booked.
     swept = refunds_retry_pending(older_than_seconds=0, max_age_seconds=48 * 3600)
     assert swept["succeeded"] == swept["found_at_gateway"] == swept["too_old"] == []
