@@ -408,17 +408,7 @@ def refund_resolve(*, refund_pk: int, gateway_refund_id: str = "", actor=None) -
         # The order first, then the refund: the order every other path locks them in (no deadlock with the sweep).
         order = Order.objects.select_for_update().get(pk=order_pk)
         refund = Refund.objects.select_for_update().get(pk=refund_pk)
-        if refund.status != RefundStatus.PENDING or not refund_key_expired(refund):
-            raise RefundNotHeld(
-                f"Refund {refund.pk} is {refund.get_status_display()} and not held for review: "
-                "it is sent (or retried) by the exchange, not recorded by hand.",
-                code="refund_not_held",
-            )
-        if not refund_lookup_due(refund):
-            raise RefundConflict(
-                f"Refund {refund.pk} may have been sent to the gateway moments ago; record it in a few minutes.",
-                code="retry_in_progress",
-            )
+        _refuse_unless_held(refund)
         other = Refund.objects.filter(gateway_refund_id=gateway_refund_id).first() if gateway_refund_id else None
         if other is not None:
             raise RefundConflict(
@@ -428,6 +418,22 @@ def refund_resolve(*, refund_pk: int, gateway_refund_id: str = "", actor=None) -
         _book_held(refund=refund, order=order, gateway_refund_id=gateway_refund_id or None, how="", actor=actor)
     refund.refresh_from_db()
     return refund
+
+
+def _refuse_unless_held(refund: Refund) -> None:
+    """What staff may settle by hand (record, or ask the gateway now) is a refund held for review, once any call
+    under way has ended: RefundNotHeld for any other, RefundConflict for one sent moments ago."""
+    if refund.status != RefundStatus.PENDING or not refund_key_expired(refund):
+        raise RefundNotHeld(
+            f"Refund {refund.pk} is {refund.get_status_display()} and not held for review: "
+            "it is sent (or retried) by the exchange, not settled by hand.",
+            code="refund_not_held",
+        )
+    if not refund_lookup_due(refund):
+        raise RefundConflict(
+            f"Refund {refund.pk} may have been sent to the gateway moments ago; try again in a few minutes.",
+            code="retry_in_progress",
+        )
 
 
 def _lookup_grace() -> timedelta:
@@ -453,17 +459,7 @@ def refund_lookup_now(*, refund_pk: int, actor=None) -> Refund:
     RefundConflict; nothing changes.
     """
     refund = Refund.objects.get(pk=refund_pk)
-    if refund.status != RefundStatus.PENDING or not refund_key_expired(refund):
-        raise RefundNotHeld(
-            f"Refund {refund.pk} is {refund.get_status_display()} and not held for review: "
-            "it is sent (or retried) by the exchange, not looked up by hand.",
-            code="refund_not_held",
-        )
-    if not refund_lookup_due(refund):
-        raise RefundConflict(
-            f"Refund {refund.pk} may have been sent to the gateway moments ago; ask again in a few minutes.",
-            code="retry_in_progress",
-        )
+    _refuse_unless_held(refund)
     with _retry_claim(refund.pk) as claimed:
         if not claimed:
             raise RefundConflict(

@@ -193,6 +193,20 @@ def _payable_postings(accounts, period: Period):
     ).exclude(entry__kind=JournalKind.RECEIVABLE_NETTED)
 
 
+def _payouts_by_entry(merchant, period: Period, kind: str) -> dict[str, int]:
+    """The amounts, per currency, of the merchant's payouts whose ``kind`` entry falls in ``period``."""
+    return dict(
+        Payout.objects.filter(
+            merchant=merchant,
+            journal_entries__kind=kind,
+            journal_entries__created_at__gte=period.start,
+            journal_entries__created_at__lt=period.end,
+        )
+        .values_list("currency")
+        .annotate(s=Sum("amount"))
+    )
+
+
 def statement_build(*, merchant, period: Period) -> Statement:
     """The merchant's statement totals for ``period``, one CurrencyTotals per currency ever booked.
 
@@ -230,26 +244,8 @@ def statement_build(*, merchant, period: Period) -> Statement:
         .values_list("currency")
         .annotate(s=Sum("amount"))
     )
-    booked = dict(
-        Payout.objects.filter(
-            merchant=merchant,
-            journal_entries__kind=JournalKind.PAYOUT_CREATED,
-            journal_entries__created_at__gte=period.start,
-            journal_entries__created_at__lt=period.end,
-        )
-        .values_list("currency")
-        .annotate(s=Sum("amount"))
-    )
-    returned = dict(
-        Payout.objects.filter(
-            merchant=merchant,
-            journal_entries__kind=JournalKind.PAYOUT_RETURNED,
-            journal_entries__created_at__gte=period.start,
-            journal_entries__created_at__lt=period.end,
-        )
-        .values_list("currency")
-        .annotate(s=Sum("amount"))
-    )
+    booked = _payouts_by_entry(merchant, period, JournalKind.PAYOUT_CREATED)
+    returned = _payouts_by_entry(merchant, period, JournalKind.PAYOUT_RETURNED)
     for currency in sorted(set(opening) | set(closing)):
         t = CurrencyTotals(currency=currency, opening=-(opening.get(currency) or 0))
         t.closing = -(closing.get(currency) or 0)
